@@ -1,0 +1,273 @@
+//! The routing-table document as operators write it (TOML in a file, later
+//! the same schema from Redis). Plain serde structs: no behaviour beyond
+//! defaults. Every field's `///` line is what the README's config reference
+//! quotes, so keep them in step (`tests/readme.rs` checks the key names).
+
+use serde::{Deserialize, Serialize};
+
+/// The whole document: process settings (read once at start) plus the
+/// routing table (versions, pools, routes) that can be reloaded.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// Process settings: listeners, limits, shutdown. Read once at start;
+    /// a reload ignores changes here.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Default version-detection settings for every route.
+    #[serde(default)]
+    pub detection: DetectionSettings,
+    /// The API versions the platform serves.
+    #[serde(default)]
+    pub versions: Vec<VersionDoc>,
+    /// Upstream pools; each serves one API version.
+    #[serde(default)]
+    pub pools: Vec<PoolDoc>,
+    /// Routes, matched by host and longest path prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteDoc>,
+    /// Per-client version pins: client id (from `detection.client_header`) -> version.
+    #[serde(default)]
+    pub pins: std::collections::BTreeMap<String, String>,
+}
+
+/// Process settings. Each can be overridden by a `SWITCHYARD_*` env var or
+/// a CLI flag.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Proxy listener address. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Admin listener address (health, table). Default `127.0.0.1:9901`.
+    pub admin_listen: String,
+    /// How long in-flight requests may run after SIGINT/SIGTERM, in ms. Default 10000.
+    pub grace_period_ms: u64,
+    /// Time allowed to read a request's headers (slowloris guard), in ms. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line plus headers) in bytes; more gets 431. Default 16384.
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431. Default 100.
+    pub max_headers: usize,
+    /// Longest request URI (path and query) in bytes; more gets 414. Default 8192.
+    pub max_uri_bytes: usize,
+    /// Request header names containing `_`: `reject` (400), `drop` or `allow`. Default `reject`.
+    pub underscore_headers: UnderscoreHeaders,
+    /// Answer `/health/live` and `/health/ready` on the proxy listener too. Default true.
+    pub health_on_proxy: bool,
+    /// Worker threads; 0 means one per CPU. Default 0.
+    pub workers: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9901".into(),
+            grace_period_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            // 16 KiB: nginx's large_client_header_buffers is 4x8k; our
+            // partners' largest JWT-carrying heads are under 6 KiB.
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            underscore_headers: UnderscoreHeaders::Reject,
+            health_on_proxy: true,
+            workers: 0,
+        }
+    }
+}
+
+/// What to do with a request header whose name contains an underscore
+/// (`x_api_version` can smuggle past a proxy that maps `_` to `-`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Answer 400.
+    Reject,
+    /// Remove the header and carry on.
+    Drop,
+    /// Forward it.
+    Allow,
+}
+
+/// Where the client's API version may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The version header (`x-api-version: 2`).
+    Header,
+    /// An `Accept` media-type parameter (`application/vnd.wedsync.v2+json`,
+    /// `application/json; version=2`).
+    Accept,
+    /// The first path segment after the route prefix (`/v1/...`).
+    Path,
+    /// A query parameter (`?api-version=2`).
+    Query,
+    /// The client's pin from `pins`.
+    Pin,
+    /// The route's default version (always last, never listed).
+    Default,
+}
+
+impl Source {
+    /// The name used in config, logs and the `x-api-version-source` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Header => "header",
+            Source::Accept => "accept",
+            Source::Path => "path",
+            Source::Query => "query",
+            Source::Pin => "pin",
+            Source::Default => "default",
+        }
+    }
+}
+
+/// Version detection settings; the top-level table sets defaults, a route's
+/// `detection` overrides fields it names.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionSettings {
+    /// Sources to consult, in precedence order. Default
+    /// `["header", "accept", "path", "query", "pin"]`; the route default comes last.
+    pub order: Option<Vec<Source>>,
+    /// The version header. Default `x-api-version`.
+    pub header: Option<String>,
+    /// Vendor media-type prefix for `Accept` detection: `application/<vendor>.v2+json`.
+    /// Default `vnd.wedsync`.
+    pub accept_vendor: Option<String>,
+    /// The version query parameter. Default `api-version`.
+    pub query_param: Option<String>,
+    /// The header that identifies a client, for pins and beta allow-lists. Default `x-client-id`.
+    pub client_header: Option<String>,
+    /// Remove a detected `/vN` path segment before forwarding. Default true.
+    pub strip_path_version: Option<bool>,
+}
+
+/// Lifecycle status of an API version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Supported, not the newest.
+    Stable,
+    /// The newest generally available version.
+    Current,
+    /// Pre-release; may be restricted to `allow_clients`.
+    Beta,
+    /// Still served, with `Deprecation`/`Sunset`/`Link` headers.
+    Deprecated,
+    /// No longer served: `410` naming the successor.
+    Sunset,
+}
+
+/// One API version.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionDoc {
+    /// Canonical name, `v<major>[.<minor>][-<pre>]`, e.g. `v1`, `v2`, `v2.2-beta`.
+    pub name: String,
+    /// Extra names that resolve to this version (besides `2`, `v2.1.0`, `v2.*` for `v2`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `stable`, `current`, `beta`, `deprecated` or `sunset`.
+    pub status: Status,
+    /// When the version was (or will be) deprecated, RFC 3339; sent as `Deprecation: @<unix>`.
+    pub deprecated_at: Option<jiff::Timestamp>,
+    /// When the version stops being served, RFC 3339; after it every request gets 410.
+    pub sunset_at: Option<jiff::Timestamp>,
+    /// The version clients should move to; required for `deprecated` and `sunset`.
+    pub successor: Option<String>,
+    /// Migration guide URL, sent as `Link: <url>; rel="deprecation"`.
+    pub doc_url: Option<String>,
+    /// Client ids allowed to use this version (beta); empty means everyone.
+    #[serde(default)]
+    pub allow_clients: Vec<String>,
+}
+
+/// How the upstream request's `Host` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHeader {
+    /// Forward the client's `Host` unchanged (default).
+    #[default]
+    Preserve,
+    /// Use the chosen endpoint's `host:port`.
+    Endpoint,
+}
+
+/// An upstream pool: endpoints that serve one API version.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDoc {
+    /// Pool name, referenced by route splits.
+    pub name: String,
+    /// The API version this pool's endpoints speak.
+    pub version: String,
+    /// Endpoints as `host:port` (loopback or DNS names resolved at connect time).
+    pub endpoints: Vec<String>,
+    /// `preserve` the client's Host or use the `endpoint`'s. Default `preserve`.
+    #[serde(default)]
+    pub host_header: HostHeader,
+    /// Set `Host` to this value instead (overrides `host_header`).
+    pub host: Option<String>,
+}
+
+/// One weighted target in a split.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightDoc {
+    /// Pool name.
+    pub pool: String,
+    /// Relative weight; a version's weights must sum to 100.
+    pub weight: u32,
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDoc {
+    /// Route name, for logs and errors.
+    pub name: String,
+    /// Hosts: exact (`api.example.com`), wildcard suffix (`*.example.com`), or `*` (any). Default `["*"]`.
+    #[serde(default = "any_host")]
+    pub hosts: Vec<String>,
+    /// Path prefix, matched on whole segments after normalisation; longest wins. Default `/`.
+    #[serde(default = "root_prefix")]
+    pub path_prefix: String,
+    /// Version used when no source names one.
+    pub default_version: String,
+    /// Versions this route serves; default: every version in the table.
+    pub versions: Option<Vec<String>>,
+    /// Detection overrides for this route.
+    #[serde(default)]
+    pub detection: DetectionSettings,
+    /// Client version -> weighted pools. A version without an entry goes to
+    /// the pools serving that version, evenly.
+    #[serde(default)]
+    pub split: std::collections::BTreeMap<String, Vec<WeightDoc>>,
+    /// Upstream connect timeout in ms. Default 1000.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Time to the upstream's response headers in ms; then 504. Default 15000.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Largest request body in bytes; more gets 413. Default 10485760 (10 MiB).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+}
+
+fn any_host() -> Vec<String> {
+    vec!["*".into()]
+}
+fn root_prefix() -> String {
+    "/".into()
+}
+fn default_connect_timeout() -> u64 {
+    1_000
+}
+fn default_timeout() -> u64 {
+    15_000
+}
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}

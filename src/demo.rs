@@ -1,0 +1,130 @@
+//! The demo: small hyper upstreams that answer JSON naming the version and
+//! pool that served them, and the bundled `config/demo.toml` rewired to them.
+//! The same upstream serves `benches/load.sh` (`switchyard demo-upstream`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+use crate::config::{self, Document, Origin};
+
+/// The bundled demo table.
+pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+
+/// Parses the bundled demo table (it is tested to be valid).
+pub fn demo_document() -> Document {
+    config::load(DEMO_TOML, Origin::Embedded("config/demo.toml"))
+        .expect("bundled demo table is valid")
+}
+
+/// Serves a demo upstream on `listener` until `shutdown`: every request gets
+/// `{"served_by": <version>, "pool": <pool>, "method", "path", "query",
+/// "x_api_version", "request_id"}`. `?delay_ms=N` delays the answer (to try
+/// timeouts).
+pub async fn serve_upstream(
+    listener: TcpListener,
+    version: &str,
+    pool: &str,
+    shutdown: CancellationToken,
+) {
+    let names = Arc::new((version.to_string(), pool.to_string()));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        let _ = stream.set_nodelay(true);
+        let names = names.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let names = names.clone();
+            async move { Ok::<_, Infallible>(answer(&names.0, &names.1, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(conn);
+    }
+}
+
+async fn answer(version: &str, pool: &str, req: Request<Incoming>) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("");
+    if let Some(ms) = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("delay_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let body = serde_json::json!({
+        "served_by": version,
+        "pool": pool,
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "x_api_version": header("x-api-version"),
+        "request_id": header("x-request-id"),
+    });
+    let mut resp = Response::new(Body::full(Bytes::from(body.to_string())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Starts one demo upstream per pool of `doc` on free loopback ports and
+/// points each pool at its upstream. Returns the addresses by pool name.
+pub async fn start_upstreams(
+    doc: &mut Document,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Vec<(String, SocketAddr)>> {
+    let mut started = Vec::new();
+    for pool in &mut doc.pools {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        pool.endpoints = vec![addr.to_string()];
+        let (version, name) = (pool.version.clone(), pool.name.clone());
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { serve_upstream(listener, &version, &name, shutdown).await }
+        });
+        started.push((pool.name.clone(), addr));
+    }
+    Ok(started)
+}
+
+/// The curl commands the demo prints for a gateway on `proxy`/`admin`.
+pub fn walkthrough(proxy: SocketAddr, admin: SocketAddr) -> String {
+    let p = format!("http://{proxy}");
+    format!(
+        "switchyard demo: gateway on {p}, admin on http://{admin}\n\
+         \n\
+         Try:\n\
+         \x20 curl -i {p}/api/orders                                      # no version: route default v2 (90% v2, 10% v2-canary)\n\
+         \x20 curl -i -H 'x-api-version: 1' {p}/api/orders                # header: v1, with Deprecation/Sunset/Link headers\n\
+         \x20 curl -i -H 'accept: application/vnd.wedsync.v1+json' {p}/api/orders   # Accept media type\n\
+         \x20 curl -i {p}/api/v1/orders                                   # path prefix, stripped before forwarding\n\
+         \x20 curl -i '{p}/api/orders?api-version=2.1.0'                   # query parameter, v2.1.0 resolves to v2\n\
+         \x20 curl -i -H 'x-client-id: acme-weddings' {p}/api/orders      # per-client pin: v1\n\
+         \x20 curl -i -H 'x-api-version: v0' {p}/api/orders               # sunset: 410 naming the successor\n\
+         \x20 curl -i -H 'x-api-version: v9' {p}/api/orders               # unknown: 400 listing supported versions\n\
+         \x20 curl -i -H 'x-api-version: beta' {p}/api/orders             # beta for listed clients only: 403\n\
+         \x20 curl -i -H 'x-api-version: beta' -H 'x-client-id: beta-tester' {p}/api/orders\n\
+         \x20 curl -s http://{admin}/admin/table                          # the live routing table\n\
+         \n\
+         Ctrl-C stops the demo.\n"
+    )
+}

@@ -1,0 +1,68 @@
+//! Process entry: CLI dispatch, logging, the runtime, exit codes
+//! (0 ok, 1 invalid table or runtime failure, 2 usage).
+
+use clap::Parser;
+use switchyard::cli::{self, Cli, LogFormat, Plan};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let args = Cli::parse();
+    init_logging(args.log_format);
+    let code = match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: Cli) -> anyhow::Result<i32> {
+    match cli::plan(args.command)? {
+        Plan::Exit(code) => Ok(code),
+        Plan::Serve { doc, origin, demo } => {
+            let rt = runtime(doc.server.workers)?;
+            rt.block_on(cli::serve(*doc, origin, demo))?;
+            // Exit 0 after a signal-driven shutdown even if the grace period
+            // cut slow requests: that is the configured behaviour.
+            Ok(0)
+        }
+        Plan::Upstream {
+            listen,
+            version,
+            threads,
+        } => {
+            let rt = runtime(threads)?;
+            rt.block_on(async move {
+                let listener = switchyard::server::bind(listen)?;
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let pool = version.clone();
+                tokio::select! {
+                    _ = switchyard::demo::serve_upstream(listener, &version, &pool, shutdown) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                anyhow::Ok(0)
+            })
+        }
+    }
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().thread_name("switchyard").build()
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}

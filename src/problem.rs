@@ -1,0 +1,194 @@
+//! `GatewayError` and its rendering as `application/problem+json` (RFC 9457).
+//! The only place a status code is chosen for a failure.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::body::Body;
+use crate::config::Source;
+use crate::upstream::UpstreamError;
+
+/// Base of the `type` URIs of our problems.
+const TYPE_BASE: &str = "https://switchyard.dev/problems/";
+
+/// Everything the pipeline can answer instead of a proxied response.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The client named a version that does not resolve.
+    #[error("API version {requested:?} from {} is not supported", detected_by.as_str())]
+    UnknownVersion {
+        /// What the client sent.
+        requested: String,
+        /// Which detection source carried it.
+        detected_by: Source,
+        /// Whether it was malformed rather than merely unknown.
+        malformed: bool,
+        /// The versions the route serves.
+        supported: Arc<[String]>,
+    },
+    /// The version is past its sunset.
+    #[error("API version {version} is sunset; use {successor}")]
+    Sunset {
+        /// The sunset version.
+        version: Arc<str>,
+        /// Its successor.
+        successor: Arc<str>,
+        /// The migration guide.
+        doc_url: Option<Arc<str>>,
+    },
+    /// A restricted (beta) version requested by a client not on its allow-list.
+    #[error("API version {version} is restricted to listed clients")]
+    VersionRestricted {
+        /// The restricted version.
+        version: Arc<str>,
+    },
+    /// No route matches host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// No routing table has been loaded yet.
+    #[error("no routing table loaded")]
+    NotReady,
+    /// The request breaks a framing or hygiene rule.
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// Request head too large.
+    #[error("request headers too large: {reason}")]
+    HeadersTooLarge {
+        /// Which limit.
+        reason: String,
+    },
+    /// Request URI too long.
+    #[error("request URI is {len} bytes, limit {limit}")]
+    UriTooLong {
+        /// Actual length.
+        len: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// Request body too large.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// Configured limit.
+        limit: u64,
+    },
+    /// Forwarding failed.
+    #[error("upstream pool {pool} failed: {source}")]
+    Upstream {
+        /// The pool.
+        pool: Arc<str>,
+        /// Why.
+        #[source]
+        source: UpstreamError,
+    },
+}
+
+impl GatewayError {
+    /// The status a client sees.
+    #[deny(clippy::wildcard_enum_match_arm)]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownVersion { .. } | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Sunset { .. } => StatusCode::GONE,
+            Self::VersionRestricted { .. } => StatusCode::FORBIDDEN,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Upstream { source, .. } => source.status(),
+        }
+    }
+
+    /// Short stable slug for `type` and metrics.
+    #[deny(clippy::wildcard_enum_match_arm)]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownVersion {
+                malformed: true, ..
+            } => "malformed-version",
+            Self::UnknownVersion {
+                malformed: false, ..
+            } => "unknown-version",
+            Self::Sunset { .. } => "version-sunset",
+            Self::VersionRestricted { .. } => "version-restricted",
+            Self::NoRoute => "no-route",
+            Self::NotReady => "not-ready",
+            Self::BadRequest { .. } => "bad-request",
+            Self::HeadersTooLarge { .. } => "headers-too-large",
+            Self::UriTooLong { .. } => "uri-too-long",
+            Self::BodyTooLarge { .. } => "body-too-large",
+            Self::Upstream { source, .. } => source.kind(),
+        }
+    }
+
+    /// Renders the problem+json response. `request_id` goes in the body so a
+    /// client's report can be found in our logs.
+    pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        let status = self.status();
+        let mut body = json!({
+            "type": format!("{TYPE_BASE}{}", self.kind()),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        let obj = body.as_object_mut().expect("object literal");
+        if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+            obj.insert("request_id".into(), id.into());
+        }
+        match self {
+            Self::UnknownVersion {
+                supported,
+                requested,
+                detected_by,
+                ..
+            } => {
+                obj.insert("requested".into(), requested.as_str().into());
+                obj.insert("source".into(), detected_by.as_str().into());
+                obj.insert("supported".into(), json!(&**supported));
+            }
+            Self::Sunset {
+                version,
+                successor,
+                doc_url,
+            } => {
+                obj.insert("version".into(), (&**version).into());
+                obj.insert("successor".into(), (&**successor).into());
+                if let Some(url) = doc_url {
+                    obj.insert("migration_guide".into(), (&**url).into());
+                }
+            }
+            Self::VersionRestricted { version } => {
+                obj.insert("version".into(), (&**version).into());
+            }
+            Self::Upstream { pool, .. } => {
+                obj.insert("pool".into(), (&**pool).into());
+            }
+            Self::NoRoute
+            | Self::NotReady
+            | Self::BadRequest { .. }
+            | Self::HeadersTooLarge { .. }
+            | Self::UriTooLong { .. }
+            | Self::BodyTooLarge { .. } => {}
+        }
+        let mut resp = Response::new(Body::full(body.to_string()));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(id) = request_id {
+            h.insert(crate::headers::X_REQUEST_ID, id.clone());
+        }
+        if matches!(status, StatusCode::SERVICE_UNAVAILABLE) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,152 @@
+//! Listeners: accept loop, hyper-util's auto builder (HTTP/1.1 and h2c on
+//! one port), hyper's timers (so the header-read timeout is really armed),
+//! and graceful shutdown: stop accepting, let in-flight requests finish up
+//! to the grace period, then return.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+use crate::config::ServerSettings;
+
+/// Something that answers requests on a listener.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request from `peer`.
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl Handler for crate::pipeline::Gateway {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        self.handle(req, peer)
+    }
+}
+
+/// Connection-level settings.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    /// Header read timeout (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// hyper's HTTP/1 read buffer, which caps the request head.
+    pub max_buf_size: usize,
+    /// How long in-flight requests may run after shutdown starts.
+    pub grace: Duration,
+}
+
+impl From<&ServerSettings> for ConnSettings {
+    fn from(s: &ServerSettings) -> Self {
+        ConnSettings {
+            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+            // Twice our own limit: heads a little over it still parse, so the
+            // pipeline answers 431 as problem+json instead of hyper's bare 431.
+            max_buf_size: (s.max_header_bytes * 2).max(8192),
+            grace: Duration::from_millis(s.grace_period_ms),
+        }
+    }
+}
+
+fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_buf_size)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(settings.max_buf_size as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// Serves `listener` with `handler` until `shutdown` is cancelled, then
+/// drains: in-flight requests get up to `settings.grace` to finish.
+/// Returns whether the drain completed in time.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+) -> bool {
+    let builder = builder(&settings);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        serve_connection(&builder, &graceful, stream, peer, handler.clone());
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => true,
+        _ = tokio::time::sleep(settings.grace) => {
+            tracing::warn!(grace = ?settings.grace, "grace period over; closing remaining connections");
+            false
+        }
+    }
+}
+
+fn serve_connection<H: Handler>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.call(req, peer).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = graceful.watch(conn.into_owned());
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    });
+}
+
+/// Binds a listener with `SO_REUSEADDR` and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,249 @@
+//! `RoutingTable`, the compiled immutable form of a validated document, and
+//! `TableHandle`, which publishes it through one `arc-swap` pointer. The
+//! request path does one atomic load and then only reads: matchers, version
+//! resolvers, splits, lifecycle header values and upstream handles are all
+//! built here, once per reload.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+
+use crate::config::{Document, HostHeader, Status};
+use crate::route::{RouteId, Router};
+use crate::split::{PoolId, Split};
+use crate::upstream::{HostRewrite, HttpClient, Pool, Timeouts, Upstream};
+use crate::version::{Detection, Lifecycle, Resolver, VersionId};
+
+/// A compiled API version.
+#[derive(Debug)]
+pub struct Version {
+    /// Canonical name.
+    pub name: Arc<str>,
+    /// The name as a header value (for `x-api-version`).
+    pub header: HeaderValue,
+    /// Status, dates and their header values.
+    pub lifecycle: Lifecycle,
+    /// Successor, for 410 answers.
+    pub successor: Option<VersionId>,
+    /// Migration guide.
+    pub doc_url: Option<Arc<str>>,
+    /// Client ids allowed to use it; empty = everyone.
+    pub allow_clients: HashSet<Box<str>>,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Route name.
+    pub name: Arc<str>,
+    /// Detection settings.
+    pub detection: Detection,
+    /// Version used when no source names one.
+    pub default_version: VersionId,
+    /// Bit `i` set = version `i` is served on this route.
+    pub served: u64,
+    /// Names of the served versions, for 400 answers.
+    pub supported: Arc<[String]>,
+    /// Split per client version (indexed by `VersionId`; `None` = not served).
+    pub splits: Vec<Option<Split>>,
+    /// Connect and response timeouts.
+    pub timeouts: Timeouts,
+    /// Request body cap.
+    pub max_body_bytes: u64,
+    /// Pooled client for this route's connect timeout.
+    pub client: HttpClient,
+}
+
+/// A compiled pool plus the version it serves.
+#[derive(Debug)]
+pub struct PoolEntry {
+    /// Endpoints and host policy.
+    pub pool: Pool,
+    /// The API version the pool speaks.
+    pub version: VersionId,
+}
+
+/// The immutable routing table one request sees from start to finish.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Versions by id.
+    pub versions: Vec<Version>,
+    /// Version string resolver.
+    pub resolver: Resolver,
+    /// Client pins.
+    pub pins: HashMap<Box<str>, VersionId>,
+    /// Pools by id.
+    pub pools: Vec<PoolEntry>,
+    /// Routes by id.
+    pub routes: Vec<Route>,
+    /// Host and prefix matcher.
+    pub router: Router,
+    /// Where the document came from.
+    pub origin: String,
+    /// Revision (file loads count up from 1; Redis revisions later).
+    pub revision: u64,
+}
+
+impl RoutingTable {
+    /// Compiles a document that passed `config::validate`.
+    pub fn compile(
+        doc: &Document,
+        upstream: &Upstream,
+        origin: String,
+        revision: u64,
+    ) -> RoutingTable {
+        let vid: HashMap<&str, VersionId> = doc
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.name.as_str(), i as VersionId))
+            .collect();
+        let versions = doc
+            .versions
+            .iter()
+            .map(|v| Version {
+                name: v.name.as_str().into(),
+                header: HeaderValue::from_str(&v.name).expect("validated version name"),
+                lifecycle: Lifecycle::compile(v),
+                successor: v.successor.as_deref().map(|s| vid[s]),
+                doc_url: v.doc_url.as_deref().map(Into::into),
+                allow_clients: v.allow_clients.iter().map(|c| c.as_str().into()).collect(),
+            })
+            .collect();
+        let pid: HashMap<&str, PoolId> = doc
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i as PoolId))
+            .collect();
+        let pools: Vec<PoolEntry> = doc
+            .pools
+            .iter()
+            .map(|p| PoolEntry {
+                version: vid[p.version.as_str()],
+                pool: Pool {
+                    name: p.name.as_str().into(),
+                    endpoints: p.endpoints.iter().map(|e| upstream.endpoint(e)).collect(),
+                    host: match (&p.host, &p.host_header) {
+                        (Some(h), _) => {
+                            HostRewrite::Fixed(HeaderValue::from_str(h).expect("validated host"))
+                        }
+                        (None, HostHeader::Endpoint) => HostRewrite::Endpoint,
+                        (None, HostHeader::Preserve) => HostRewrite::Preserve,
+                    },
+                },
+            })
+            .collect();
+        let routes = doc
+            .routes
+            .iter()
+            .map(|r| {
+                let served_names: Vec<&str> = match &r.versions {
+                    Some(list) => list.iter().map(String::as_str).collect(),
+                    None => doc.versions.iter().map(|v| v.name.as_str()).collect(),
+                };
+                let mut served = 0u64;
+                let mut splits = vec![None; doc.versions.len()];
+                for name in &served_names {
+                    let v = vid[name];
+                    served |= 1 << v;
+                    if doc.versions[v as usize].status == Status::Sunset {
+                        continue; // answered 410 before any split
+                    }
+                    splits[v as usize] = Some(match r.split.get(*name) {
+                        Some(weights) => Split::compile(
+                            &weights
+                                .iter()
+                                .map(|w| (pid[w.pool.as_str()], w.weight))
+                                .collect::<Vec<_>>(),
+                        ),
+                        None => Split::even(
+                            &pools
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, p)| p.version == v)
+                                .map(|(i, _)| i as PoolId)
+                                .collect::<Vec<_>>(),
+                        ),
+                    });
+                }
+                let timeouts = Timeouts {
+                    connect: Duration::from_millis(r.connect_timeout_ms),
+                    response: Duration::from_millis(r.timeout_ms),
+                };
+                Route {
+                    name: r.name.as_str().into(),
+                    detection: Detection::compile(&doc.detection, &r.detection),
+                    default_version: vid[r.default_version.as_str()],
+                    served,
+                    supported: served_names
+                        .iter()
+                        .filter(|n| doc.versions[vid[*n] as usize].status != Status::Sunset)
+                        .map(|n| n.to_string())
+                        .collect(),
+                    splits,
+                    timeouts,
+                    max_body_bytes: r.max_body_bytes,
+                    client: upstream.client(timeouts.connect),
+                }
+            })
+            .collect();
+        RoutingTable {
+            resolver: Resolver::compile(&doc.versions),
+            pins: doc
+                .pins
+                .iter()
+                .map(|(c, v)| (c.as_str().into(), vid[v.as_str()]))
+                .collect(),
+            router: Router::compile(
+                doc.routes
+                    .iter()
+                    .map(|r| (r.hosts.as_slice(), r.path_prefix.as_str())),
+            ),
+            versions,
+            pools,
+            routes,
+            origin,
+            revision,
+        }
+    }
+
+    /// The route by id (ids come from this table's router).
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id as usize]
+    }
+}
+
+/// The published table: one atomic pointer, swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct TableHandle {
+    current: ArcSwapOption<RoutingTable>,
+    swaps: AtomicU64,
+}
+
+impl TableHandle {
+    /// The current table, if one was ever published. One atomic load.
+    pub fn load(&self) -> Option<Arc<RoutingTable>> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new table; in-flight requests keep the one they loaded.
+    pub fn publish(&self, table: RoutingTable) {
+        self.current.store(Some(Arc::new(table)));
+        self.swaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a table is loaded (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// How many tables were published since start.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
+    }
+}
