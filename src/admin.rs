@@ -1,15 +1,18 @@
-//! The admin listener (default 127.0.0.1:9901): health probes and a summary
-//! of the live routing table. Kept off the proxy port so it can stay
-//! internal (the Kubernetes NetworkPolicy relies on that).
+//! The admin listener (default 127.0.0.1:9901): health probes (open) and
+//! the `/admin/*` API (bearer token when one is configured): the live table,
+//! the control plane's status, reload now, and the Redis audit history.
+//! Kept off the proxy port so it can stay internal (the Kubernetes
+//! NetworkPolicy relies on that).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::body::Body;
+use crate::control::Control;
 use crate::pipeline::health;
 use crate::server::Handler;
 use crate::table::TableHandle;
@@ -19,6 +22,10 @@ use crate::table::TableHandle;
 pub struct Admin {
     /// The same table handle the proxy reads.
     pub tables: Arc<TableHandle>,
+    /// The control plane.
+    pub control: Arc<Control>,
+    /// Bearer token for `/admin/*`; `None` = open.
+    pub token: Option<String>,
 }
 
 impl Handler for Admin {
@@ -27,18 +34,104 @@ impl Handler for Admin {
         if let Some(resp) = health(path, &self.tables) {
             return resp;
         }
-        match path {
-            "/admin/table" => json_response(StatusCode::OK, self.table_summary()),
-            _ => json_response(
+        if let Err(resp) = self.authorize(&req) {
+            return resp;
+        }
+        let method = req.method();
+        match (method, path) {
+            (&Method::GET, "/admin/table") => json_response(StatusCode::OK, self.table_summary()),
+            (&Method::GET, "/admin/status") => {
+                json_response(StatusCode::OK, json!(self.control.status()))
+            }
+            (&Method::POST, "/admin/reload") => {
+                let r = self.control.check(true).await;
+                let status = if r.result == "rejected" || r.result == "error" {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::OK
+                };
+                json_response(
+                    status,
+                    json!({"reload": r, "status": self.control.status()}),
+                )
+            }
+            (&Method::GET, "/admin/history") => self.history().await,
+            (_, "/admin/table" | "/admin/status" | "/admin/reload" | "/admin/history") => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "GET /admin/table, /admin/status, /admin/history; POST /admin/reload",
+            ),
+            _ => problem(
                 StatusCode::NOT_FOUND,
-                json!({"type": "https://switchyard.dev/problems/no-route", "title": "Not Found", "status": 404,
-                       "detail": "admin endpoints: /health/live, /health/ready, /admin/table"}),
+                "no-route",
+                "admin endpoints: /health/live, /health/ready, /admin/table, /admin/status, /admin/reload, /admin/history",
             ),
         }
     }
 }
 
 impl Admin {
+    /// `Authorization: Bearer <token>`: 401 when missing, 403 when wrong.
+    #[allow(clippy::result_large_err)]
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        match given {
+            None => {
+                let mut resp = problem(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the admin API needs Authorization: Bearer <token>",
+                );
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"switchyard-admin\""),
+                );
+                Err(resp)
+            }
+            Some(t) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(problem(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the admin token is not valid",
+            )),
+        }
+    }
+
+    async fn history(&self) -> Response<Body> {
+        if !self.control.has_redis() {
+            return problem(
+                StatusCode::CONFLICT,
+                "no-redis",
+                "history lives in Redis; this gateway serves a file",
+            );
+        }
+        let Some(mut store) = self.control.store().await else {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis-unavailable",
+                "not connected to Redis",
+            );
+        };
+        match store.history(100).await {
+            Ok(entries) => json_response(StatusCode::OK, json!({"entries": entries})),
+            Err(e) => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis-unavailable",
+                &format!("redis: {e}"),
+            ),
+        }
+    }
+
     fn table_summary(&self) -> serde_json::Value {
         let Some(t) = self.tables.load() else {
             return json!({"loaded": false});
@@ -47,6 +140,8 @@ impl Admin {
             "loaded": true,
             "origin": t.origin,
             "revision": t.revision,
+            "loaded_at": t.loaded_at.to_string(),
+            "document": t.source_text.as_deref(),
             "versions": t.versions.iter().map(|v| json!({
                 "name": &*v.name,
                 "status": format!("{:?}", v.lifecycle.status).to_lowercase(),
@@ -66,6 +161,20 @@ impl Admin {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<Body> {
+    json_response(
+        status,
+        json!({"type": format!("https://switchyard.dev/problems/{kind}"), "title": status.canonical_reason(),
+               "status": status.as_u16(), "detail": detail}),
+    )
+}
+
+/// Compares without an early exit, so response timing does not reveal how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {

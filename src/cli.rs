@@ -64,6 +64,24 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Manage the routing table in Redis.
+    Config {
+        /// Redis connection.
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Manage per-client version pins in Redis.
+    Pin {
+        /// Redis connection.
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: PinAction,
+    },
     /// A demo upstream alone (for benchmarks).
     #[command(hide = true)]
     DemoUpstream {
@@ -77,6 +95,104 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+}
+
+/// Where the routing table lives in Redis.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (`redis://host:6379/0` or `redis-cluster://h1:p1,h2:p2`).
+    #[arg(
+        long = "redis",
+        env = "SWITCHYARD_REDIS_URL",
+        global = true,
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub url: String,
+    /// Key prefix.
+    #[arg(
+        long,
+        env = "SWITCHYARD_REDIS_PREFIX",
+        global = true,
+        default_value = "switchyard:"
+    )]
+    pub prefix: String,
+    /// Who is making the change (recorded in the audit trail).
+    #[arg(long, env = "SWITCHYARD_AUTHOR", global = true)]
+    pub author: Option<String>,
+}
+
+/// `switchyard config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate FILE locally, then write it as the next revision (compare-and-set).
+    Push {
+        /// The routing table.
+        file: PathBuf,
+        /// Why (recorded in the audit trail).
+        #[arg(long, short)]
+        message: String,
+        /// Allowed during a change freeze; recorded as an emergency.
+        #[arg(long)]
+        emergency: bool,
+        /// Revisions kept for rollback.
+        #[arg(long, default_value_t = 50)]
+        keep: u64,
+        /// Fail unless Redis is at this revision (default: whatever it is now).
+        #[arg(long)]
+        expect_revision: Option<u64>,
+    },
+    /// Print the current document, or a kept revision.
+    Get {
+        /// Revision to print.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// Print the audit trail, newest first.
+    History {
+        /// Entries to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Push kept revision N again as a new revision.
+    Rollback {
+        /// The revision to restore.
+        revision: u64,
+        /// Why.
+        #[arg(long, short, default_value = "rollback")]
+        message: String,
+        /// Allowed during a change freeze.
+        #[arg(long)]
+        emergency: bool,
+        /// Revisions kept.
+        #[arg(long, default_value_t = 50)]
+        keep: u64,
+    },
+    /// Unified diff between two kept revisions.
+    Diff {
+        /// Older revision.
+        a: u64,
+        /// Newer revision.
+        b: u64,
+    },
+}
+
+/// `switchyard pin ...`
+#[derive(Debug, Subcommand)]
+pub enum PinAction {
+    /// Pin CLIENT to VERSION (validated against the table in Redis).
+    Set {
+        /// Client id (the value of the table's client header).
+        client: String,
+        /// Version name or alias.
+        version: String,
+    },
+    /// Remove CLIENT's pin.
+    Rm {
+        /// Client id.
+        client: String,
+    },
+    /// List the pins.
+    List,
 }
 
 /// Overrides of the `[server]` table.
@@ -126,6 +242,8 @@ pub enum Plan {
         origin: String,
         /// Whether this is `switchyard demo`.
         demo: bool,
+        /// The file and its text (for reloads and `/admin/table`).
+        file: Option<(PathBuf, String)>,
     },
     /// A bare demo upstream.
     Upstream {
@@ -136,8 +254,19 @@ pub enum Plan {
         /// Worker threads.
         threads: usize,
     },
+    /// An operator command against Redis.
+    Control(Box<ControlCmd>),
     /// Done already (validate); exit with this code.
     Exit(i32),
+}
+
+/// Operator commands (`config ...`, `pin ...`).
+#[derive(Debug)]
+pub enum ControlCmd {
+    /// `config ...`
+    Config(RedisArgs, ConfigAction),
+    /// `pin ...`
+    Pin(RedisArgs, PinAction),
 }
 
 /// Reads and validates what the command needs.
@@ -187,6 +316,7 @@ pub fn plan(command: Command) -> anyhow::Result<Plan> {
                 doc: Box::new(doc),
                 origin,
                 demo: false,
+                file: Some((path, text)),
             })
         }
         Command::Demo { overrides } => {
@@ -196,6 +326,7 @@ pub fn plan(command: Command) -> anyhow::Result<Plan> {
                 doc: Box::new(doc),
                 origin: "config/demo.toml (bundled)".into(),
                 demo: true,
+                file: None,
             })
         }
         Command::DemoUpstream {
@@ -207,11 +338,22 @@ pub fn plan(command: Command) -> anyhow::Result<Plan> {
             version,
             threads,
         }),
+        Command::Config { redis, action } => {
+            Ok(Plan::Control(Box::new(ControlCmd::Config(redis, action))))
+        }
+        Command::Pin { redis, action } => {
+            Ok(Plan::Control(Box::new(ControlCmd::Pin(redis, action))))
+        }
     }
 }
 
 /// Runs a `Serve` plan on the current runtime until SIGINT/SIGTERM.
-pub async fn serve(mut doc: Document, origin: String, demo: bool) -> anyhow::Result<bool> {
+pub async fn serve(
+    mut doc: Document,
+    origin: String,
+    demo: bool,
+    file: Option<(PathBuf, String)>,
+) -> anyhow::Result<bool> {
     let shutdown = CancellationToken::new();
     if demo {
         crate::demo::start_upstreams(&mut doc, &shutdown)
@@ -241,7 +383,15 @@ pub async fn serve(mut doc: Document, origin: String, demo: bool) -> anyhow::Res
             shutdown.cancel();
         }
     });
-    let drained = crate::serve(doc, origin, proxy, admin, shutdown).await;
+    let options = crate::ServeOptions {
+        text: Some(
+            file.as_ref()
+                .map_or_else(|| crate::demo::DEMO_TOML.to_string(), |f| f.1.clone()),
+        ),
+        file: file.map(|f| f.0),
+        ..Default::default()
+    };
+    let drained = crate::serve_with(doc, origin, proxy, admin, shutdown, options).await;
     tracing::info!(drained, "switchyard stopped");
     Ok(drained)
 }
@@ -253,4 +403,292 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Runs an operator command; returns the exit code (1 = refused, conflict
+/// or invalid).
+pub async fn control(cmd: ControlCmd) -> anyhow::Result<i32> {
+    use crate::control::store::{Meta, PushError, Store, sha256_hex};
+    let (redis, config_action, pin_action) = match cmd {
+        ControlCmd::Config(r, a) => (r, Some(a), None),
+        ControlCmd::Pin(r, a) => (r, None, Some(a)),
+    };
+    let author = redis
+        .author
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let mut store = Store::connect(&redis.url, &redis.prefix, None)
+        .await
+        .with_context(|| format!("connecting to {}", crate::control::redact(&redis.url)))?;
+    let meta = |message: &str, text: &str, emergency: bool, action: &str| Meta {
+        author: author.clone(),
+        time: jiff::Timestamp::now(),
+        message: message.to_string(),
+        sha256: sha256_hex(text),
+        emergency,
+        action: action.to_string(),
+    };
+    if let Some(action) = pin_action {
+        return pins(&mut store, action, &author).await;
+    }
+    match config_action.expect("config or pin") {
+        ConfigAction::Push {
+            file,
+            message,
+            emergency,
+            keep,
+            expect_revision,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let doc = match config::load(&text, Origin::File(file.display().to_string())) {
+                Ok(doc) => doc,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!(
+                        "push refused: {} error(s); Redis was not touched",
+                        errors.errors.len()
+                    );
+                    return Ok(1);
+                }
+            };
+            let current = store.current().await?;
+            let expected = current.as_ref().map_or(0, |c| c.revision);
+            if let Some(want) = expect_revision
+                && want != expected
+            {
+                eprintln!("push refused: expected revision {want}, Redis is at {expected}");
+                return Ok(1);
+            }
+            if let Some(code) =
+                freeze_refusal(current.as_ref().map(|c| c.text.as_str()), &doc, emergency)
+            {
+                return Ok(code);
+            }
+            match store
+                .push(
+                    &text,
+                    expected,
+                    &meta(&message, &text, emergency, "push"),
+                    keep,
+                )
+                .await
+            {
+                Ok(rev) => {
+                    println!(
+                        "pushed revision {rev} (sha256 {}){}",
+                        &sha256_hex(&text)[..12],
+                        if emergency {
+                            " as an EMERGENCY change"
+                        } else {
+                            ""
+                        }
+                    );
+                    Ok(0)
+                }
+                Err(PushError::Conflict { expected, actual }) => {
+                    eprintln!(
+                        "push refused: conflict: Redis moved from revision {expected} to {actual} while pushing; inspect with `switchyard config history` and push again"
+                    );
+                    Ok(1)
+                }
+                Err(PushError::Redis(e)) => Err(e.into()),
+            }
+        }
+        ConfigAction::Get { revision } => {
+            let stored = match revision {
+                Some(r) => store.get(r).await?,
+                None => store.current().await?,
+            };
+            match stored {
+                Some(s) => {
+                    eprintln!(
+                        "# revision {}{}",
+                        s.revision,
+                        s.meta
+                            .map(|m| format!(" by {} at {}: {}", m.author, m.time, m.message))
+                            .unwrap_or_default()
+                    );
+                    print!("{}", s.text);
+                    Ok(0)
+                }
+                None => {
+                    eprintln!(
+                        "no such revision (kept revisions only; see `switchyard config history`)"
+                    );
+                    Ok(1)
+                }
+            }
+        }
+        ConfigAction::History { limit } => {
+            for e in store.history(limit).await? {
+                let f = |k: &str| e.fields.get(k).map(String::as_str).unwrap_or("");
+                let what = if f("revision").is_empty() {
+                    format!(
+                        "pins rev {} {} {}={}",
+                        f("pins_revision"),
+                        f("action"),
+                        f("client"),
+                        f("version")
+                    )
+                } else {
+                    format!(
+                        "rev {} {}{} sha256 {}: {}",
+                        f("revision"),
+                        f("action"),
+                        if f("emergency") == "true" {
+                            " EMERGENCY"
+                        } else {
+                            ""
+                        },
+                        f("sha256").get(..12).unwrap_or(""),
+                        f("message")
+                    )
+                };
+                println!("{}  {}  {what}", f("time"), f("author"));
+            }
+            Ok(0)
+        }
+        ConfigAction::Rollback {
+            revision,
+            message,
+            emergency,
+            keep,
+        } => {
+            let Some(old) = store.get(revision).await? else {
+                eprintln!("rollback refused: revision {revision} is not kept");
+                return Ok(1);
+            };
+            let doc = match config::load(&old.text, Origin::Redis { revision }) {
+                Ok(doc) => doc,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!(
+                        "rollback refused: revision {revision} does not validate with this binary"
+                    );
+                    return Ok(1);
+                }
+            };
+            let current = store.current().await?;
+            if let Some(code) =
+                freeze_refusal(current.as_ref().map(|c| c.text.as_str()), &doc, emergency)
+            {
+                return Ok(code);
+            }
+            let expected = current.map_or(0, |c| c.revision);
+            let message = format!("rollback to {revision}: {message}");
+            match store
+                .push(
+                    &old.text,
+                    expected,
+                    &meta(&message, &old.text, emergency, "rollback"),
+                    keep,
+                )
+                .await
+            {
+                Ok(rev) => {
+                    println!("rolled back: revision {rev} restores revision {revision}");
+                    Ok(0)
+                }
+                Err(PushError::Conflict { expected, actual }) => {
+                    eprintln!(
+                        "rollback refused: conflict: Redis moved from revision {expected} to {actual}"
+                    );
+                    Ok(1)
+                }
+                Err(PushError::Redis(e)) => Err(e.into()),
+            }
+        }
+        ConfigAction::Diff { a, b } => {
+            let (Some(x), Some(y)) = (store.get(a).await?, store.get(b).await?) else {
+                eprintln!("diff: both revisions must be kept ones");
+                return Ok(1);
+            };
+            let diff = similar::TextDiff::from_lines(&x.text, &y.text);
+            print!(
+                "{}",
+                diff.unified_diff()
+                    .header(&format!("revision {a}"), &format!("revision {b}"))
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Refuses a change during a freeze of the live table (or, with none live,
+/// of the new one) unless it is an emergency. Returns the exit code to use.
+fn freeze_refusal(current: Option<&str>, new: &Document, emergency: bool) -> Option<i32> {
+    use crate::control::freeze::{Freeze, active};
+    let docs = match current.and_then(|t| config::parse(t, Origin::Embedded("current")).ok()) {
+        Some(doc) => doc.freezes,
+        None => new.freezes.clone(),
+    };
+    let freezes: Vec<Freeze> = docs
+        .iter()
+        .filter(|f| crate::control::freeze::validate(std::slice::from_ref(*f)).is_empty())
+        .map(Freeze::compile)
+        .collect();
+    let f = active(&freezes, jiff::Timestamp::now())?;
+    if emergency {
+        eprintln!(
+            "warning: change freeze {:?} is in force until {}; pushing as an audited EMERGENCY change",
+            f.name, f.until
+        );
+        return None;
+    }
+    eprintln!(
+        "push refused: change freeze {:?} is in force until {}; pass --emergency for an emergency change (it is audited)",
+        f.name, f.until
+    );
+    Some(1)
+}
+
+async fn pins(
+    store: &mut crate::control::store::Store,
+    action: PinAction,
+    author: &str,
+) -> anyhow::Result<i32> {
+    match action {
+        PinAction::Set { client, version } => {
+            let Some(current) = store.current().await? else {
+                eprintln!("pin refused: no routing table in Redis to validate the version against");
+                return Ok(1);
+            };
+            let doc = config::parse(
+                &current.text,
+                Origin::Redis {
+                    revision: current.revision,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let resolver = crate::version::Resolver::compile(&doc.versions);
+            let Ok(id) = resolver.resolve(&version) else {
+                let names: Vec<&str> = doc.versions.iter().map(|v| v.name.as_str()).collect();
+                eprintln!(
+                    "pin refused: version {version:?} is not in the live table (revision {}): {}",
+                    current.revision,
+                    names.join(", ")
+                );
+                return Ok(1);
+            };
+            let name = &doc.versions[id as usize].name;
+            let rev = store.set_pin(&client, Some(name), author).await?;
+            println!("pinned {client} to {name} (pin revision {rev})");
+        }
+        PinAction::Rm { client } => {
+            let rev = store.set_pin(&client, None, author).await?;
+            println!("unpinned {client} (pin revision {rev})");
+        }
+        PinAction::List => {
+            let (rev, pins) = store.pins().await?;
+            let mut pins: Vec<_> = pins.into_iter().collect();
+            pins.sort();
+            eprintln!("# pin revision {rev}, {} pins", pins.len());
+            for (c, v) in pins {
+                println!("{c}\t{v}");
+            }
+        }
+    }
+    Ok(0)
 }

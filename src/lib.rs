@@ -5,6 +5,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod headers;
 pub mod pipeline;
@@ -23,16 +24,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Document;
 use crate::pipeline::Gateway;
-use crate::table::{RoutingTable, TableHandle};
+use crate::table::TableHandle;
 use crate::upstream::Upstream;
 
-/// A running gateway's shared parts.
-#[derive(Debug, Clone)]
-pub struct Handles {
-    /// The published table.
-    pub tables: Arc<TableHandle>,
-    /// Upstream clients and endpoint state.
-    pub upstream: Arc<Upstream>,
+/// How to run a gateway beyond its document.
+pub struct ServeOptions {
+    /// The file the document came from (reloaded by `POST /admin/reload`
+    /// without Redis).
+    pub file: Option<std::path::PathBuf>,
+    /// The document's text, for `/admin/table`.
+    pub text: Option<String>,
+    /// The clock (tests inject one to cross freezes and sunsets).
+    pub clock: Arc<dyn control::Clock>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            file: None,
+            text: None,
+            clock: Arc::new(control::SystemClock),
+        }
+    }
 }
 
 /// Serves a validated document on the given listeners until `shutdown` is
@@ -45,22 +58,50 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> bool {
-    let handles = Handles {
-        tables: Arc::new(TableHandle::default()),
-        upstream: Arc::new(Upstream::default()),
+    serve_with(doc, origin, proxy, admin, shutdown, ServeOptions::default()).await
+}
+
+/// [`serve`] with a source file, document text and clock. With
+/// `server.redis_url` set, the table follows Redis (the document's own
+/// table, if it has routes, serves until Redis answers).
+pub async fn serve_with(
+    doc: Document,
+    origin: String,
+    proxy: TcpListener,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+    options: ServeOptions,
+) -> bool {
+    let tables = Arc::new(TableHandle::default());
+    let upstream = Arc::new(Upstream::default());
+    let sources = control::Sources {
+        file: options.file.clone(),
+        redis: doc
+            .server
+            .redis_url
+            .clone()
+            .map(|u| (u, doc.server.redis_prefix.clone())),
+        poll: std::time::Duration::from_millis(doc.server.redis_poll_ms),
     };
-    handles
-        .tables
-        .publish(RoutingTable::compile(&doc, &handles.upstream, origin, 1));
-    let conn = server::ConnSettings::from(&doc.server);
-    let gateway = Arc::new(Gateway::new(
-        handles.tables.clone(),
-        handles.upstream.clone(),
-        &doc.server,
+    let control = Arc::new(control::Control::new(
+        tables.clone(),
+        upstream.clone(),
+        sources,
+        options.clock,
     ));
+    let conn = server::ConnSettings::from(&doc.server);
+    let gateway = Arc::new(Gateway::new(tables.clone(), upstream, &doc.server));
+    let token = std::env::var("SWITCHYARD_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or(doc.server.admin_token.clone());
     let admin_handler = Arc::new(admin::Admin {
-        tables: handles.tables.clone(),
+        tables,
+        control: control.clone(),
+        token,
     });
+    control.start_with_file(doc, origin, options.text).await;
+    let watcher = tokio::spawn(control.clone().watch(shutdown.clone()));
     let admin_task = tokio::spawn(server::serve(
         admin,
         admin_handler,
@@ -69,5 +110,6 @@ pub async fn serve(
     ));
     let drained = server::serve(proxy, gateway, conn, shutdown).await;
     let _ = admin_task.await;
+    let _ = watcher.await;
     drained
 }

@@ -21,9 +21,20 @@ fn main() {
 fn run(args: Cli) -> anyhow::Result<i32> {
     match cli::plan(args.command)? {
         Plan::Exit(code) => Ok(code),
-        Plan::Serve { doc, origin, demo } => {
+        Plan::Control(cmd) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cli::control(*cmd))
+        }
+        Plan::Serve {
+            doc,
+            origin,
+            demo,
+            file,
+        } => {
             let rt = runtime(doc.server.workers)?;
-            rt.block_on(cli::serve(*doc, origin, demo))?;
+            rt.block_on(cli::serve(*doc, origin, demo, file))?;
             // Exit 0 after a signal-driven shutdown even if the grace period
             // cut slow requests: that is the configured behaviour.
             Ok(0)

@@ -84,8 +84,14 @@ pub struct RoutingTable {
     pub router: Router,
     /// Where the document came from.
     pub origin: String,
-    /// Revision (file loads count up from 1; Redis revisions later).
+    /// Redis revision (0 for a file).
     pub revision: u64,
+    /// Change-freeze windows.
+    pub freezes: Vec<crate::control::freeze::Freeze>,
+    /// The document text, for `/admin/table`.
+    pub source_text: Option<Arc<str>>,
+    /// When it was compiled.
+    pub loaded_at: jiff::Timestamp,
 }
 
 impl RoutingTable {
@@ -209,7 +215,30 @@ impl RoutingTable {
             routes,
             origin,
             revision,
+            freezes: doc
+                .freezes
+                .iter()
+                .map(crate::control::freeze::Freeze::compile)
+                .collect(),
+            source_text: None,
+            loaded_at: jiff::Timestamp::now(),
         }
+    }
+
+    /// Adds pins kept in Redis (they override the document's). Returns the
+    /// clients skipped because their version does not resolve in this table.
+    pub fn add_pins(&mut self, pins: &HashMap<String, String>) -> Vec<String> {
+        let mut skipped = Vec::new();
+        for (client, version) in pins {
+            match self.resolver.resolve(version) {
+                Ok(v) => {
+                    self.pins.insert(client.as_str().into(), v);
+                }
+                Err(_) => skipped.push(format!("{client}={version}")),
+            }
+        }
+        skipped.sort();
+        skipped
     }
 
     /// The route by id (ids come from this table's router).

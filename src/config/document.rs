@@ -29,6 +29,9 @@ pub struct Document {
     /// Per-client version pins: client id (from `detection.client_header`) -> version.
     #[serde(default)]
     pub pins: std::collections::BTreeMap<String, String>,
+    /// Change-freeze windows: routing pushes are refused (or deferred) inside them.
+    #[serde(default)]
+    pub freezes: Vec<crate::control::freeze::FreezeDoc>,
 }
 
 /// Process settings. Each can be overridden by a `SWITCHYARD_*` env var or
@@ -56,6 +59,17 @@ pub struct ServerSettings {
     pub health_on_proxy: bool,
     /// Worker threads; 0 means one per CPU. Default 0.
     pub workers: usize,
+    /// Redis URL holding the live routing table (`redis://host:6379/0`, or
+    /// `redis-cluster://h1:p1,h2:p2`); unset = this file only.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys and channel. Default `switchyard:`.
+    pub redis_prefix: String,
+    /// How often the gateway polls the Redis revision (pub/sub can miss
+    /// messages), in ms. Default 2000.
+    pub redis_poll_ms: u64,
+    /// Bearer token for `/admin/*` (health stays open). Prefer the
+    /// `SWITCHYARD_ADMIN_TOKEN` env var; unset = admin API open (loopback only by default).
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -73,6 +87,10 @@ impl Default for ServerSettings {
             underscore_headers: UnderscoreHeaders::Reject,
             health_on_proxy: true,
             workers: 0,
+            redis_url: None,
+            redis_prefix: "switchyard:".into(),
+            redis_poll_ms: 2_000,
+            admin_token: None,
         }
     }
 }

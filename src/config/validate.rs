@@ -47,7 +47,12 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
 
     // versions
     let mut names: HashMap<String, usize> = HashMap::new();
-    if doc.versions.is_empty() {
+    // A bootstrap file for a Redis-fed gateway may hold only `[server]`.
+    let bootstrap_only = s.redis_url.is_some()
+        && doc.versions.is_empty()
+        && doc.pools.is_empty()
+        && doc.routes.is_empty();
+    if doc.versions.is_empty() && !bootstrap_only {
         err("versions".into(), "at least one version is required".into());
     }
     if doc.versions.len() > MAX_VERSIONS {
@@ -222,7 +227,7 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
     // routes
     let mut route_names = HashSet::new();
     let mut matchers = HashSet::new();
-    if doc.routes.is_empty() {
+    if doc.routes.is_empty() && !bootstrap_only {
         err("routes".into(), "at least one route is required".into());
     }
     for (i, r) in doc.routes.iter().enumerate() {
@@ -353,6 +358,13 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
             }
         }
     }
+    if s.redis_poll_ms == 0 {
+        errs.push(ConfigError::at(
+            "server.redis_poll_ms",
+            "must be greater than 0",
+        ));
+    }
+    errs.extend(crate::control::freeze::validate(&doc.freezes));
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
