@@ -442,8 +442,8 @@ pub async fn control(cmd: ControlCmd) -> anyhow::Result<i32> {
         } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let doc = match config::load(&text, Origin::File(file.display().to_string())) {
-                Ok(doc) => doc,
+            match config::load(&text, Origin::File(file.display().to_string())) {
+                Ok(_) => {}
                 Err(errors) => {
                     eprintln!("{errors}");
                     eprintln!(
@@ -461,8 +461,7 @@ pub async fn control(cmd: ControlCmd) -> anyhow::Result<i32> {
                 eprintln!("push refused: expected revision {want}, Redis is at {expected}");
                 return Ok(1);
             }
-            if let Some(code) =
-                freeze_refusal(current.as_ref().map(|c| c.text.as_str()), &doc, emergency)
+            if let Some(code) = freeze_refusal(current.as_ref().map(|c| c.text.as_str()), emergency)
             {
                 return Ok(code);
             }
@@ -560,8 +559,8 @@ pub async fn control(cmd: ControlCmd) -> anyhow::Result<i32> {
                 eprintln!("rollback refused: revision {revision} is not kept");
                 return Ok(1);
             };
-            let doc = match config::load(&old.text, Origin::Redis { revision }) {
-                Ok(doc) => doc,
+            match config::load(&old.text, Origin::Redis { revision }) {
+                Ok(_) => {}
                 Err(errors) => {
                     eprintln!("{errors}");
                     eprintln!(
@@ -571,8 +570,7 @@ pub async fn control(cmd: ControlCmd) -> anyhow::Result<i32> {
                 }
             };
             let current = store.current().await?;
-            if let Some(code) =
-                freeze_refusal(current.as_ref().map(|c| c.text.as_str()), &doc, emergency)
+            if let Some(code) = freeze_refusal(current.as_ref().map(|c| c.text.as_str()), emergency)
             {
                 return Ok(code);
             }
@@ -616,19 +614,13 @@ pub async fn control(cmd: ControlCmd) -> anyhow::Result<i32> {
     }
 }
 
-/// Refuses a change during a freeze of the live table (or, with none live,
-/// of the new one) unless it is an emergency. Returns the exit code to use.
-fn freeze_refusal(current: Option<&str>, new: &Document, emergency: bool) -> Option<i32> {
+/// Refuses a change during a freeze of the live table unless it is an
+/// emergency (with no live table there is nothing to protect). Returns the
+/// exit code to use.
+fn freeze_refusal(current: Option<&str>, emergency: bool) -> Option<i32> {
     use crate::control::freeze::{Freeze, active};
-    let docs = match current.and_then(|t| config::parse(t, Origin::Embedded("current")).ok()) {
-        Some(doc) => doc.freezes,
-        None => new.freezes.clone(),
-    };
-    let freezes: Vec<Freeze> = docs
-        .iter()
-        .filter(|f| crate::control::freeze::validate(std::slice::from_ref(*f)).is_empty())
-        .map(Freeze::compile)
-        .collect();
+    let live = config::load(current?, Origin::Embedded("live table")).ok()?;
+    let freezes: Vec<Freeze> = live.freezes.iter().map(Freeze::compile).collect();
     let f = active(&freezes, jiff::Timestamp::now())?;
     if emergency {
         eprintln!(
