@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Reload storm: throughput and errors of a Redis-fed gateway under wrk load
+# (256 connections) while 100 table revisions are pushed in a row, next to
+# the same run without pushes, in interleaved rounds (quiet, storm, quiet,
+# storm, ...). Prints per round req/s and non-2xx counts, and the median
+# storm/quiet throughput ratio. Everything runs on 127.0.0.1 and is stopped
+# by PID on exit.
+#
+# Usage: benches/reload_storm.sh [ROUNDS=3] [SECONDS=10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECS=${2:-10}
+CONNS=${CONNS:-256}
+WORKERS=${SWITCHYARD_WORKERS:-2}
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+cargo build --release --quiet
+BIN=$PWD/target/release/switchyard
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+RP=$(free_port); U1=$(free_port); U2=$(free_port); GP=$(free_port); AP=$(free_port)
+redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >/dev/null & pids+=($!)
+"$BIN" demo-upstream --listen "127.0.0.1:$U1" --version v1 --threads 1 & pids+=($!)
+"$BIN" demo-upstream --listen "127.0.0.1:$U2" --version v2 --threads 1 & pids+=($!)
+wait_port "$RP"; wait_port "$U1"; wait_port "$U2"
+export SWITCHYARD_REDIS_URL="redis://127.0.0.1:$RP/"
+
+table() { # $1 = weight of v2 pool for v2 clients
+cat <<EOF
+[[versions]]
+name = "v1"
+status = "stable"
+
+[[versions]]
+name = "v2"
+status = "current"
+
+[[pools]]
+name = "v1"
+version = "v1"
+endpoints = ["127.0.0.1:$U1"]
+
+[[pools]]
+name = "v2"
+version = "v2"
+endpoints = ["127.0.0.1:$U2"]
+
+[[routes]]
+name = "api"
+path_prefix = "/api/"
+default_version = "v2"
+
+[routes.split]
+v2 = [{ pool = "v2", weight = $1 }, { pool = "v1", weight = $((100 - $1)) }]
+EOF
+}
+table 100 >"$tmp/t.toml"
+"$BIN" config push "$tmp/t.toml" --message "storm base" >/dev/null
+cat >"$tmp/boot.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GP"
+admin_listen = "127.0.0.1:$AP"
+redis_url = "redis://127.0.0.1:$RP/"
+workers = $WORKERS
+EOF
+RUST_LOG=warn "$BIN" run --config "$tmp/boot.toml" & pids+=($!)
+wait_port "$GP"
+
+run_wrk() { wrk -t2 -c"$CONNS" -d"${SECS}s" -H 'x-api-version: 2' "http://127.0.0.1:$GP/api/orders" 2>&1; }
+storm() { # 100 pushes in a row, alternating 100/0 and 99/1 weights
+  for i in $(seq 1 100); do table $((100 - i % 2)) >"$tmp/s.toml"; "$BIN" config push "$tmp/s.toml" --message "storm $i" >/dev/null; done
+}
+rps() { awk '/Requests\/sec/ {print $2}' <<<"$1"; }
+non2xx() { awk '/Non-2xx/ {print $NF; f=1} END {if (!f) print 0}' <<<"$1"; }
+errors() { awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10; f=1} END {if (!f) print 0}' <<<"$1"; }
+
+run_wrk >/dev/null # warm-up
+ratios=()
+printf '%-6s %-6s %12s %8s %8s %8s\n' round mode req/s non2xx sockerr pushes
+for r in $(seq 1 "$ROUNDS"); do
+  q=$(run_wrk)
+  printf '%-6s %-6s %12s %8s %8s %8s\n' "$r" quiet "$(rps "$q")" "$(non2xx "$q")" "$(errors "$q")" 0
+  before=$(curl -s "http://127.0.0.1:$AP/admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["table_revision"])')
+  storm & sp=$!
+  s=$(run_wrk)
+  wait "$sp"
+  after=$(curl -s "http://127.0.0.1:$AP/admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["table_revision"])')
+  printf '%-6s %-6s %12s %8s %8s %8s\n' "$r" storm "$(rps "$s")" "$(non2xx "$s")" "$(errors "$s")" "$((after - before))"
+  ratios+=("$(python3 -c "print(round($(rps "$s")/$(rps "$q"), 3))")")
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo "storm/quiet throughput per round: ${ratios[*]}; median $median"
