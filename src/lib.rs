@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod framing;
 pub mod headers;
 pub mod pipeline;
 pub mod problem;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
 use crate::config::ServerSettings;
+use crate::framing;
+use crate::problem::GatewayError;
 
 /// Something that answers requests on a listener.
 pub trait Handler: Send + Sync + 'static {
@@ -90,6 +92,7 @@ pub async fn serve<H: Handler>(
 ) -> bool {
     let builder = builder(&settings);
     let graceful = GracefulShutdown::new();
+    let hard_stop = CancellationToken::new();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -104,13 +107,22 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
-        serve_connection(&builder, &graceful, stream, peer, handler.clone());
+        serve_connection(
+            &builder,
+            &graceful,
+            stream,
+            peer,
+            handler.clone(),
+            settings.max_buf_size,
+            hard_stop.clone(),
+        );
     }
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => true,
         _ = tokio::time::sleep(settings.grace) => {
             tracing::warn!(grace = ?settings.grace, "grace period over; closing remaining connections");
+            hard_stop.cancel();
             false
         }
     }
@@ -122,17 +134,36 @@ fn serve_connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<H>,
+    max_head: usize,
+    hard_stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    // hyper drops or merges a conflicting Content-Length before the
+    // handler sees the head, so framing is checked on the raw bytes.
+    let verdict = Arc::new(framing::Verdict::default());
+    let stream = framing::Guarded::new(stream, max_head, verdict.clone());
     let service = service_fn(move |req| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.call(req, peer).await) }
+        let violation = verdict.next_request();
+        async move {
+            if let Some(v) = violation {
+                let mut resp = GatewayError::BadRequest { reason: v.reason() }.to_response(None);
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(resp);
+            }
+            Ok::<_, Infallible>(handler.call(req, peer).await)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let conn = graceful.watch(conn.into_owned());
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tokio::select! {
+            result = conn => if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            },
+            // Past the grace period: dropping the connection closes it.
+            _ = hard_stop.cancelled() => {}
         }
     });
 }

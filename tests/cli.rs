@@ -1,0 +1,325 @@
+//! The binary as an operator runs it: `validate` on good and bad tables,
+//! `demo` on free ports (a request through it, then SIGTERM), and `run
+//! --config` with an env override of the listen address.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use support::{Upstream, table};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// How long a child process gets to start or stop before the test fails.
+const PROCESS_LIMIT: Duration = Duration::from_secs(20);
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn switchyard(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    // The tests decide every process setting themselves.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHYARD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn validate(path: &std::path::Path) -> (Option<i32>, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = switchyard(&["validate", path.to_str().expect("utf-8 path")])
+        .output()
+        .expect("run switchyard validate");
+    (
+        status.code(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn temp_table(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    f.write_all(text.as_bytes()).expect("write table");
+    f
+}
+
+#[test]
+fn validate_accepts_the_demo_table() {
+    let (code, stdout, stderr) = validate(&repo_file("config/demo.toml"));
+    assert_eq!(code, Some(0), "stdout {stdout}\nstderr {stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
+#[test]
+fn validate_reports_every_bad_field_with_its_path() {
+    let demo = std::fs::read_to_string(repo_file("config/demo.toml")).expect("demo table");
+    let bad = demo
+        .replace(
+            r#"{ pool = "v2-canary", weight = 10 }"#,
+            r#"{ pool = "v2-canary", weight = 50 }"#,
+        )
+        .replace(r#""acme-weddings" = "v1""#, r#""acme-weddings" = "v7""#);
+    assert_ne!(
+        bad, demo,
+        "the demo table still has the lines this test breaks"
+    );
+    let file = temp_table(&bad);
+    let (code, stdout, stderr) = validate(file.path());
+    assert_eq!(code, Some(1), "stdout {stdout}\nstderr {stderr}");
+    let name = file.path().display().to_string();
+    for want in [
+        format!("{name}: routes[0].split.v2: weights must sum to 100, got 140"),
+        format!("{name}: pins.acme-weddings: unknown version \"v7\""),
+        format!("{name}: 2 error(s)"),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in\n{stderr}");
+    }
+}
+
+#[test]
+fn validate_reports_file_line_and_column_for_an_unknown_field() {
+    let file = temp_table(
+        "[[versions]]\nname = \"v1\"\nstatus = \"current\"\n\n[[routes]]\nname = \"api\"\ndefault_version = \"v1\"\ntimeout = 3\n",
+    );
+    let (code, _, stderr) = validate(file.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    let at = format!("{}:8:1: routes[0]", file.path().display());
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&at))
+        .unwrap_or_else(|| panic!("no line starting {at:?} in\n{stderr}"));
+    assert!(line.contains("unknown field `timeout`"), "{line}");
+}
+
+/// A running switchyard process: stdout and stderr lines arrive on
+/// channels; killed on drop if still running.
+struct Proc {
+    child: Option<Child>,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchyard");
+        let lines = |r: Box<dyn Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        };
+        let stdout = lines(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = lines(Box::new(child.stderr.take().expect("stderr")));
+        Proc {
+            child: Some(child),
+            stdout,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line on `stream` for which `pick` returns something.
+    fn wait_for<T>(&mut self, on_stderr: bool, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + PROCESS_LIMIT;
+        loop {
+            let rx = if on_stderr {
+                &self.stderr
+            } else {
+                &self.stdout
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(found) = pick(&line) {
+                        return found;
+                    }
+                    self.seen.push(line);
+                }
+                Err(_) => {
+                    let rest: Vec<String> = self.stderr.try_iter().collect();
+                    panic!(
+                        "no matching line within {PROCESS_LIMIT:?}; saw:\n{}\nstderr:\n{}",
+                        self.seen.join("\n"),
+                        rest.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(PROCESS_LIMIT) {
+            Ok(status) => status.expect("wait for switchyard"),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("switchyard did not exit within {PROCESS_LIMIT:?} of SIGTERM");
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A blocking HTTP/1.1 GET with `Connection: close`: status and body.
+fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to switchyard");
+    stream
+        .set_read_timeout(Some(PROCESS_LIMIT))
+        .expect("read timeout");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).expect("send request");
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {resp:?}"));
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// The JSON object in a response body (tolerates chunked framing around it).
+fn json_in(body: &str) -> serde_json::Value {
+    let (start, end) = (body.find('{'), body.rfind('}'));
+    let (Some(start), Some(end)) = (start, end) else {
+        panic!("no JSON in {body:?}");
+    };
+    serde_json::from_str(&body[start..=end]).expect("JSON body")
+}
+
+#[test]
+fn demo_serves_on_free_ports_and_exits_cleanly_on_sigterm() {
+    let mut demo = Proc::spawn(switchyard(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
+    let addr: SocketAddr = demo.wait_for(false, |line| {
+        let rest = line.split("gateway on http://").nth(1)?;
+        let addr = rest.split([',', ' ']).next()?;
+        addr.parse().ok()
+    });
+    assert_ne!(addr.port(), 0);
+
+    let (status, body) = http_get(addr, "/api/orders", &[("x-api-version", "1")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_in(&body)["served_by"], "v1", "{body}");
+
+    let status = demo.terminate();
+    assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_a_config_file_on_the_env_listen_address() {
+    let up = Upstream::spawn("v1").await;
+    let seen = tokio::task::spawn_blocking(move || {
+        // The file names an address that is taken; SWITCHYARD_LISTEN must win.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken_addr = taken.local_addr().expect("addr");
+        let text = table()
+            .server(&format!("listen = \"{taken_addr}\""))
+            .server("admin_listen = \"127.0.0.1:0\"")
+            .server("grace_period_ms = 2000")
+            .version("v1", "current", "")
+            .pool("v1", "v1", &up)
+            .route("all", "/", "v1", "")
+            .toml();
+        let file = temp_table(&text);
+        let mut cmd = switchyard(&[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            file.path().to_str().expect("utf-8 path"),
+        ]);
+        cmd.env("SWITCHYARD_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info");
+        let mut run = Proc::spawn(cmd);
+        let addr: SocketAddr = run.wait_for(true, |line| {
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            let fields = &event["fields"];
+            (fields["message"] == "switchyard listening")
+                .then(|| fields["proxy"].as_str()?.parse().ok())?
+        });
+        assert_ne!(
+            addr, taken_addr,
+            "the env override replaced the file's address"
+        );
+        assert_ne!(addr.port(), 0);
+
+        let (status, body) = http_get(addr, "/orders", &[]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json_in(&body)["served_by"], "v1", "{body}");
+        let (status, body) = http_get(addr, "/health/ready", &[]);
+        assert_eq!(status, 200, "{body}");
+
+        let status = run.terminate();
+        assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status:?}");
+        drop(taken);
+        up
+    })
+    .await
+    .expect("blocking part");
+    assert_eq!(
+        seen.requests(),
+        1,
+        "the request reached the configured pool"
+    );
+}

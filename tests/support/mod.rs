@@ -1,0 +1,815 @@
+//! Test harness shared by the integration tests: real upstreams
+//! (`Upstream::spawn`, a hyper server on `127.0.0.1:0` recording what it
+//! got), a gateway on real sockets (`TestGateway::start`, the library's own
+//! `switchyard::serve`), a small client (pooled hyper-util client, or raw
+//! bytes for malformed requests), a table builder, and `eventually`.
+//! Every address is `127.0.0.1:0`; nothing waits by sleeping a fixed time.
+
+// Each test file uses a different subset of the harness.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use switchyard::config::{self, Document, Origin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Longest any single client exchange may take before the test fails
+/// (a hang is a failure, not a wait).
+pub const EXCHANGE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Polls `check` every 10 ms until it holds, failing the test after 5 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Upstream
+
+/// One request as an upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Request method.
+    pub method: Method,
+    /// Path and query, as sent on the request line.
+    pub uri: String,
+    /// Headers as received.
+    pub headers: HeaderMap,
+    /// The body, once fully read (`None` while still streaming or if the
+    /// stream broke).
+    pub body: Option<Bytes>,
+}
+
+impl Recorded {
+    /// The header's value as text, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().expect("ascii"))
+    }
+
+    /// Every value of the header, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("ascii"))
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    requests: Mutex<Vec<Recorded>>,
+    delay_ms: AtomicU64,
+    extra_headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
+}
+
+/// A real HTTP/1.1 upstream on `127.0.0.1:0`. Records each request (head on
+/// arrival, body once read), reads the whole body, waits the configured
+/// delay, then answers `{"served_by": <name>}`. Stops accepting on drop.
+pub struct Upstream {
+    /// The name it answers with.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    stop: CancellationToken,
+}
+
+impl Upstream {
+    /// Starts an upstream answering `{"served_by": name}`.
+    pub async fn spawn(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let state = Arc::new(UpstreamState::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(
+            listener,
+            name.to_string(),
+            state.clone(),
+            stop.clone(),
+        ));
+        Upstream {
+            name: name.to_string(),
+            addr,
+            state,
+            stop,
+        }
+    }
+
+    /// Starts an upstream that waits `delay` before answering.
+    pub async fn spawn_slow(name: &str, delay: Duration) -> Upstream {
+        let up = Upstream::spawn(name).await;
+        up.set_delay(delay);
+        up
+    }
+
+    /// Delay before each answer from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Adds a header to every response from now on.
+    pub fn respond_with_header(&self, name: &'static str, value: &'static str) {
+        self.state.extra_headers.lock().unwrap().push((
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+
+    /// `host:port`, for a pool's `endpoints`.
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// How many requests arrived (counted when their head arrived).
+    pub fn requests(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The most recent request; panics if there was none.
+    pub fn last(&self) -> Recorded {
+        self.received()
+            .pop()
+            .unwrap_or_else(|| panic!("upstream {} received no request", self.name))
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    name: String,
+    state: Arc<UpstreamState>,
+    stop: CancellationToken,
+) {
+    let name: Arc<str> = name.into();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let (name, state) = (name.clone(), state.clone());
+        let service = service_fn(move |req| {
+            let (name, state) = (name.clone(), state.clone());
+            async move { Ok::<_, Infallible>(answer(&name, &state, req).await) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    name: &str,
+    state: &UpstreamState,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let index = {
+        let mut requests = state.requests.lock().unwrap();
+        requests.push(Recorded {
+            method: parts.method.clone(),
+            uri: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |pq| pq.to_string()),
+            headers: parts.headers.clone(),
+            body: None,
+        });
+        requests.len() - 1
+    };
+    match body.collect().await {
+        Ok(collected) => {
+            state.requests.lock().unwrap()[index].body = Some(collected.to_bytes());
+        }
+        Err(_) => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"broken body")));
+            *resp.status_mut() = StatusCode::BAD_REQUEST;
+            return resp;
+        }
+    }
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let body = serde_json::json!({ "served_by": name }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (k, v) in state.extra_headers.lock().unwrap().iter() {
+        h.append(k.clone(), v.clone());
+    }
+    resp
+}
+
+/// An address where nothing listens: bound, then released.
+pub async fn dead_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    addr.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Table builder
+
+/// Builds a routing-table document as TOML text, section by section.
+/// `extra` arguments are raw TOML lines for that section; a route's `extra`
+/// may end with sub-tables such as `[routes.split]`.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    server: Vec<String>,
+    detection: Vec<String>,
+    pins: Vec<String>,
+    versions: Vec<String>,
+    pools: Vec<String>,
+    routes: Vec<String>,
+}
+
+/// An empty table.
+pub fn table() -> Table {
+    Table::default()
+}
+
+impl Table {
+    /// A line in `[server]`, e.g. `underscore_headers = "drop"`.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push(line.to_string());
+        self
+    }
+
+    /// A line in `[detection]`.
+    pub fn detection(mut self, line: &str) -> Self {
+        self.detection.push(line.to_string());
+        self
+    }
+
+    /// A client pin.
+    pub fn pin(mut self, client: &str, version: &str) -> Self {
+        self.pins.push(format!("{client:?} = {version:?}"));
+        self
+    }
+
+    /// A version with a status and extra keys.
+    pub fn version(mut self, name: &str, status: &str, extra: &str) -> Self {
+        self.versions.push(format!(
+            "[[versions]]\nname = {name:?}\nstatus = {status:?}\n{extra}\n"
+        ));
+        self
+    }
+
+    /// A pool of one upstream.
+    pub fn pool(self, name: &str, version: &str, up: &Upstream) -> Self {
+        self.pool_at(name, version, &up.endpoint(), "")
+    }
+
+    /// A pool with an explicit endpoint and extra keys.
+    pub fn pool_at(mut self, name: &str, version: &str, endpoint: &str, extra: &str) -> Self {
+        self.pools.push(format!(
+            "[[pools]]\nname = {name:?}\nversion = {version:?}\nendpoints = [{endpoint:?}]\n{extra}\n"
+        ));
+        self
+    }
+
+    /// A route on any host.
+    pub fn route(
+        mut self,
+        name: &str,
+        path_prefix: &str,
+        default_version: &str,
+        extra: &str,
+    ) -> Self {
+        self.routes.push(format!(
+            "[[routes]]\nname = {name:?}\npath_prefix = {path_prefix:?}\ndefault_version = {default_version:?}\n{extra}\n"
+        ));
+        self
+    }
+
+    /// The document text.
+    pub fn toml(&self) -> String {
+        let mut t = String::new();
+        for (header, lines) in [
+            ("[server]", &self.server),
+            ("[detection]", &self.detection),
+            ("[pins]", &self.pins),
+        ] {
+            if !lines.is_empty() {
+                t.push_str(header);
+                t.push('\n');
+                for l in lines {
+                    t.push_str(l);
+                    t.push('\n');
+                }
+                t.push('\n');
+            }
+        }
+        for section in self.versions.iter().chain(&self.pools).chain(&self.routes) {
+            t.push_str(section);
+            t.push('\n');
+        }
+        t
+    }
+}
+
+/// What `TestGateway::start` accepts: TOML text, a builder or a document.
+pub enum GatewayConfig {
+    /// TOML text, parsed and validated like `switchyard validate` does.
+    Text(String),
+    /// An already loaded document.
+    Doc(Box<Document>),
+}
+
+impl From<&str> for GatewayConfig {
+    fn from(t: &str) -> Self {
+        GatewayConfig::Text(t.to_string())
+    }
+}
+impl From<String> for GatewayConfig {
+    fn from(t: String) -> Self {
+        GatewayConfig::Text(t)
+    }
+}
+impl From<Table> for GatewayConfig {
+    fn from(t: Table) -> Self {
+        GatewayConfig::Text(t.toml())
+    }
+}
+impl From<&Table> for GatewayConfig {
+    fn from(t: &Table) -> Self {
+        GatewayConfig::Text(t.toml())
+    }
+}
+impl From<Document> for GatewayConfig {
+    fn from(d: Document) -> Self {
+        GatewayConfig::Doc(Box::new(d))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gateway
+
+/// A gateway serving on `127.0.0.1:0` (proxy and admin) in a spawned task.
+pub struct TestGateway {
+    /// Proxy listener address.
+    pub addr: SocketAddr,
+    /// Admin listener address.
+    pub admin: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<bool>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestGateway {
+    /// Loads the table (panicking with every error if it is invalid) and serves it.
+    pub async fn start(config: impl Into<GatewayConfig>) -> TestGateway {
+        let doc = match config.into() {
+            GatewayConfig::Text(text) => config::load(&text, Origin::Embedded("test table"))
+                .unwrap_or_else(|e| panic!("test table is invalid:\n{e}\n---\n{text}")),
+            GatewayConfig::Doc(doc) => *doc,
+        };
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let (addr, admin_addr) = (
+            proxy.local_addr().expect("addr"),
+            admin.local_addr().expect("addr"),
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(switchyard::serve(
+            doc,
+            "test table".into(),
+            proxy,
+            admin,
+            shutdown.clone(),
+        ));
+        TestGateway {
+            addr,
+            admin: admin_addr,
+            shutdown,
+            task: Some(task),
+            client: client(),
+        }
+    }
+
+    /// A GET to the proxy listener.
+    pub fn get(&self, path_and_query: &str) -> Req<'_> {
+        self.request(Method::GET, path_and_query)
+    }
+
+    /// A request to the proxy listener.
+    pub fn request(&self, method: Method, path_and_query: &str) -> Req<'_> {
+        Req {
+            client: &self.client,
+            builder: Request::builder()
+                .method(method)
+                .uri(format!("http://{}{path_and_query}", self.addr)),
+            body: Bytes::new(),
+        }
+    }
+
+    /// A GET to the admin listener.
+    pub fn admin_get(&self, path: &str) -> Req<'_> {
+        Req {
+            client: &self.client,
+            builder: Request::builder().uri(format!("http://{}{path}", self.admin)),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Sends raw bytes on a fresh connection and reads one response.
+    pub async fn raw(&self, request: &[u8]) -> RawResponse {
+        raw_exchange(self.addr, request).await
+    }
+
+    /// Sends raw bytes holding `count` pipelined requests on one
+    /// connection and reads `count` responses.
+    pub async fn raw_pipelined(&self, request: &[u8], count: usize) -> Vec<RawResponse> {
+        raw_exchange_many(self.addr, request, count).await
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Cancels the shutdown token and waits for `serve` to return: whether
+    /// every in-flight request finished within the grace period.
+    pub async fn shutdown(mut self) -> bool {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("serve task");
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("serve returned after shutdown")
+            .expect("serve task did not panic")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A request being built.
+pub struct Req<'a> {
+    client: &'a Client<HttpConnector, Full<Bytes>>,
+    builder: http::request::Builder,
+    body: Bytes,
+}
+
+impl Req<'_> {
+    /// Adds a header (appends if it is already set).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sends it and reads the whole response; fails the test on a
+    /// connection error or after [`EXCHANGE_LIMIT`].
+    pub async fn send(self) -> Resp {
+        self.try_send()
+            .await
+            .unwrap_or_else(|e| panic!("request failed: {e}"))
+    }
+
+    /// Sends it and reads the whole response, or says why that failed;
+    /// fails the test after [`EXCHANGE_LIMIT`].
+    pub async fn try_send(self) -> Result<Resp, String> {
+        let req = self
+            .builder
+            .body(Full::new(self.body))
+            .expect("valid request");
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| format!("response body: {e:?}"))?
+                .to_bytes();
+            Ok(Resp {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(EXCHANGE_LIMIT, exchange)
+            .await
+            .expect("the gateway answered in time")
+    }
+}
+
+/// A whole response as the client saw it.
+#[derive(Debug)]
+pub struct Resp {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// The status as a number.
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// The header's value as text, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().expect("ascii"))
+    }
+
+    /// Every value of the header, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("ascii"))
+            .collect()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The body as a problem document: checks the content type and the
+    /// `status` member against the response status.
+    pub fn problem(&self) -> Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "status {} body {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        let p = self.json();
+        assert_eq!(p["status"], self.status(), "problem status member");
+        assert!(p["type"].is_string() && p["title"].is_string(), "{p}");
+        p
+    }
+
+    /// The `served_by` member of an upstream's answer.
+    pub fn served_by(&self) -> String {
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "body {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()["served_by"]
+            .as_str()
+            .expect("served_by is a string")
+            .to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw sockets
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as a problem document (checks the content type).
+    pub fn problem(&self) -> Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "status {} headers {:?} body {}",
+            self.status,
+            self.headers,
+            String::from_utf8_lossy(&self.body)
+        );
+        let p: Value = serde_json::from_slice(&self.body).expect("problem is JSON");
+        assert_eq!(p["status"], self.status, "problem status member");
+        p
+    }
+}
+
+/// Writes `request` on a new connection (write errors are ignored: the
+/// gateway may answer and close before reading it all) and parses one
+/// response. Fails the test after [`EXCHANGE_LIMIT`].
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    raw_exchange_many(addr, request, 1)
+        .await
+        .pop()
+        .expect("one response")
+}
+
+/// Like [`raw_exchange`] for `count` pipelined requests on one connection.
+pub async fn raw_exchange_many(addr: SocketAddr, request: &[u8], count: usize) -> Vec<RawResponse> {
+    let exchange = async {
+        let mut conn = RawConn::connect(addr).await;
+        let _ = conn.stream.write_all(request).await;
+        let mut responses = Vec::new();
+        for _ in 0..count {
+            responses.push(conn.read_response().await);
+        }
+        responses
+    };
+    tokio::time::timeout(EXCHANGE_LIMIT, exchange)
+        .await
+        .expect("the gateway answered the raw request in time")
+}
+
+/// A raw client connection and the bytes read past the last response.
+/// Also the cheapest keep-alive client, for tests that send many requests.
+pub struct RawConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        RawConn {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes one request and reads its response; fails the test after
+    /// [`EXCHANGE_LIMIT`].
+    pub async fn exchange(&mut self, request: &[u8]) -> RawResponse {
+        let exchange = async {
+            self.stream.write_all(request).await.expect("send request");
+            self.read_response().await
+        };
+        tokio::time::timeout(EXCHANGE_LIMIT, exchange)
+            .await
+            .expect("the gateway answered in time")
+    }
+
+    /// Reads more bytes; `false` at end of stream.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await.unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn read_response(&mut self) -> RawResponse {
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a response head; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        self.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().expect("status line");
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let body = if let Some(len) = get("content-length") {
+            let len: usize = len.parse().expect("content-length");
+            while self.buf.len() < len {
+                assert!(self.fill().await, "connection closed mid-body");
+            }
+            self.buf.drain(..len).collect()
+        } else if get("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+            let end = loop {
+                if let Some(i) = find(&self.buf, b"0\r\n\r\n") {
+                    break i + 5;
+                }
+                assert!(self.fill().await, "connection closed mid-body");
+            };
+            let body = dechunk(&self.buf[..end]);
+            self.buf.drain(..end);
+            body
+        } else {
+            while self.fill().await {}
+            std::mem::take(&mut self.buf)
+        };
+        RawResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n").expect("chunk size line");
+        let size_text = std::str::from_utf8(&data[..line_end]).expect("chunk size");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+            .expect("hex chunk size");
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
