@@ -15,6 +15,7 @@ pub mod route;
 pub mod server;
 pub mod split;
 pub mod table;
+pub mod translate;
 pub mod upstream;
 pub mod version;
 

@@ -430,6 +430,8 @@ mod tests {
             successor: None,
             doc_url: None,
             allow_clients: vec![],
+            changes_from: None,
+            changes: vec![],
         }
     }
 

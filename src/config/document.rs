@@ -200,6 +200,13 @@ pub struct VersionDoc {
     /// Client ids allowed to use this version (beta); empty means everyone.
     #[serde(default)]
     pub allow_clients: Vec<String>,
+    /// The version `changes` lead from. Default: the version listed just
+    /// before this one (whatever its status); name an earlier version to branch.
+    pub changes_from: Option<String>,
+    /// Ordered changes from `changes_from` to this version, written as the
+    /// upgrade; translation runs them backwards for older clients. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::translate::ChangeDoc>,
 }
 
 /// How the upstream request's `Host` is set.

@@ -365,6 +365,7 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
         ));
     }
     errs.extend(crate::control::freeze::validate(&doc.freezes));
+    errs.extend(crate::translate::validate(doc));
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
