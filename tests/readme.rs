@@ -4,8 +4,13 @@
 
 #[test]
 fn readme_config_reference_names_every_document_field() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config/document.rs")).unwrap();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/config/document.rs"
+    ))
+    .unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut missing = Vec::new();
     for line in doc.lines() {
         let line = line.trim();
@@ -18,7 +23,10 @@ fn readme_config_reference_names_every_document_field() {
             missing.push(name.to_string());
         }
     }
-    assert!(missing.is_empty(), "README config reference lacks: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README config reference lacks: {missing:?}"
+    );
 }
 
 #[test]
@@ -26,7 +34,9 @@ fn bundled_configs_validate() {
     for file in ["config/demo.toml", "config/switchyard.toml"] {
         let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap();
-        if let Err(e) = switchyard::config::load(&text, switchyard::config::Origin::File(file.into())) {
+        if let Err(e) =
+            switchyard::config::load(&text, switchyard::config::Origin::File(file.into()))
+        {
             panic!("{e}");
         }
     }
