@@ -11,13 +11,14 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 use crate::config::{ServerSettings, Source, UnderscoreHeaders};
 use crate::headers::*;
 use crate::problem::GatewayError;
 use crate::route::{self, PathError};
 use crate::split::Split;
 use crate::table::{RoutingTable, TableHandle};
+use crate::translate::{TranslateError, has_json_body, parse_json, set_body_headers, to_bytes};
 use crate::upstream::Upstream;
 use crate::version::{self, Detected, RequestView, ResolveError};
 
@@ -197,7 +198,7 @@ impl Gateway {
                 limit: route.max_body_bytes,
             });
         }
-        let new_path = match detected.strip {
+        let mut new_path = match detected.strip {
             Some((start, end)) => {
                 let mut p = String::with_capacity(path.len());
                 p.push_str(&path[..start]);
@@ -207,26 +208,27 @@ impl Gateway {
                 }
                 Some(p)
             }
-            None => match path {
-                std::borrow::Cow::Owned(p) => Some(p),
+            // Rare: only when normalisation changed the path.
+            None => match &path {
+                std::borrow::Cow::Owned(p) => Some(p.clone()),
                 std::borrow::Cow::Borrowed(_) => None,
             },
         };
-        if let Some(p) = new_path {
-            let pq = match req.uri().query() {
-                Some(q) => format!("{p}?{q}"),
-                None => p,
-            };
-            let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::BadRequest {
-                reason: "unparseable path",
-            })?;
-            let mut parts = req.uri().clone().into_parts();
-            parts.path_and_query = Some(pq);
-            *req.uri_mut() =
-                http::Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest {
-                    reason: "unparseable URI",
-                })?;
+        // translate (request up): only across versions, only with a plan.
+        let plan = (detected.version != pool_entry.version)
+            .then(|| {
+                table
+                    .translations
+                    .plan(detected.version, pool_entry.version)
+            })
+            .flatten();
+        let mut exchange = None;
+        if let Some(plan) = plan {
+            let fwd = new_path.take().unwrap_or_else(|| path.to_string());
+            exchange = Some(plan.exchange(req.method(), &fwd));
+            new_path = Some(fwd);
         }
+        let query = req.uri().query().map(str::to_string);
         let (mut parts, body) = req.into_parts();
         prepare_upstream_headers(
             &mut parts.headers,
@@ -234,12 +236,80 @@ impl Gateway {
             peer,
             ctx.request_id.as_ref(),
         );
-        let body =
-            if parts.method == http::Method::GET && declared.is_none() && body_is_empty(&body) {
-                Body::empty()
-            } else {
-                Body::limited(body, route.max_body_bytes)
+        let no_body = declared.is_none_or(|n| n == 0) && body_is_empty(&body);
+        let body = match (plan, exchange.as_mut()) {
+            (Some(plan), Some(ex)) => {
+                let target = &table.versions[pool_entry.version as usize];
+                let fail = |source| GatewayError::RequestTranslation {
+                    from: version.name.clone(),
+                    to: target.name.clone(),
+                    source,
+                };
+                let buffer =
+                    !no_body && plan.request_body_needed(ex) && has_json_body(&parts.headers);
+                let (value, stream) = if buffer {
+                    let limits = route.translate_limits;
+                    if declared.is_some_and(|n| n > limits.max_bytes) {
+                        return Err(fail(TranslateError::TooLarge {
+                            limit: limits.max_bytes,
+                        }));
+                    }
+                    let bytes =
+                        collect_limited(body, limits.max_bytes)
+                            .await
+                            .map_err(|e| match e {
+                                BodyError::TooLarge { limit } => {
+                                    fail(TranslateError::TooLarge { limit })
+                                }
+                                BodyError::Stream(_) => GatewayError::BadRequest {
+                                    reason: "request body stream failed",
+                                },
+                            })?;
+                    (Some(parse_json(&bytes, limits).map_err(fail)?), None)
+                } else {
+                    (None, Some(body))
+                };
+                let mut fwd = new_path.take().expect("set with the exchange");
+                let out = plan
+                    .request(ex, &mut fwd, &mut parts.headers, value)
+                    .map_err(fail)?;
+                new_path = Some(fwd);
+                // The upstream speaks the target version: say so. Ask for an
+                // uncompressed answer, since a compressed body cannot be translated.
+                parts
+                    .headers
+                    .insert(route.detection.header.clone(), target.header.clone());
+                parts.headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+                match (out, stream) {
+                    (Some(v), _) => {
+                        let bytes = to_bytes(&v);
+                        set_body_headers(&mut parts.headers, bytes.len());
+                        Body::full(bytes)
+                    }
+                    (None, Some(b)) => plain_body(b, no_body, route.max_body_bytes),
+                    (None, None) => Body::empty(),
+                }
+            }
+            _ => plain_body(body, no_body, route.max_body_bytes),
+        };
+        if let Some(p) = new_path {
+            let pq = match &query {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
             };
+            let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::BadRequest {
+                reason: "unparseable path",
+            })?;
+            let mut uri = parts.uri.clone().into_parts();
+            uri.path_and_query = Some(pq);
+            parts.uri = http::Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest {
+                reason: "unparseable URI",
+            })?;
+        }
+        let method = parts.method.clone();
         let upstream_req = Request::from_parts(parts, body);
         let resp = Upstream::forward(
             &route.client,
@@ -253,13 +323,69 @@ impl Gateway {
             source,
         })?;
 
-        // respond
+        // respond (translate the response down to the client's version)
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts
             .headers
             .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
-        Ok(Response::from_parts(parts, Body::stream(body)))
+        let body = match (plan, exchange) {
+            (Some(plan), Some(ex)) => {
+                let target = &table.versions[pool_entry.version as usize];
+                let fail = |source| GatewayError::ResponseTranslation {
+                    from: target.name.clone(),
+                    to: version.name.clone(),
+                    source,
+                };
+                let bodiless = method == http::Method::HEAD
+                    || parts.status == StatusCode::NO_CONTENT
+                    || parts.status == StatusCode::NOT_MODIFIED;
+                if !bodiless
+                    && plan.response_body_needed(&ex, parts.status)
+                    && has_json_body(&parts.headers)
+                {
+                    if parts
+                        .headers
+                        .get(header::CONTENT_ENCODING)
+                        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+                    {
+                        return Err(fail(TranslateError::InvalidJson {
+                            line: 0,
+                            column: 0,
+                            reason: "the upstream sent a compressed body (content-encoding), which cannot be translated".into(),
+                        }));
+                    }
+                    let limits = route.translate_limits;
+                    let bytes =
+                        collect_limited(body, limits.max_bytes)
+                            .await
+                            .map_err(|e| match e {
+                                BodyError::TooLarge { limit } => {
+                                    fail(TranslateError::TooLarge { limit })
+                                }
+                                BodyError::Stream(_) => fail(TranslateError::InvalidJson {
+                                    line: 0,
+                                    column: 0,
+                                    reason: "the upstream's body stream failed".into(),
+                                }),
+                            })?;
+                    let value = parse_json(&bytes, limits).map_err(fail)?;
+                    let out = plan
+                        .response(&ex, &mut parts.status, &mut parts.headers, Some(value))
+                        .map_err(fail)?
+                        .expect("a body in, a body out");
+                    let bytes = to_bytes(&out);
+                    set_body_headers(&mut parts.headers, bytes.len());
+                    Body::full(bytes)
+                } else {
+                    plan.response(&ex, &mut parts.status, &mut parts.headers, None)
+                        .map_err(fail)?;
+                    Body::stream(body)
+                }
+            }
+            _ => Body::stream(body),
+        };
+        Ok(Response::from_parts(parts, body))
     }
 
     /// Framing and hygiene rules hyper does not enforce by itself.
@@ -429,6 +555,22 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// The request body as forwarded untranslated: nothing, or a stream
+/// capped at the route's limit.
+fn plain_body(body: Incoming, no_body: bool, limit: u64) -> Body {
+    if no_body {
+        Body::empty()
+    } else {
+        Body::limited(body, limit)
+    }
+}
+
+/// Buffers a body up to `limit` bytes.
+async fn collect_limited(body: Incoming, limit: u64) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    Ok(Body::limited(body, limit).collect().await?.to_bytes())
 }
 
 fn body_is_empty(b: &Incoming) -> bool {

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::body::Body;
 use crate::config::Source;
+use crate::translate::TranslateError;
 use crate::upstream::UpstreamError;
 
 /// Base of the `type` URIs of our problems.
@@ -76,6 +77,29 @@ pub enum GatewayError {
         /// Configured limit.
         limit: u64,
     },
+    /// The request body could not be translated to the target version
+    /// (invalid JSON, duplicate key, too deep, too large, or a change refused it).
+    #[error("request cannot be translated from {from} to {to}: {source}")]
+    RequestTranslation {
+        /// Client version.
+        from: Arc<str>,
+        /// Target version.
+        to: Arc<str>,
+        /// Why.
+        #[source]
+        source: TranslateError,
+    },
+    /// The upstream's response could not be translated back.
+    #[error("upstream response cannot be translated from {from} to {to}: {source}")]
+    ResponseTranslation {
+        /// Target (pool) version.
+        from: Arc<str>,
+        /// Client version.
+        to: Arc<str>,
+        /// Why.
+        #[source]
+        source: TranslateError,
+    },
     /// Forwarding failed.
     #[error("upstream pool {pool} failed: {source}")]
     Upstream {
@@ -100,6 +124,12 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTranslation {
+                source: TranslateError::TooLarge { .. },
+                ..
+            } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTranslation { .. } => StatusCode::BAD_REQUEST,
+            Self::ResponseTranslation { .. } => StatusCode::BAD_GATEWAY,
             Self::Upstream { source, .. } => source.status(),
         }
     }
@@ -122,6 +152,12 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => "headers-too-large",
             Self::UriTooLong { .. } => "uri-too-long",
             Self::BodyTooLarge { .. } => "body-too-large",
+            Self::RequestTranslation {
+                source: TranslateError::TooLarge { .. },
+                ..
+            } => "body-too-large",
+            Self::RequestTranslation { .. } => "request-not-translatable",
+            Self::ResponseTranslation { .. } => "response-not-translatable",
             Self::Upstream { source, .. } => source.kind(),
         }
     }
@@ -167,6 +203,12 @@ impl GatewayError {
             }
             Self::Upstream { pool, .. } => {
                 obj.insert("pool".into(), (&**pool).into());
+            }
+            Self::RequestTranslation { from, to, source }
+            | Self::ResponseTranslation { from, to, source } => {
+                obj.insert("from_version".into(), (&**from).into());
+                obj.insert("to_version".into(), (&**to).into());
+                obj.insert("reason".into(), source.kind().into());
             }
             Self::NoRoute
             | Self::NotReady

@@ -56,6 +56,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Pooled client for this route's connect timeout.
     pub client: HttpClient,
+    /// Body limits for translation.
+    pub translate_limits: crate::translate::Limits,
 }
 
 /// A compiled pool plus the version it serves.
@@ -82,6 +84,8 @@ pub struct RoutingTable {
     pub routes: Vec<Route>,
     /// Host and prefix matcher.
     pub router: Router,
+    /// Translation plans for every (client, target) version pair.
+    pub translations: crate::translate::TranslationTable,
     /// Where the document came from.
     pub origin: String,
     /// Redis revision (0 for a file).
@@ -195,6 +199,10 @@ impl RoutingTable {
                     timeouts,
                     max_body_bytes: r.max_body_bytes,
                     client: upstream.client(timeouts.connect),
+                    translate_limits: crate::translate::Limits {
+                        max_bytes: r.translate_max_body_bytes,
+                        max_depth: r.translate_max_depth,
+                    },
                 }
             })
             .collect();
@@ -210,6 +218,8 @@ impl RoutingTable {
                     .iter()
                     .map(|r| (r.hosts.as_slice(), r.path_prefix.as_str())),
             ),
+            translations: crate::translate::TranslationTable::compile(doc)
+                .expect("validate() checked the change chains"),
             versions,
             pools,
             routes,

@@ -279,6 +279,13 @@ pub struct RouteDoc {
     /// Largest request body in bytes; more gets 413. Default 10485760 (10 MiB).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+    /// Largest body buffered for version translation (request: 413 past it;
+    /// response: 502). Default 1048576 (1 MiB).
+    #[serde(default = "default_translate_max_body")]
+    pub translate_max_body_bytes: u64,
+    /// Deepest JSON nesting accepted for translation. Default 64, at most 127.
+    #[serde(default = "default_translate_max_depth")]
+    pub translate_max_depth: usize,
 }
 
 fn any_host() -> Vec<String> {
@@ -292,6 +299,12 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_timeout() -> u64 {
     15_000
+}
+fn default_translate_max_body() -> u64 {
+    crate::translate::DEFAULT_MAX_BYTES
+}
+fn default_translate_max_depth() -> usize {
+    crate::translate::DEFAULT_MAX_DEPTH
 }
 fn default_max_body() -> u64 {
     10 * 1024 * 1024

@@ -286,6 +286,16 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
                 "must be greater than 0".into(),
             );
         }
+        if r.translate_max_depth == 0 || r.translate_max_depth > crate::translate::MAX_DEPTH {
+            err(
+                format!("{path}.translate_max_depth"),
+                format!(
+                    "must be 1 to {}, got {}",
+                    crate::translate::MAX_DEPTH,
+                    r.translate_max_depth
+                ),
+            );
+        }
         if r.connect_timeout_ms == 0 {
             err(
                 format!("{path}.connect_timeout_ms"),
