@@ -73,8 +73,9 @@ paths = ["/api/events/*"]
 "#;
 
 fn example() -> String {
-    let text = include_str!("../src/translate/README-section.md");
-    let start = text.find("```toml\n").expect("example") + 8;
+    let text = include_str!("../README.md");
+    let section = text.find("### Example: WedSync").expect("example section");
+    let start = section + text[section..].find("```toml\n").expect("example") + 8;
     let len = text[start..].find("```").expect("end");
     text[start..start + len].to_string()
 }

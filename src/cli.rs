@@ -64,6 +64,38 @@ pub enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Translate a JSON body read from stdin between two versions, as the
+    /// gateway would, and print it (check a change before pushing it).
+    Translate {
+        /// The routing table.
+        #[arg(
+            long,
+            env = "SWITCHYARD_CONFIG",
+            default_value = "config/switchyard.toml"
+        )]
+        config: PathBuf,
+        /// Route whose body limits apply (default: the first route).
+        #[arg(long)]
+        route: Option<String>,
+        /// The client's version.
+        #[arg(long)]
+        from: String,
+        /// The pool's version.
+        #[arg(long)]
+        to: String,
+        /// Translate a response (pool -> client) instead of a request.
+        #[arg(long)]
+        response: bool,
+        /// Request method (scopes match on it).
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request path as the client sent it (after the route prefix's `/vN` is stripped).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Upstream status, with --response.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+    },
     /// Manage the routing table in Redis.
     Config {
         /// Redis connection.
@@ -338,6 +370,39 @@ pub fn plan(command: Command) -> anyhow::Result<Plan> {
             version,
             threads,
         }),
+        Command::Translate {
+            config: path,
+            route,
+            from,
+            to,
+            response,
+            method,
+            path: req_path,
+            status,
+        } => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let doc = match config::load(&text, Origin::File(path.display().to_string())) {
+                Ok(doc) => doc,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(Plan::Exit(1));
+                }
+            };
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
+                .context("reading stdin")?;
+            let args = TranslateArgs {
+                route,
+                from,
+                to,
+                response,
+                method,
+                path: req_path,
+                status,
+            };
+            Ok(Plan::Exit(translate(&doc, &args, &body)))
+        }
         Command::Config { redis, action } => {
             Ok(Plan::Control(Box::new(ControlCmd::Config(redis, action))))
         }
@@ -402,6 +467,102 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// `switchyard translate` arguments.
+pub struct TranslateArgs {
+    /// Route for limits.
+    pub route: Option<String>,
+    /// Client version.
+    pub from: String,
+    /// Pool version.
+    pub to: String,
+    /// Response direction.
+    pub response: bool,
+    /// Request method.
+    pub method: String,
+    /// Client request path.
+    pub path: String,
+    /// Upstream status.
+    pub status: u16,
+}
+
+/// Translates `body` as the gateway would; prints the result (body on
+/// stdout, path/status on stderr). Returns the exit code.
+pub fn translate(doc: &Document, args: &TranslateArgs, body: &[u8]) -> i32 {
+    use crate::translate::{Limits, TranslationTable, parse_json, to_bytes};
+    let resolver = crate::version::Resolver::compile(&doc.versions);
+    let (Ok(from), Ok(to)) = (resolver.resolve(&args.from), resolver.resolve(&args.to)) else {
+        let names: Vec<&str> = doc.versions.iter().map(|v| v.name.as_str()).collect();
+        eprintln!("unknown version; the table has: {}", names.join(", "));
+        return 1;
+    };
+    let route = match &args.route {
+        Some(name) => match doc.routes.iter().find(|r| &r.name == name) {
+            Some(r) => r,
+            None => {
+                eprintln!("no route named {name:?}");
+                return 1;
+            }
+        },
+        None => &doc.routes[0],
+    };
+    let limits = Limits {
+        max_bytes: route.translate_max_body_bytes,
+        max_depth: route.translate_max_depth,
+    };
+    let table = TranslationTable::compile(doc).expect("validated");
+    let Ok(method) = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("bad method {:?}", args.method);
+        return 1;
+    };
+    let Some(plan) = table.plan(from, to) else {
+        eprintln!(
+            "no changes between {} and {}: the body passes untouched",
+            args.from, args.to
+        );
+        std::io::Write::write_all(&mut std::io::stdout(), body).ok();
+        return 0;
+    };
+    let value = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match parse_json(body, limits) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!(
+                    "{} body not translatable: {e}",
+                    if args.response { "response" } else { "request" }
+                );
+                return 1;
+            }
+        }
+    };
+    let mut ex = plan.exchange(&method, &args.path);
+    let mut path = args.path.clone();
+    let mut headers = http::HeaderMap::new();
+    let out = if args.response {
+        let _ = plan.request(&mut ex, &mut path, &mut headers, None);
+        let mut status = http::StatusCode::from_u16(args.status).unwrap_or(http::StatusCode::OK);
+        let out = plan.response(&ex, &mut status, &mut headers, value);
+        eprintln!("# status {} -> {}", args.status, status.as_u16());
+        out
+    } else {
+        let out = plan.request(&mut ex, &mut path, &mut headers, value);
+        eprintln!("# {} {} -> {} {path}", method, args.path, method);
+        out
+    };
+    match out {
+        Ok(Some(v)) => {
+            println!("{}", String::from_utf8_lossy(&to_bytes(&v)));
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            eprintln!("not translatable: {e}");
+            1
+        }
     }
 }
 

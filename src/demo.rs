@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -59,6 +59,7 @@ pub async fn serve_upstream(
 }
 
 async fn answer(version: &str, pool: &str, req: Request<Incoming>) -> Response<Body> {
+    // Generic answers need only the head.
     let query = req.uri().query().unwrap_or("");
     if let Some(ms) = query
         .split('&')
@@ -66,6 +67,22 @@ async fn answer(version: &str, pool: &str, req: Request<Incoming>) -> Response<B
         .and_then(|v| v.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    let (parts, body) = req.into_parts();
+    let sent = if parts.method == http::Method::POST {
+        use http_body_util::BodyExt;
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+    } else {
+        None
+    };
+    let req = Request::from_parts(parts, ());
+    if let Some(resp) = events(version, pool, &req, sent) {
+        return resp;
     }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let body = serde_json::json!({
@@ -77,7 +94,93 @@ async fn answer(version: &str, pool: &str, req: Request<Incoming>) -> Response<B
         "x_api_version": header("x-api-version"),
         "request_id": header("x-request-id"),
     });
+    json(StatusCode::OK, &body)
+}
+
+/// The demo's wedding/event API in the shape of each version, so the
+/// translation chain is visible: v1 serves flat `/api/weddings`, v2 nested
+/// `/api/events` (lists wrapped in `items`, 201 on create, nested errors),
+/// v2.2-beta adds `currency`. Reads are served from two fixed records;
+/// a create echoes what it was sent with a new id.
+fn events(
+    version: &str,
+    pool: &str,
+    req: &Request<()>,
+    sent: Option<serde_json::Value>,
+) -> Option<Response<Body>> {
+    let v1 = version == "v1";
+    let base = if v1 { "/api/weddings" } else { "/api/events" };
+    let rest = req.uri().path().strip_prefix(base)?;
+    let record = |id: u64, name: &str, date: &str| {
+        let mut r = if v1 {
+            serde_json::json!({"id": id, "client_name": name, "wedding_date": date, "status": "booked"})
+        } else {
+            serde_json::json!({"id": id, "client": {"name": name}, "event": {"date": date}, "status": "confirmed"})
+        };
+        if version == "v2.2-beta" {
+            r["currency"] = "EUR".into();
+        }
+        r["served_by"] = pool.into();
+        r
+    };
+    let not_found = |what: &str| {
+        let (code, message) = ("not_found", format!("no wedding {what}"));
+        let body = if v1 {
+            serde_json::json!({"code": code, "message": message})
+        } else {
+            serde_json::json!({"error": {"code": code, "message": message}})
+        };
+        json(StatusCode::NOT_FOUND, &body)
+    };
+    let records = [
+        record(1, "Ann", "2027-06-12"),
+        record(2, "Bo", "2027-09-04"),
+    ];
+    Some(match (req.method().as_str(), rest) {
+        ("GET", "" | "/") => {
+            let list = serde_json::Value::Array(records.to_vec());
+            json(
+                StatusCode::OK,
+                &if v1 {
+                    list
+                } else {
+                    serde_json::json!({"items": list})
+                },
+            )
+        }
+        ("GET", id) => match records.iter().find(|r| format!("/{}", r["id"]) == id) {
+            Some(r) => json(StatusCode::OK, r),
+            None => not_found(id.trim_start_matches('/')),
+        },
+        ("POST", "" | "/") => {
+            // Echo what was sent (in this version's shape) as the stored record.
+            let mut created = match sent {
+                Some(serde_json::Value::Object(o)) => serde_json::Value::Object(o),
+                _ => {
+                    return Some(json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"code": "bad_request", "message": "send a JSON object"}),
+                    ));
+                }
+            };
+            created["id"] = 3.into();
+            created["served_by"] = pool.into();
+            json(
+                if v1 {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                },
+                &created,
+            )
+        }
+        _ => return None,
+    })
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Body::full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -123,6 +226,11 @@ pub fn walkthrough(proxy: SocketAddr, admin: SocketAddr) -> String {
          \x20 curl -i -H 'x-api-version: v9' {p}/api/orders               # unknown: 400 listing supported versions\n\
          \x20 curl -i -H 'x-api-version: beta' {p}/api/orders             # beta for listed clients only: 403\n\
          \x20 curl -i -H 'x-api-version: beta' -H 'x-client-id: beta-tester' {p}/api/orders\n\
+         \x20 curl -s -H 'x-api-version: 1' {p}/api/weddings/1                # v1 shape; 20% of v1 traffic is served by the v2 pool, translated\n\
+         \x20 curl -s -H 'x-api-version: 2' {p}/api/events/1                 # the same record in v2's shape\n\
+         \x20 curl -s -H 'x-api-version: beta' -H 'x-client-id: beta-tester' {p}/api/events  # v2.2-beta adds currency\n\
+         \x20 curl -s -X POST -H 'x-api-version: 1' -H 'content-type: application/json' \\\n\
+         \x20      -d '{{\"client_name\":\"Dee\",\"wedding_date\":\"2028-02-02\",\"status\":\"booked\"}}' {p}/api/weddings\n\
          \x20 curl -s http://{admin}/admin/table                          # the live routing table\n\
          \n\
          Ctrl-C stops the demo.\n"

@@ -258,12 +258,63 @@ fn demo_serves_on_free_ports_and_exits_cleanly_on_sigterm() {
     });
     assert_ne!(addr.port(), 0);
 
-    let (status, body) = http_get(addr, "/api/orders", &[("x-api-version", "1")]);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(json_in(&body)["served_by"], "v1", "{body}");
+    // v1 clients go 80% to the v1 pool and 20% to the v2 pool through the
+    // change chain: either way they see v1's shape.
+    for _ in 0..10 {
+        let (status, body) = http_get(addr, "/api/weddings/1", &[("x-api-version", "1")]);
+        assert_eq!(status, 200, "{body}");
+        let record = json_in(&body);
+        assert_eq!(record["client_name"], "Ann", "{body}");
+        assert_eq!(record["status"], "booked", "{body}");
+        assert!(
+            ["v1", "v2"].contains(&record["served_by"].as_str().unwrap_or("")),
+            "{body}"
+        );
+    }
 
     let status = demo.terminate();
     assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status:?}");
+}
+
+#[test]
+fn translate_tool_prints_the_body_as_the_pool_and_the_client_see_it() {
+    use std::io::Write;
+    let mut child = switchyard(&[
+        "translate",
+        "--config",
+        repo_file("config/demo.toml").to_str().unwrap(),
+        "--from",
+        "v1",
+        "--to",
+        "v2.2-beta",
+        "--method",
+        "POST",
+        "--path",
+        "/api/weddings",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"client_name":"Ann","wedding_date":"2027-06-12","status":"booked"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let up: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        up,
+        serde_json::json!({"client": {"name": "Ann"}, "currency": "EUR", "event": {"date": "2027-06-12"}, "status": "confirmed"})
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-> POST /api/events"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -425,10 +425,14 @@ pub(crate) mod tests {
     use crate::config::{Origin, parse};
 
     /// The README example: the WedSync v1 -> v2 -> v2.2-beta chain.
-    pub(crate) const EXAMPLE: &str = include_str!("README-section.md");
+    /// The README's WedSync example, so the documented table is the tested one.
+    pub(crate) const EXAMPLE: &str = include_str!("../../README.md");
 
     pub(crate) fn example_toml() -> String {
-        let start = EXAMPLE.find("```toml\n").expect("example block") + 8;
+        let section = EXAMPLE
+            .find("### Example: WedSync")
+            .expect("example section");
+        let start = section + EXAMPLE[section..].find("```toml\n").expect("example block") + 8;
         let len = EXAMPLE[start..].find("```").expect("block end");
         EXAMPLE[start..start + len].to_string()
     }
