@@ -228,7 +228,11 @@ impl Gateway {
             exchange = Some(plan.exchange(req.method(), &fwd));
             new_path = Some(fwd);
         }
-        let query = req.uri().query().map(str::to_string);
+        // Kept only when the path changes (the URI is rebuilt then).
+        let query = new_path
+            .as_ref()
+            .and(req.uri().query())
+            .map(str::to_string);
         let (mut parts, body) = req.into_parts();
         prepare_upstream_headers(
             &mut parts.headers,
