@@ -1,0 +1,397 @@
+#!/usr/bin/env bash
+# Load comparison: the small upstream directly, nginx (Debian's 1.22) as the
+# equivalent version-routing proxy, and switchyard, driven by wrk in
+# interleaved rounds on loopback. Prints per run req/s, p50, p99 and the
+# proxy's CPU microseconds per request (utime+stime from /proc over the run
+# divided by the requests wrk completed), the switchyard/nginx ratios per
+# round, and the median of those ratios. Results are also written to
+# benches/results/ (gitignored).
+#
+#   benches/load.sh                       # 3 rounds x {32,256} conns x 10 s
+#   LOAD_ROUNDS=5 LOAD_WORKERS=1 benches/load.sh
+#
+# Environment:
+#   LOAD_WORKERS    switchyard worker threads (default 2; nginx runs 2 workers)
+#   NGINX_WORKERS   nginx worker processes (default 2)
+#   LOAD_ROUNDS     interleaved rounds (default 3, at least 3 for a median)
+#   LOAD_CONNS      wrk connection counts (default "32 256")
+#   LOAD_DURATION   seconds per measured run (default 10)
+#   LOAD_WARMUP     seconds of unmeasured load before each run (default 2)
+#   LOAD_THREADS    wrk threads (default 2)
+#   LOAD_NO_BUILD   set to 1 to skip `cargo build --release`
+#   LOAD_COMMIT     commit to print when the tree is not a git checkout
+#
+# Needs nginx and wrk (installed with apt-get when missing; that needs root).
+# Everything listens on 127.0.0.1 ports picked free at start; nginx runs with
+# its own prefix, pid and log files in a temp dir and never touches a system
+# nginx. Everything started here is stopped by PID on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORKERS=${LOAD_WORKERS:-2}
+NGINX_WORKERS=${NGINX_WORKERS:-2}
+ROUNDS=${LOAD_ROUNDS:-3}
+CONNS=${LOAD_CONNS:-32 256}
+DURATION=${LOAD_DURATION:-10}
+WARMUP=${LOAD_WARMUP:-2}
+THREADS=${LOAD_THREADS:-2}
+HDR='x-api-version: 2'
+URL_PATH=/api/orders
+TARGETS=(direct nginx switchyard)
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "load.sh: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    ((${#missing[@]} == 0)) && return
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
+    log "installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! timeout 600 apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; then
+        timeout 600 apt-get update >/dev/null
+        timeout 600 apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+WRK_PID=
+TMP=$(mktemp -d /tmp/switchyard-load.XXXXXX)
+
+cleanup() {
+    local pid
+    [[ -n $WRK_PID ]] && { kill -TERM "$WRK_PID" 2>/dev/null || true; }
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Free loopback ports: bound together so they are distinct, then released.
+free_ports() {
+    local n=$1
+    if command -v python3 >/dev/null; then
+        python3 - "$n" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+        return
+    fi
+    local ports=() p
+    while ((${#ports[@]} < n)); do
+        p=$((20000 + RANDOM % 40000))
+        [[ " ${ports[*]} " == *" $p "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            ports+=("$p")
+        fi
+    done
+    echo "${ports[*]}"
+}
+
+# Waits (bounded) until the URL answers 200 with the upstream's JSON.
+wait_ready() {
+    local name=$1 url=$2 pid=$3
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || { log "load.sh: $name exited at start"; return 1; }
+        if curl -fsS -m 1 -H "$HDR" "$url" 2>/dev/null | grep -q '"served_by":"v2"'; then
+            return
+        fi
+        sleep 0.1
+    done
+    log "load.sh: $name not ready at $url after 10 s"
+    return 1
+}
+
+# "utime stime" in clock ticks, summed over the given PIDs (all threads).
+cpu_ticks() {
+    local user=0 sys=0 pid rest f
+    for pid in "$@"; do
+        rest=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        rest=${rest##*) }
+        read -r -a f <<<"$rest"
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
+    done
+    echo "$user $sys"
+}
+
+# ---------------------------------------------------------------- setup
+ensure_tools
+cd "$ROOT"
+if [[ ${LOAD_NO_BUILD:-0} != 1 ]]; then
+    log "building (cargo build --release)"
+    timeout 1800 cargo build --release --quiet
+fi
+BIN=$ROOT/target/release/switchyard
+[[ -x $BIN ]] || die "$BIN missing"
+ulimit -n 65536 2>/dev/null || true
+CLK_TCK=$(getconf CLK_TCK)
+
+read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT <<<"$(free_ports 4)"
+
+# The small upstream: hyper, one worker thread, a ~200-byte JSON body. Both
+# versions' pools point at it; the header routes every request to v2.
+RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" --version v2 --threads 1 \
+    >"$TMP/upstream.log" 2>&1 &
+UP_PID=$!
+PIDS+=("$UP_PID")
+
+cat >"$TMP/gateway.toml" <<EOF
+# Demo-like: two versions, one pool each, header detection first, /api/.
+[server]
+listen = "127.0.0.1:$GW_PORT"
+admin_listen = "127.0.0.1:$ADMIN_PORT"
+grace_period_ms = 1000
+
+[detection]
+order = ["header", "accept", "path", "query", "pin"]
+header = "x-api-version"
+
+[[versions]]
+name = "v1"
+status = "stable"
+
+[[versions]]
+name = "v2"
+status = "current"
+
+[[pools]]
+name = "v1"
+version = "v1"
+endpoints = ["127.0.0.1:$UP_PORT"]
+
+[[pools]]
+name = "v2"
+version = "v2"
+endpoints = ["127.0.0.1:$UP_PORT"]
+
+[[routes]]
+name = "api"
+path_prefix = "/api/"
+default_version = "v2"
+timeout_ms = 5000
+EOF
+RUST_LOG=warn "$BIN" run --config "$TMP/gateway.toml" --workers "$WORKERS" \
+    >"$TMP/switchyard.log" 2>&1 &
+GW_PID=$!
+PIDS+=("$GW_PID")
+
+# nginx: the same routing as a map on the version header between two
+# upstream blocks with keep-alive; access log off (switchyard logs nothing
+# per request at the default level either).
+mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes $NGINX_WORKERS;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/tmp/body;
+    proxy_temp_path $TMP/nginx/tmp/proxy;
+    fastcgi_temp_path $TMP/nginx/tmp/fastcgi;
+    uwsgi_temp_path $TMP/nginx/tmp/uwsgi;
+    scgi_temp_path $TMP/nginx/tmp/scgi;
+    # Keep client and upstream connections open like hyper does (nginx
+    # closes them after 1000 requests by default).
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+
+    upstream api_v1 {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    upstream api_v2 {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    map \$http_x_api_version \$api_pool {
+        default api_v2;
+        ~^v?1$  api_v1;
+        ~^v?2$  api_v2;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        location /api/ {
+            proxy_pass http://\$api_pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
+    >"$TMP/nginx.log" 2>&1 &
+NGX_PID=$!
+PIDS+=("$NGX_PID")
+
+show_logs() {
+    local f
+    for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
+        [[ -s $f ]] && { log "--- $f"; tail -20 "$f" >&2; }
+    done
+    return 0
+}
+
+declare -A URL=(
+    [direct]="http://127.0.0.1:$UP_PORT$URL_PATH"
+    [nginx]="http://127.0.0.1:$NGX_PORT$URL_PATH"
+    [switchyard]="http://127.0.0.1:$GW_PORT$URL_PATH"
+)
+wait_ready upstream "${URL[direct]}" "$UP_PID" || { show_logs; exit 1; }
+wait_ready switchyard "${URL[switchyard]}" "$GW_PID" || { show_logs; exit 1; }
+wait_ready nginx "${URL[nginx]}" "$NGX_PID" || { show_logs; exit 1; }
+
+# The process(es) whose CPU counts for a target: the proxy; for the direct
+# runs the upstream itself (there is no proxy).
+cpu_pids() {
+    case $1 in
+        direct) echo "$UP_PID" ;;
+        switchyard) echo "$GW_PID" ;;
+        nginx) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
+    esac
+}
+
+# Latency in wrk's units (us, ms, s) to microseconds.
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") m = 1; else if (u == "ms") m = 1000; else if (u == "s") m = 1000000; else m = -1
+        printf "%.0f", (m < 0 ? -1 : n * m)
+    }'
+}
+
+mkdir -p "$ROOT/benches/results"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/benches/results/load-$STAMP.txt
+RUNS=$TMP/runs.tsv
+: >"$RUNS"
+
+{
+    echo "switchyard load comparison, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    if commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
+        git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock || commit+=" + uncommitted changes in src/ or Cargo.*"
+    fi
+    echo "commit ${commit:-${LOAD_COMMIT:-unknown}}"
+    echo "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+    echo "wrk -t$THREADS -c{$CONNS} -d${DURATION}s --latency -H '$HDR' (after ${WARMUP}s warm-up each); switchyard workers=$WORKERS, nginx workers=$NGINX_WORKERS, upstream 1 thread"
+    echo "cpu/req: proxy utime+stime (nginx: master+workers) per completed request; for direct, the upstream's"
+    echo
+    printf '%-5s %-5s %-10s %10s %9s %9s %9s %9s %8s\n' round conns target req/s p50_us p99_us cpu_us/req usr/sys errors
+} | tee "$OUT"
+
+# ---------------------------------------------------------------- runs
+# wrk in the background and `wait`, so a signal stops the script at once.
+wrk_bg() {
+    local secs=$1
+    shift
+    timeout $((secs + 30)) wrk "$@" >"$TMP/wrk.out" &
+    WRK_PID=$!
+    wait "$WRK_PID"
+    WRK_PID=
+}
+
+run_one() {
+    local round=$1 conns=$2 target=$3 url=${URL[$3]}
+    if ((WARMUP > 0)); then
+        wrk_bg "$WARMUP" -t"$THREADS" -c"$conns" -d"${WARMUP}s" -H "$HDR" "$url"
+    fi
+    local pids before after out
+    pids=$(cpu_pids "$target")
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks $pids)
+    wrk_bg "$DURATION" -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency -H "$HDR" "$url"
+    out=$(<"$TMP/wrk.out")
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $pids)
+    local reqs rps p50 p99 errs
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+    p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    errs=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
+    local cpu usr sys
+    read -r cpu usr sys < <(awk -v b="$before" -v a="$after" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {
+        split(b, x, " "); split(a, y, " "); k = (n > 0 ? 1e6 / hz / n : 0)
+        u = (y[1] - x[1]) * k; s = (y[2] - x[2]) * k
+        printf "%.1f %.1f %.1f\n", u + s, u, s
+    }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu" "$errs" >>"$RUNS"
+    printf '%-5s %-5s %-10s %10s %9s %9s %9s %9s %8s\n' "$round" "$conns" "$target" "$rps" "$p50" "$p99" "$cpu" "$usr/$sys" "$errs" | tee -a "$OUT"
+}
+
+for round in $(seq "$ROUNDS"); do
+    for conns in $CONNS; do
+        for target in "${TARGETS[@]}"; do
+            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" 2>/dev/null || { show_logs; die "a server died"; }
+            run_one "$round" "$conns" "$target"
+        done
+        awk -F'\t' -v r="$round" -v c="$conns" '
+            $1 == r && $2 == c { rps[$3] = $4; p99[$3] = $6; cpu[$3] = $7 }
+            END {
+                printf "      round %s, %s conns: switchyard/nginx throughput %.2f, p99 %.2f, cpu/req %.2f; nginx/direct throughput %.2f\n",
+                    r, c, rps["switchyard"] / rps["nginx"], p99["switchyard"] / p99["nginx"],
+                    cpu["switchyard"] / cpu["nginx"], rps["nginx"] / rps["direct"]
+            }' "$RUNS" | tee -a "$OUT"
+    done
+done
+
+# ---------------------------------------------------------------- summary
+{
+    echo
+    echo "median over $ROUNDS rounds of the per-round ratios (switchyard/nginx; throughput >= 1, p99 and cpu <= 1 meet the target):"
+    for conns in $CONNS; do
+        awk -F'\t' -v c="$conns" '
+            function median(a, n,    i, j, t) {
+                for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            $2 == c { rps[$1, $3] = $4; p50[$1, $3] = $5; p99[$1, $3] = $6; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
+            END {
+                for (r = 1; r <= rounds; r++) {
+                    t[r] = rps[r, "switchyard"] / rps[r, "nginx"]; p[r] = p99[r, "switchyard"] / p99[r, "nginx"]
+                    u[r] = cpu[r, "switchyard"] / cpu[r, "nginx"]; d[r] = rps[r, "nginx"] / rps[r, "direct"]
+                    ds[r] = rps[r, "switchyard"] / rps[r, "direct"]
+                    sc[r] = cpu[r, "switchyard"]; nc[r] = cpu[r, "nginx"]; sr[r] = rps[r, "switchyard"]; nr[r] = rps[r, "nginx"]; dr[r] = rps[r, "direct"]
+                    sp[r] = p99[r, "switchyard"]; np[r] = p99[r, "nginx"]; dp[r] = p99[r, "direct"]
+                }
+                printf "  %3s conns: throughput %.2f  p99 %.2f  cpu/req %.2f   (nginx/direct %.2f, switchyard/direct %.2f)\n",
+                    c, median(t, rounds), median(p, rounds), median(u, rounds), median(d, rounds), median(ds, rounds)
+                printf "             medians: req/s direct %.0f nginx %.0f switchyard %.0f; p99 us direct %.0f nginx %.0f switchyard %.0f; cpu us/req nginx %.1f switchyard %.1f\n",
+                    median(dr, rounds), median(nr, rounds), median(sr, rounds), median(dp, rounds), median(np, rounds), median(sp, rounds),
+                    median(nc, rounds), median(sc, rounds)
+            }' "$RUNS"
+    done
+    echo
+    echo "results: ${OUT#"$ROOT"/}"
+} | tee -a "$OUT"
