@@ -24,7 +24,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn table(v1: SocketAddr, v2: SocketAddr, default: &str, n: usize) -> String {
@@ -43,16 +47,34 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     // `cargo test --benches` passes no `--bench`: run a short smoke.
-    let pushes = if std::env::args().any(|a| a == "--bench") { 100 } else { 5 };
+    let pushes = if std::env::args().any(|a| a == "--bench") {
+        100
+    } else {
+        5
+    };
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut redis = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server installed (bash .ci/run installs it)");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let result = rt.block_on(run(port, pushes));
     let _ = redis.kill();
     let _ = redis.wait();
@@ -73,7 +95,12 @@ async fn run(port: u16, pushes: usize) -> Vec<Duration> {
     for name in ["v1", "v2"] {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         ups.push(l.local_addr().unwrap());
-        tokio::spawn(switchyard::demo::serve_upstream(l, name, name, shutdown.clone()));
+        tokio::spawn(switchyard::demo::serve_upstream(
+            l,
+            name,
+            name,
+            shutdown.clone(),
+        ));
     }
     let mut store = loop {
         match Store::connect(&url, "switchyard:", None).await {
@@ -93,17 +120,29 @@ async fn run(port: u16, pushes: usize) -> Vec<Duration> {
     store.push(&first, 0, &meta(&first), 10).await.unwrap();
     // Poll slowly: the measured path is the pub/sub announcement.
     let boot = format!("[server]\nredis_url = \"{url}\"\nredis_poll_ms = 2000\n");
-    let doc = switchyard::config::load(&boot, switchyard::config::Origin::Embedded("bench")).unwrap();
+    let doc =
+        switchyard::config::load(&boot, switchyard::config::Origin::Embedded("bench")).unwrap();
     let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = proxy.local_addr().unwrap();
-    tokio::spawn(switchyard::serve(doc, "bench".into(), proxy, admin, shutdown.clone()));
+    tokio::spawn(switchyard::serve(
+        doc,
+        "bench".into(),
+        proxy,
+        admin,
+        shutdown.clone(),
+    ));
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let served_by = |client: Client<_, Empty<Bytes>>| async move {
         let uri: http::Uri = format!("http://{addr}/api/x").parse().unwrap();
         match client.get(uri).await {
             Ok(resp) => {
-                let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 v["served_by"].as_str().unwrap_or("").to_string()
             }
@@ -122,7 +161,10 @@ async fn run(port: u16, pushes: usize) -> Vec<Duration> {
         store.push(&text, n as u64, &meta(&text), 10).await.unwrap();
         let pushed = Instant::now();
         while served_by(client.clone()).await != want {
-            assert!(pushed.elapsed() < Duration::from_secs(10), "push {n} never arrived");
+            assert!(
+                pushed.elapsed() < Duration::from_secs(10),
+                "push {n} never arrived"
+            );
         }
         delays.push(pushed.elapsed());
     }
