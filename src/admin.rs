@@ -34,6 +34,14 @@ impl Handler for Admin {
         if let Some(resp) = health(path, &self.tables) {
             return resp;
         }
+        if path == "/metrics" {
+            let mut resp = Response::new(Body::full(self.control.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return resp;
+        }
         if let Err(resp) = self.authorize(&req) {
             return resp;
         }

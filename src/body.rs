@@ -1,7 +1,8 @@
 //! The one body type the gateway sends and receives: a streamed hyper body
 //! (with an optional byte cap), a buffered `Bytes`, or nothing. An enum
 //! rather than a boxed trait object, so the request path allocates nothing
-//! for bodies.
+//! for bodies. An upstream response body carries its connection's
+//! [`Reuse`] and hands the connection back to the pool when it ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,6 +10,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::upstream::Reuse;
 
 /// Error from a streamed body.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +32,8 @@ pin_project_lite::pin_project! {
     #[project = BodyProj]
     pub enum Body {
         /// Streamed from a peer; errors once more than `limit` bytes arrive.
-        Stream { #[pin] inner: Incoming, limit: u64, seen: u64 },
+        /// `reuse`, if any, goes back to the upstream pool at end of stream.
+        Stream { #[pin] inner: Incoming, limit: u64, seen: u64, reuse: Option<Reuse> },
         /// Fully buffered.
         Full { data: Option<Bytes> },
     }
@@ -60,7 +64,32 @@ impl Body {
             inner,
             limit,
             seen: 0,
+            reuse: None,
         }
+    }
+
+    /// An upstream response body: `reuse` returns its connection to the pool
+    /// once the body has been read to the end (right away if it is empty).
+    pub(crate) fn upstream(inner: Incoming, reuse: Reuse) -> Body {
+        if inner.is_end_stream() {
+            reuse.release();
+            return Body::stream(inner);
+        }
+        Body::Stream {
+            inner,
+            limit: u64::MAX,
+            seen: 0,
+            reuse: Some(reuse),
+        }
+    }
+
+    /// The same body, failing with [`BodyError::TooLarge`] past `limit`
+    /// bytes (a buffered body is not checked: it is ours).
+    pub fn capped(mut self, cap: u64) -> Body {
+        if let Body::Stream { limit, .. } = &mut self {
+            *limit = (*limit).min(cap);
+        }
+        self
     }
 }
 
@@ -73,18 +102,40 @@ impl HttpBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            BodyProj::Stream { inner, limit, seen } => match inner.poll_frame(cx) {
+            BodyProj::Stream {
+                mut inner,
+                limit,
+                seen,
+                reuse,
+            } => match inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         *seen += data.len() as u64;
                         if *seen > *limit {
+                            // Dropping `reuse` unread closes that connection.
+                            reuse.take();
                             return Poll::Ready(Some(Err(BodyError::TooLarge { limit: *limit })));
                         }
                     }
+                    // hyper's server stops polling once `is_end_stream`, so
+                    // the last frame may be the last poll.
+                    if inner.is_end_stream()
+                        && let Some(r) = reuse.take()
+                    {
+                        r.release();
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Stream(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => {
+                    reuse.take();
+                    Poll::Ready(Some(Err(BodyError::Stream(e))))
+                }
+                Poll::Ready(None) => {
+                    if let Some(r) = reuse.take() {
+                        r.release();
+                    }
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             },
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),

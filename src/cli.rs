@@ -431,15 +431,19 @@ pub async fn serve(
         .admin_listen
         .parse()
         .context("server.admin_listen")?;
-    let proxy = crate::server::bind(proxy_addr)
+    let workers = match doc.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let proxies = crate::server::bind_workers(proxy_addr, workers)
         .with_context(|| format!("binding proxy listener {proxy_addr}"))?;
     let admin = crate::server::bind(admin_addr)
         .with_context(|| format!("binding admin listener {admin_addr}"))?;
-    let (proxy_addr, admin_addr) = (proxy.local_addr()?, admin.local_addr()?);
+    let (proxy_addr, admin_addr) = (proxies[0].local_addr()?, admin.local_addr()?);
     if demo {
         println!("{}", crate::demo::walkthrough(proxy_addr, admin_addr));
     }
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, table = %origin, "switchyard listening");
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, workers, table = %origin, "switchyard listening");
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -456,7 +460,9 @@ pub async fn serve(
         file: file.map(|f| f.0),
         ..Default::default()
     };
-    let drained = crate::serve_with(doc, origin, proxy, admin, shutdown, options).await;
+    let drained = crate::serve_per_core(doc, origin, proxies, admin, shutdown, options)
+        .await
+        .context("starting proxy workers")?;
     tracing::info!(drained, "switchyard stopped");
     Ok(drained)
 }

@@ -74,44 +74,135 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     options: ServeOptions,
 ) -> bool {
-    let tables = Arc::new(TableHandle::default());
-    let upstream = Arc::new(Upstream::default());
-    let sources = control::Sources {
-        file: options.file.clone(),
-        redis: doc
-            .server
-            .redis_url
-            .clone()
-            .map(|u| (u, doc.server.redis_prefix.clone())),
-        poll: std::time::Duration::from_millis(doc.server.redis_poll_ms),
-    };
-    let control = Arc::new(control::Control::new(
-        tables.clone(),
-        upstream.clone(),
-        sources,
-        options.clock,
-    ));
-    let conn = server::ConnSettings::from(&doc.server);
-    let gateway = Arc::new(Gateway::new(tables.clone(), upstream, &doc.server));
-    let token = std::env::var("SWITCHYARD_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or(doc.server.admin_token.clone());
-    let admin_handler = Arc::new(admin::Admin {
-        tables,
-        control: control.clone(),
-        token,
-    });
-    control.start_with_file(doc, origin, options.text).await;
-    let watcher = tokio::spawn(control.clone().watch(shutdown.clone()));
-    let admin_task = tokio::spawn(server::serve(
-        admin,
-        admin_handler,
-        conn.clone(),
-        shutdown.clone(),
-    ));
-    let drained = server::serve(proxy, gateway, conn, shutdown).await;
-    let _ = admin_task.await;
-    let _ = watcher.await;
+    let plane = Plane::start(doc, origin, admin, &shutdown, options).await;
+    let drained = server::serve(proxy, plane.gateway.clone(), plane.conn.clone(), shutdown).await;
+    plane.stop().await;
     drained
+}
+
+/// [`serve_with`] thread-per-core: each of `proxies` (listeners bound to one
+/// address with [`server::bind_workers`]) is served by its own
+/// single-threaded runtime on its own thread, the first on the caller's.
+/// The control plane (table sources, admin listener) stays on the caller's
+/// runtime. Errors only while setting the workers up, before serving.
+///
+/// Why: a request then lives on one thread from accept to response, upstream
+/// connections included, with no work stealing or cross-thread wakeups.
+pub async fn serve_per_core(
+    doc: Document,
+    origin: String,
+    proxies: Vec<std::net::TcpListener>,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+    options: ServeOptions,
+) -> std::io::Result<bool> {
+    let mut proxies = proxies.into_iter();
+    let own = TcpListener::from_std(proxies.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no proxy listener")
+    })?)?;
+    let mut workers = Vec::new();
+    for listener in proxies {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Registered with the worker's own reactor.
+        let listener = {
+            let _entered = rt.enter();
+            TcpListener::from_std(listener)?
+        };
+        workers.push((rt, listener));
+    }
+    let plane = Plane::start(doc, origin, admin, &shutdown, options).await;
+    let mut done = Vec::with_capacity(workers.len());
+    for (i, (rt, listener)) in workers.into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (gateway, conn, stop) = (plane.gateway.clone(), plane.conn.clone(), shutdown.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("switchyard-{}", i + 1))
+            .spawn(move || {
+                let drained = rt.block_on(server::serve(listener, gateway, conn, stop));
+                let _ = tx.send(drained);
+            });
+        if let Err(e) = spawned {
+            shutdown.cancel();
+            plane.stop().await;
+            return Err(e);
+        }
+        done.push(rx);
+    }
+    let mut drained = server::serve(own, plane.gateway.clone(), plane.conn.clone(), shutdown).await;
+    for rx in done {
+        // A worker that panicked drops its sender: count it as not drained.
+        drained &= rx.await.unwrap_or(false);
+    }
+    plane.stop().await;
+    Ok(drained)
+}
+
+/// What every proxy listener shares, and the control-plane tasks beside it.
+struct Plane {
+    gateway: Arc<Gateway>,
+    conn: server::ConnSettings,
+    admin: tokio::task::JoinHandle<bool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Plane {
+    async fn start(
+        doc: Document,
+        origin: String,
+        admin: TcpListener,
+        shutdown: &CancellationToken,
+        options: ServeOptions,
+    ) -> Plane {
+        let tables = Arc::new(TableHandle::default());
+        let upstream = Arc::new(Upstream::default());
+        let sources = control::Sources {
+            file: options.file.clone(),
+            redis: doc
+                .server
+                .redis_url
+                .clone()
+                .map(|u| (u, doc.server.redis_prefix.clone())),
+            poll: std::time::Duration::from_millis(doc.server.redis_poll_ms),
+        };
+        let control = Arc::new(control::Control::new(
+            tables.clone(),
+            upstream.clone(),
+            sources,
+            options.clock,
+        ));
+        let conn = server::ConnSettings::from(&doc.server);
+        let gateway = Arc::new(Gateway::new(tables.clone(), upstream, &doc.server));
+        let token = std::env::var("SWITCHYARD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or(doc.server.admin_token.clone());
+        let admin_handler = Arc::new(admin::Admin {
+            tables,
+            control: control.clone(),
+            token,
+        });
+        control.start_with_file(doc, origin, options.text).await;
+        let watcher = tokio::spawn(control.clone().watch(shutdown.clone()));
+        let admin = tokio::spawn(server::serve(
+            admin,
+            admin_handler,
+            conn.clone(),
+            shutdown.clone(),
+        ));
+        Plane {
+            gateway,
+            conn,
+            admin,
+            watcher,
+        }
+    }
+
+    /// Waits for the admin listener and the table watcher (both stop on the
+    /// shutdown token).
+    async fn stop(self) {
+        let _ = self.admin.await;
+        let _ = self.watcher.await;
+    }
 }

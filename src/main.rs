@@ -33,7 +33,11 @@ fn run(args: Cli) -> anyhow::Result<i32> {
             demo,
             file,
         } => {
-            let rt = runtime(doc.server.workers)?;
+            // The control plane and the first proxy worker; `serve` starts
+            // one more single-threaded runtime per further worker.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(cli::serve(*doc, origin, demo, file))?;
             // Exit 0 after a signal-driven shutdown even if the grace period
             // cut slow requests: that is the configured behaviour.

@@ -229,10 +229,7 @@ impl Gateway {
             new_path = Some(fwd);
         }
         // Kept only when the path changes (the URI is rebuilt then).
-        let query = new_path
-            .as_ref()
-            .and(req.uri().query())
-            .map(str::to_string);
+        let query = new_path.as_ref().and(req.uri().query()).map(str::to_string);
         let (mut parts, body) = req.into_parts();
         prepare_upstream_headers(
             &mut parts.headers,
@@ -258,18 +255,23 @@ impl Gateway {
                             limit: limits.max_bytes,
                         }));
                     }
-                    let bytes =
-                        collect_limited(body, limits.max_bytes)
-                            .await
-                            .map_err(|e| match e {
-                                BodyError::TooLarge { limit } => {
-                                    fail(TranslateError::TooLarge { limit })
-                                }
-                                BodyError::Stream(_) => GatewayError::BadRequest {
-                                    reason: "request body stream failed",
-                                },
-                            })?;
-                    (Some(parse_json(&bytes, limits).map_err(fail)?), None)
+                    let bytes = collect_limited(Body::stream(body), limits.max_bytes)
+                        .await
+                        .map_err(|e| match e {
+                            BodyError::TooLarge { limit } => {
+                                fail(TranslateError::TooLarge { limit })
+                            }
+                            BodyError::Stream(_) => GatewayError::BadRequest {
+                                reason: "request body stream failed",
+                            },
+                        })?;
+                    // An empty body (e.g. chunked with no data) is no body.
+                    let value = if bytes.is_empty() {
+                        None
+                    } else {
+                        Some(parse_json(&bytes, limits).map_err(fail)?)
+                    };
+                    (value, None)
                 } else {
                     (None, Some(body))
                 };
@@ -315,17 +317,12 @@ impl Gateway {
         }
         let method = parts.method.clone();
         let upstream_req = Request::from_parts(parts, body);
-        let resp = Upstream::forward(
-            &route.client,
-            &pool_entry.pool,
-            upstream_req,
-            route.timeouts,
-        )
-        .await
-        .map_err(|source| GatewayError::Upstream {
-            pool: pool_entry.pool.name.clone(),
-            source,
-        })?;
+        let resp = Upstream::forward(&pool_entry.pool, upstream_req, route.timeouts)
+            .await
+            .map_err(|source| GatewayError::Upstream {
+                pool: pool_entry.pool.name.clone(),
+                source,
+            })?;
 
         // respond (translate the response down to the client's version)
         let (mut parts, body) = resp.into_parts();
@@ -373,21 +370,39 @@ impl Gateway {
                                     reason: "the upstream's body stream failed".into(),
                                 }),
                             })?;
-                    let value = parse_json(&bytes, limits).map_err(fail)?;
-                    let out = plan
-                        .response(&ex, &mut parts.status, &mut parts.headers, Some(value))
+                    // An empty body (a 201 with `Content-Length: 0`) is no body.
+                    let value = if bytes.is_empty() {
+                        None
+                    } else {
+                        Some(parse_json(&bytes, limits).map_err(fail)?)
+                    };
+                    match plan
+                        .response(&ex, &mut parts.status, &mut parts.headers, value)
                         .map_err(fail)?
-                        .expect("a body in, a body out");
-                    let bytes = to_bytes(&out);
-                    set_body_headers(&mut parts.headers, bytes.len());
-                    Body::full(bytes)
+                    {
+                        Some(out) => {
+                            let bytes = to_bytes(&out);
+                            set_body_headers(&mut parts.headers, bytes.len());
+                            Body::full(bytes)
+                        }
+                        None => Body::empty(),
+                    }
                 } else {
+                    // A HEAD answer describes the body a GET would get, which
+                    // would be translated: its length and validators are unknown.
+                    let stale = method == http::Method::HEAD
+                        && plan.response_body_needed(&ex, parts.status)
+                        && has_json_body(&parts.headers);
                     plan.response(&ex, &mut parts.status, &mut parts.headers, None)
                         .map_err(fail)?;
-                    Body::stream(body)
+                    if stale {
+                        set_body_headers(&mut parts.headers, 0);
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                    }
+                    body
                 }
             }
-            _ => Body::stream(body),
+            _ => body,
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -572,9 +587,9 @@ fn plain_body(body: Incoming, no_body: bool, limit: u64) -> Body {
 }
 
 /// Buffers a body up to `limit` bytes.
-async fn collect_limited(body: Incoming, limit: u64) -> Result<bytes::Bytes, BodyError> {
+async fn collect_limited(body: Body, limit: u64) -> Result<bytes::Bytes, BodyError> {
     use http_body_util::BodyExt;
-    Ok(Body::limited(body, limit).collect().await?.to_bytes())
+    Ok(body.capped(limit).collect().await?.to_bytes())
 }
 
 fn body_is_empty(b: &Incoming) -> bool {

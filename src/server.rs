@@ -170,14 +170,35 @@ fn serve_connection<H: Handler>(
 
 /// Binds a listener with `SO_REUSEADDR` and a deep backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, false)?)
+}
+
+/// Binds `count` (at least one) listeners to `addr` with `SO_REUSEPORT`, one
+/// per worker, so the kernel spreads accepted connections over the workers
+/// without a shared accept queue. Port 0 picks one free port for all.
+pub fn bind_workers(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_std(addr, true)?;
+    let addr = first.local_addr()?;
+    let mut listeners = Vec::with_capacity(count.max(1));
+    listeners.push(first);
+    for _ in 1..count {
+        listeners.push(bind_std(addr, true)?);
+    }
+    Ok(listeners)
+}
+
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }

@@ -15,7 +15,7 @@ use http::HeaderValue;
 use crate::config::{Document, HostHeader, Status};
 use crate::route::{RouteId, Router};
 use crate::split::{PoolId, Split};
-use crate::upstream::{HostRewrite, HttpClient, Pool, Timeouts, Upstream};
+use crate::upstream::{HostRewrite, Pool, Timeouts, Upstream};
 use crate::version::{Detection, Lifecycle, Resolver, VersionId};
 
 /// A compiled API version.
@@ -54,8 +54,6 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Request body cap.
     pub max_body_bytes: u64,
-    /// Pooled client for this route's connect timeout.
-    pub client: HttpClient,
     /// Body limits for translation.
     pub translate_limits: crate::translate::Limits,
 }
@@ -198,7 +196,6 @@ impl RoutingTable {
                     splits,
                     timeouts,
                     max_body_bytes: r.max_body_bytes,
-                    client: upstream.client(timeouts.connect),
                     translate_limits: crate::translate::Limits {
                         max_bytes: r.translate_max_body_bytes,
                         max_depth: r.translate_max_depth,

@@ -374,3 +374,63 @@ async fn run_serves_a_config_file_on_the_env_listen_address() {
         "the request reached the configured pool"
     );
 }
+
+/// `workers = 3`: three single-threaded workers share the port through
+/// `SO_REUSEPORT`; each keeps its own upstream connections, so the upstream
+/// sees more than one connection, and each worker reuses its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_several_workers_spreads_connections_and_reuses_upstream_ones() {
+    let up = Upstream::spawn("v1").await;
+    let up = tokio::task::spawn_blocking(move || {
+        let text = table()
+            .server("listen = \"127.0.0.1:0\"")
+            .server("admin_listen = \"127.0.0.1:0\"")
+            .server("workers = 3")
+            .version("v1", "current", "")
+            .pool("v1", "v1", &up)
+            .route("all", "/", "v1", "")
+            .toml();
+        let file = temp_table(&text);
+        let mut cmd = switchyard(&[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            file.path().to_str().expect("utf-8 path"),
+        ]);
+        cmd.env("RUST_LOG", "info");
+        let mut run = Proc::spawn(cmd);
+        let (addr, workers): (SocketAddr, u64) = run.wait_for(true, |line| {
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            let fields = &event["fields"];
+            if fields["message"] != "switchyard listening" {
+                return None;
+            }
+            Some((
+                fields["proxy"].as_str()?.parse().ok()?,
+                fields["workers"].as_u64()?,
+            ))
+        });
+        assert_eq!(workers, 3);
+        // Each request on its own client connection (Connection: close), so
+        // the kernel spreads them over the three listeners.
+        for i in 0..60 {
+            let (status, body) = http_get(addr, &format!("/orders/{i}"), &[]);
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(json_in(&body)["served_by"], "v1", "{body}");
+        }
+        let status = run.terminate();
+        assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status:?}");
+        up
+    })
+    .await
+    .expect("blocking part");
+    assert_eq!(up.requests(), 60);
+    let conns = up.connections();
+    // One worker would use one connection; 60 connections spread over three
+    // listeners land on one of them with probability 3 * 3^-60.
+    assert!(
+        (2..=10).contains(&conns),
+        "{conns} upstream connections for 60 requests over 3 workers"
+    );
+}

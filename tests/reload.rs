@@ -109,6 +109,16 @@ impl Gw {
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
+    async fn metrics(&self) -> String {
+        let uri = format!("http://{}/metrics", self.admin);
+        let resp = client().get(uri.parse().unwrap()).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
     async fn status(&self) -> Value {
         self.admin("GET", "/admin/status", None).await.1
     }
@@ -219,6 +229,15 @@ async fn push_reaches_two_gateways_within_milliseconds() {
     let st = a.status().await;
     assert_eq!(st["table_revision"], 2);
     assert_eq!(st["source"], "redis");
+    let metrics = a.metrics().await;
+    assert!(
+        metrics.contains("switchyard_config_revision 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_redis_connected 1"),
+        "{metrics}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -407,6 +426,15 @@ async fn malformed_document_is_rejected_and_last_good_table_serves() {
         Some("v1"),
         "last good table keeps serving"
     );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("switchyard_config_reloads_total{result=\"rejected\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_config_revision 1"),
+        "{metrics}"
+    );
     // The CLI refuses the same mistake before it reaches Redis.
     let (code, _, err) = push(&redis, &write(&dir, "bad.toml", &bad), "bad", &[]);
     assert_eq!(code, 1);
@@ -546,6 +574,17 @@ async fn freeze_refuses_push_allows_emergency_and_defers_direct_writes() {
         gw.served_by(&[]).await.as_deref(),
         Some("v1"),
         "deferred, not applied"
+    );
+    // Re-checked on every poll while deferred, counted once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("switchyard_config_deferred_revision 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_config_reloads_total{result=\"deferred\"} 1"),
+        "{metrics}"
     );
     *clock.0.lock().unwrap() = "2026-07-04T22:00:01Z".parse().unwrap();
     eventually("applied when the freeze ends", || async {

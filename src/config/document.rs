@@ -57,7 +57,8 @@ pub struct ServerSettings {
     pub underscore_headers: UnderscoreHeaders,
     /// Answer `/health/live` and `/health/ready` on the proxy listener too. Default true.
     pub health_on_proxy: bool,
-    /// Worker threads; 0 means one per CPU. Default 0.
+    /// Proxy worker threads, each a single-threaded runtime with its own
+    /// `SO_REUSEPORT` listener; 0 means one per CPU. Default 0.
     pub workers: usize,
     /// Redis URL holding the live routing table (`redis://host:6379/0`, or
     /// `redis-cluster://h1:p1,h2:p2`); unset = this file only.

@@ -8,6 +8,7 @@
 //! the watcher task and admin requests take.
 
 pub mod freeze;
+pub mod metrics;
 pub mod store;
 
 use std::collections::HashMap;
@@ -124,6 +125,8 @@ pub struct Control {
     clock: Arc<dyn Clock>,
     status: Mutex<Status>,
     state: tokio::sync::Mutex<WatchState>,
+    /// Control-plane metrics, rendered on `/metrics`.
+    pub metrics: metrics::ControlMetrics,
 }
 
 impl std::fmt::Debug for Control {
@@ -149,6 +152,7 @@ impl Control {
             clock,
             status: Mutex::new(Status::default()),
             state: tokio::sync::Mutex::new(WatchState::default()),
+            metrics: metrics::ControlMetrics::default(),
         }
     }
 
@@ -168,7 +172,14 @@ impl Control {
     }
 
     fn set_status(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self.status.lock().expect("status poisoned"));
+        let mut s = self.status.lock().expect("status poisoned");
+        f(&mut s);
+        let m = &self.metrics;
+        m.revision.set(s.table_revision as i64);
+        m.deferred
+            .set(s.deferred.as_ref().map_or(0, |d| d.revision as i64));
+        m.redis_connected.set(i64::from(s.redis_connected));
+        m.redis_pins.set(s.redis_pins as i64);
     }
 
     /// Publishes a validated document read from the file at start.
@@ -214,6 +225,20 @@ impl Control {
         } else {
             self.check_file(&mut st, now)
         };
+        // A deferral is counted once, not on every poll that re-checks it.
+        let repeat = result.result == "deferred"
+            && self
+                .status()
+                .deferred
+                .as_ref()
+                .is_some_and(|d| d.revision == result.revision)
+            && self.metrics.reloads.with_label_values(&["deferred"]).get() > 0;
+        if result.result != "unchanged" && !repeat {
+            self.metrics
+                .reloads
+                .with_label_values(&[result.result])
+                .inc();
+        }
         self.set_status(|s| {
             s.last_reload = Some(result.clone());
             if result.result == "rejected" {

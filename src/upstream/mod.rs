@@ -1,27 +1,42 @@
-//! Upstream forwarding: pooled keep-alive clients, endpoints and their
+//! Upstream forwarding: keep-alive connections, endpoints and their
 //! in-flight counts, power-of-two-choices endpoint choice, connect and
 //! response timeouts, and the mapping of failures to 502/503/504.
 //!
-//! Clients and endpoint state outlive routing tables: the table compiler
-//! asks [`Upstream`] for them (under a mutex, off the request path), so a
-//! reload keeps warm connections and in-flight counts.
+//! Connections are pooled per thread: with one single-threaded runtime per
+//! worker, a request, its upstream connection and that connection's task
+//! all stay on one thread, and checkout and checkin touch no lock or atomic
+//! shared with other workers. A connection goes back to its thread's pool
+//! when the response body ends (see [`Reuse`]); it is reused only if hyper
+//! says it is ready, and dropped when idle longer than [`IDLE_TIMEOUT`].
+//!
+//! Endpoint state outlives routing tables: the table compiler asks
+//! [`Upstream`] for it (under a mutex, off the request path), so a reload
+//! keeps in-flight counts; pooled connections are keyed by `host:port`, so
+//! they survive reloads too.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::body::{Body, BodyError};
 
-/// The pooled HTTP client type (HTTP/1.1 keep-alive; h2 comes with #7).
-pub type HttpClient = Client<HttpConnector, Body>;
+/// Idle connections older than this are dropped at checkout: 90 s, longer
+/// than typical upstream keep-alive timeouts would race; a request that
+/// still meets a connection the upstream closed is retried once (see
+/// [`Upstream::forward`]).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Idle connections kept per endpoint per worker thread; more are closed.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +44,14 @@ pub enum UpstreamError {
     /// The pool has no endpoint to try.
     #[error("no endpoint available")]
     NoEndpoint,
-    /// TCP connect failed (refused, unreachable).
+    /// TCP connect failed (refused, unreachable, unresolvable).
     #[error("connect to {endpoint} failed")]
     Connect {
         /// The endpoint tried.
         endpoint: Authority,
         /// The cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: std::io::Error,
     },
     /// TCP connect did not finish within the route's connect timeout.
     #[error("connect to {endpoint} timed out after {after:?}")]
@@ -71,7 +86,7 @@ pub enum UpstreamError {
         endpoint: Authority,
         /// The cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
 }
 
@@ -185,39 +200,13 @@ pub struct Timeouts {
     pub response: Duration,
 }
 
-/// Long-lived upstream resources: one pooled client per connect timeout,
-/// endpoint state by address.
+/// Long-lived upstream resources: endpoint state by address.
 #[derive(Debug, Default)]
 pub struct Upstream {
-    clients: Mutex<HashMap<Duration, HttpClient>>,
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
 }
 
 impl Upstream {
-    /// The pooled client for a connect timeout (created on first use by the
-    /// table compiler, then shared).
-    pub fn client(&self, connect_timeout: Duration) -> HttpClient {
-        let mut clients = self.clients.lock().expect("upstream registry poisoned");
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_keepalive(Some(Duration::from_secs(60)));
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    // 90 s: longer than the typical upstream keep-alive would
-                    // race it; hyper retries a request on a connection the
-                    // upstream closed while idle.
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(1024)
-                    .build(connector)
-            })
-            .clone()
-    }
-
     /// The shared state of endpoint `host:port` (validated).
     pub fn endpoint(&self, addr: &str) -> Arc<Endpoint> {
         let mut eps = self.endpoints.lock().expect("upstream registry poisoned");
@@ -233,51 +222,48 @@ impl Upstream {
     }
 
     /// Forwards `req` (whose URI carries the path and query to send) to an
-    /// endpoint of `pool`. The body streams; if it fails mid-way the
-    /// upstream request is aborted, never completed short.
+    /// endpoint of `pool`, over an idle keep-alive connection of this thread
+    /// if one is ready, else a new one. The body streams; if it fails
+    /// mid-way the upstream request is aborted, never completed short. A
+    /// request a reused connection could not start (it was closed while
+    /// idle) is sent once more on a new connection; nothing is replayed
+    /// once hyper has begun writing it. The response body returns the
+    /// connection to the pool when it ends.
     pub async fn forward(
-        client: &HttpClient,
         pool: &Pool,
         mut req: Request<Body>,
         timeouts: Timeouts,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let ep = pool.choose().ok_or(UpstreamError::NoEndpoint)?;
+        let client_authority = req.uri().authority().cloned();
+        // Origin form: the connection is to the endpoint already.
         let pq = req
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(ep.authority.clone());
-        parts.path_and_query = Some(pq);
-        let client_authority = req.uri().authority().cloned();
-        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
+        *req.uri_mut() = Uri::from(pq);
         // Upstreams speak HTTP/1.1 here whatever the client used.
         *req.version_mut() = http::Version::HTTP_11;
-        match &pool.host {
-            HostRewrite::Preserve => {
-                if !req.headers().contains_key(http::header::HOST)
-                    && let Some(a) = client_authority
-                    && let Ok(v) = HeaderValue::from_str(a.as_str())
-                {
-                    req.headers_mut().insert(http::header::HOST, v);
-                }
-            }
-            HostRewrite::Endpoint => {
-                req.headers_mut()
-                    .insert(http::header::HOST, ep.host_value.clone());
-            }
-            HostRewrite::Fixed(v) => {
-                req.headers_mut().insert(http::header::HOST, v.clone());
-            }
+        // HTTP/1.1 needs a Host: without one of the client's, the endpoint's.
+        let host = match &pool.host {
+            HostRewrite::Preserve if req.headers().contains_key(http::header::HOST) => None,
+            HostRewrite::Preserve => Some(
+                client_authority
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    .unwrap_or_else(|| ep.host_value.clone()),
+            ),
+            HostRewrite::Endpoint => Some(ep.host_value.clone()),
+            HostRewrite::Fixed(v) => Some(v.clone()),
+        };
+        if let Some(v) = host {
+            req.headers_mut().insert(http::header::HOST, v);
         }
 
         ep.inflight.fetch_add(1, Ordering::Relaxed);
         let _guard = InflightGuard(ep);
-        match tokio::time::timeout(timeouts.response, client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(e, ep, timeouts)),
+        match tokio::time::timeout(timeouts.response, exchange(ep, req, timeouts)).await {
+            Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 endpoint: ep.authority.clone(),
                 after: timeouts.response,
@@ -286,13 +272,143 @@ impl Upstream {
     }
 }
 
-fn classify(
-    e: hyper_util::client::legacy::Error,
+async fn exchange(
     ep: &Endpoint,
+    req: Request<Body>,
     timeouts: Timeouts,
-) -> UpstreamError {
-    // The request body's own error and the connector's timeout travel up
-    // the source chain.
+) -> Result<Response<Body>, UpstreamError> {
+    let (mut sender, req) = match checkout(&ep.authority) {
+        Some(mut sender) => match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(respond(resp, sender, ep)),
+            Err(mut e) => match e.take_message() {
+                // Never started: closed while idle. Once more, on a new one.
+                Some(req) => (connect(ep, timeouts.connect).await?, req),
+                None => return Err(classify(e.into_error(), ep)),
+            },
+        },
+        None => (connect(ep, timeouts.connect).await?, req),
+    };
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(respond(resp, sender, ep)),
+        Err(e) => Err(classify(e, ep)),
+    }
+}
+
+fn respond(
+    resp: Response<hyper::body::Incoming>,
+    sender: SendRequest<Body>,
+    ep: &Endpoint,
+) -> Response<Body> {
+    let reuse = Reuse {
+        sender,
+        endpoint: ep.authority.clone(),
+    };
+    resp.map(|body| Body::upstream(body, reuse))
+}
+
+/// A new connection to `ep`: TCP connect within `timeout`, `TCP_NODELAY`,
+/// keep-alive probes after 60 s idle, an HTTP/1.1 handshake, and the
+/// connection's task spawned on the current runtime.
+async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, UpstreamError> {
+    let stream =
+        match tokio::time::timeout(timeout, TcpStream::connect(ep.authority.as_str())).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Connect {
+                    endpoint: ep.authority.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    endpoint: ep.authority.clone(),
+                    after: timeout,
+                });
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream)
+        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| classify(e, ep))?;
+    let endpoint = ep.authority.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// An upstream connection whose response body is still being read; see
+/// [`Body::upstream`](crate::body::Body). Dropped unreleased (the body
+/// failed or was abandoned), the connection closes.
+#[derive(Debug)]
+pub struct Reuse {
+    sender: SendRequest<Body>,
+    endpoint: Authority,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+thread_local! {
+    /// This thread's idle connections by endpoint, oldest first.
+    static IDLE: RefCell<HashMap<Authority, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+impl Reuse {
+    /// The response was read to the end: the connection may carry another
+    /// request (hyper marks it ready once it has settled).
+    pub(crate) fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let idle = Idle {
+            sender: self.sender,
+            since: Instant::now(),
+        };
+        IDLE.with_borrow_mut(|pool| match pool.get_mut(&self.endpoint) {
+            Some(list) if list.len() >= MAX_IDLE_PER_ENDPOINT => {}
+            Some(list) => list.push(idle),
+            None => {
+                pool.insert(self.endpoint, vec![idle]);
+            }
+        });
+    }
+}
+
+/// The most recently idled ready connection to `endpoint`, if any. Drops
+/// closed ones and those idle longer than [`IDLE_TIMEOUT`]; leaves ones
+/// that are open but not ready yet (still settling after their response).
+fn checkout(endpoint: &Authority) -> Option<SendRequest<Body>> {
+    IDLE.with_borrow_mut(|pool| {
+        let list = pool.get_mut(endpoint)?;
+        let now = Instant::now();
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let idle = &list[i];
+            if now.duration_since(idle.since) > IDLE_TIMEOUT {
+                // Oldest first: everything up to here is older still.
+                list.drain(..=i);
+                return None;
+            }
+            if idle.sender.is_closed() {
+                list.remove(i);
+            } else if idle.sender.is_ready() {
+                return Some(list.remove(i).sender);
+            }
+        }
+        None
+    })
+}
+
+fn classify(e: hyper::Error, ep: &Endpoint) -> UpstreamError {
+    // The request body's own error travels up the source chain.
     let mut cause = e.source();
     while let Some(c) = cause {
         match c.downcast_ref::<BodyError>() {
@@ -302,27 +418,10 @@ fn classify(
             Some(BodyError::Stream(_)) => return UpstreamError::RequestBodyAborted,
             None => {}
         }
-        if e.is_connect()
-            && c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return UpstreamError::ConnectTimeout {
-                endpoint: ep.authority.clone(),
-                after: timeouts.connect,
-            };
-        }
         cause = c.source();
     }
-    let endpoint = ep.authority.clone();
-    if e.is_connect() {
-        UpstreamError::Connect {
-            endpoint,
-            source: e,
-        }
-    } else {
-        UpstreamError::Protocol {
-            endpoint,
-            source: e,
-        }
+    UpstreamError::Protocol {
+        endpoint: ep.authority.clone(),
+        source: e,
     }
 }

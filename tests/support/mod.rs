@@ -90,11 +90,62 @@ struct UpstreamState {
     requests: Mutex<Vec<Recorded>>,
     delay_ms: AtomicU64,
     extra_headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
+    replies: Mutex<Vec<(Method, String, Reply)>>,
+    connections: AtomicU64,
+}
+
+/// A canned answer for one method and path (see [`Upstream::reply`]):
+/// status, headers and the body bytes exactly as given.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+}
+
+impl Reply {
+    /// `status` with `content-type: application/json` and `body` byte for
+    /// byte (it need not be valid JSON: that is the point of some tests).
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
+        Reply::raw(status, "application/json", body)
+    }
+
+    /// `status` with the given content type and body.
+    pub fn raw(status: u16, content_type: &str, body: impl Into<Bytes>) -> Reply {
+        Reply::empty(status)
+            .header("content-type", content_type)
+            .body(body)
+    }
+
+    /// `status` with no body and no content type.
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(status).expect("valid status"),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Adds a response header (appends if it is already set).
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((
+            HeaderName::try_from(name).expect("header name"),
+            HeaderValue::try_from(value).expect("header value"),
+        ));
+        self
+    }
+
+    /// Replaces the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Reply {
+        self.body = body.into();
+        self
+    }
 }
 
 /// A real HTTP/1.1 upstream on `127.0.0.1:0`. Records each request (head on
 /// arrival, body once read), reads the whole body, waits the configured
-/// delay, then answers `{"served_by": <name>}`. Stops accepting on drop.
+/// delay, then answers `{"served_by": <name>}`, or the [`Reply`] set for that
+/// method and path with [`Upstream::reply`]. Stops accepting on drop.
 pub struct Upstream {
     /// The name it answers with.
     pub name: String,
@@ -149,6 +200,16 @@ impl Upstream {
         ));
     }
 
+    /// From now on, answers `method` requests whose path (query ignored) is
+    /// exactly `path` with `reply` instead of `{"served_by": name}`; a later
+    /// reply for the same method and path replaces an earlier one. Headers
+    /// added with [`Upstream::respond_with_header`] are still appended.
+    pub fn reply(&self, method: Method, path: &str, reply: Reply) {
+        let mut replies = self.state.replies.lock().unwrap();
+        replies.retain(|(m, p, _)| !(*m == method && p == path));
+        replies.push((method, path.to_string(), reply));
+    }
+
     /// `host:port`, for a pool's `endpoints`.
     pub fn endpoint(&self) -> String {
         self.addr.to_string()
@@ -157,6 +218,11 @@ impl Upstream {
     /// How many requests arrived (counted when their head arrived).
     pub fn requests(&self) -> usize {
         self.state.requests.lock().unwrap().len()
+    }
+
+    /// How many TCP connections it accepted.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     /// Everything received so far.
@@ -193,6 +259,7 @@ async fn accept_loop(
                 Err(_) => continue,
             },
         };
+        state.connections.fetch_add(1, Ordering::Relaxed);
         let (name, state) = (name.clone(), state.clone());
         let service = service_fn(move |req| {
             let (name, state) = (name.clone(), state.clone());
@@ -239,13 +306,33 @@ async fn answer(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let body = serde_json::json!({ "served_by": name }).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let canned = state
+        .replies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(m, p, _)| *m == parts.method && p == parts.uri.path())
+        .map(|(_, _, r)| r.clone());
+    let mut resp = match canned {
+        Some(reply) => {
+            let mut resp = Response::new(Full::new(reply.body));
+            *resp.status_mut() = reply.status;
+            for (k, v) in reply.headers {
+                resp.headers_mut().append(k, v);
+            }
+            resp
+        }
+        None => {
+            let body = serde_json::json!({ "served_by": name }).to_string();
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+    };
     let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     for (k, v) in state.extra_headers.lock().unwrap().iter() {
         h.append(k.clone(), v.clone());
     }
