@@ -100,8 +100,9 @@ async fn answer(version: &str, pool: &str, req: Request<Incoming>) -> Response<B
 /// The demo's wedding/event API in the shape of each version, so the
 /// translation chain is visible: v1 serves flat `/api/weddings`, v2 nested
 /// `/api/events` (lists wrapped in `items`, 201 on create, nested errors),
-/// v2.2-beta adds `currency`. Reads are served from two fixed records;
-/// a create echoes what it was sent with a new id.
+/// v2.2-beta adds `currency`. Reads are served from two fixed records
+/// (or `?n=N` generated ones for a list); a create echoes what it was sent
+/// with a new id.
 fn events(
     version: &str,
     pool: &str,
@@ -138,7 +139,24 @@ fn events(
     ];
     Some(match (req.method().as_str(), rest) {
         ("GET", "" | "/") => {
-            let list = serde_json::Value::Array(records.to_vec());
+            // `?n=N` (up to 1,000) lists N records, for load tests that
+            // want a body of a given size; default the two fixed ones.
+            let n = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("n=")))
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(|n| n.min(1_000));
+            let list = match n {
+                None => serde_json::Value::Array(records.to_vec()),
+                Some(n) => (1..=n)
+                    .map(|id| {
+                        let (name, date) =
+                            [("Ann", "2027-06-12"), ("Bo", "2027-09-04")][(id % 2) as usize];
+                        record(id, name, date)
+                    })
+                    .collect(),
+            };
             json(
                 StatusCode::OK,
                 &if v1 {
