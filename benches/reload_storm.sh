@@ -73,9 +73,14 @@ admin_listen = "127.0.0.1:$AP"
 redis_url = "redis://127.0.0.1:$RP/"
 workers = $WORKERS
 EOF
-RUST_LOG=warn "$BIN" run --config "$tmp/boot.toml" & pids+=($!)
+RUST_LOG=warn "$BIN" run --config "$tmp/boot.toml" & pids+=($!); GWPID=$!
 wait_port "$GP"
 
+# The gateway's utime+stime in clock ticks: its CPU per request is steadier
+# than req/s on a shared 2-core machine, where wrk, the upstreams and the
+# pusher compete for the same cores.
+ticks() { local r; r=$(cat "/proc/$GWPID/stat"); r=${r##*) }; set -- $r; echo $((${12} + ${13})); }
+cpu_us() { python3 -c "print(round($1 * 1e6 / $(getconf CLK_TCK) / ($2 * $SECS), 1))"; }
 run_wrk() { wrk -t2 -c"$CONNS" -d"${SECS}s" -H 'x-api-version: 2' "http://127.0.0.1:$GP/api/orders" 2>&1; }
 table 99 >"$tmp/s99.toml"
 # 100 pushes spread over the run (one every $GAP_MS ms), each a new
@@ -122,17 +127,21 @@ errors() { awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10; f=1} END {if 
 
 run_wrk >/dev/null # warm-up
 ratios=()
-printf '%-6s %-6s %12s %8s %8s %8s\n' round mode req/s non2xx sockerr pushes
+cpu_ratios=()
+printf '%-6s %-6s %12s %8s %8s %8s %10s\n' round mode req/s non2xx sockerr pushes cpu_us/req
 for r in $(seq 1 "$ROUNDS"); do
-  q=$(run_wrk)
-  printf '%-6s %-6s %12s %8s %8s %8s\n' "$r" quiet "$(rps "$q")" "$(non2xx "$q")" "$(errors "$q")" 0
+  t0=$(ticks); q=$(run_wrk); t1=$(ticks); qc=$(cpu_us $((t1 - t0)) "$(rps "$q")")
+  printf '%-6s %-6s %12s %8s %8s %8s %10s\n' "$r" quiet "$(rps "$q")" "$(non2xx "$q")" "$(errors "$q")" 0 "$qc"
   before=$(curl -s "http://127.0.0.1:$AP/admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["table_revision"])')
   storm & sp=$!
-  s=$(run_wrk)
+  t0=$(ticks); s=$(run_wrk); t1=$(ticks); sc=$(cpu_us $((t1 - t0)) "$(rps "$s")")
   wait "$sp"
   after=$(curl -s "http://127.0.0.1:$AP/admin/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["table_revision"])')
-  printf '%-6s %-6s %12s %8s %8s %8s\n' "$r" storm "$(rps "$s")" "$(non2xx "$s")" "$(errors "$s")" "$((after - before))"
+  printf '%-6s %-6s %12s %8s %8s %8s %10s\n' "$r" storm "$(rps "$s")" "$(non2xx "$s")" "$(errors "$s")" "$((after - before))" "$sc"
   ratios+=("$(python3 -c "print(round($(rps "$s")/$(rps "$q"), 3))")")
+  cpu_ratios+=("$(python3 -c "print(round($sc/$qc, 3))")")
 done
 median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 echo "storm/quiet throughput per round: ${ratios[*]}; median $median"
+cmedian=$(printf '%s\n' "${cpu_ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo "storm/quiet gateway CPU per request per round: ${cpu_ratios[*]}; median $cmedian"
