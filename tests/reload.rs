@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use redis_server::RedisServer;
+use redis_server::{RedisCluster, RedisServer};
 use serde_json::Value;
 use support::{Upstream, client, eventually, table};
 use switchyard::config::{self, Origin};
@@ -47,10 +47,16 @@ impl Gw {
         clock: Option<Arc<dyn Clock>>,
         token: Option<&str>,
     ) -> Gw {
-        let mut text = format!(
-            "[server]\nredis_url = \"{}\"\nredis_poll_ms = 100\n",
-            redis.url()
-        );
+        Gw::start_url(&redis.url(), fallback, clock, token).await
+    }
+
+    async fn start_url(
+        url: &str,
+        fallback: Option<&str>,
+        clock: Option<Arc<dyn Clock>>,
+        token: Option<&str>,
+    ) -> Gw {
+        let mut text = format!("[server]\nredis_url = \"{url}\"\nredis_poll_ms = 100\n");
         if let Some(t) = token {
             text.push_str(&format!("admin_token = \"{t}\"\n"));
         }
@@ -171,9 +177,13 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 
 /// Runs the CLI; returns (exit code, stdout, stderr).
 fn cli(redis: &RedisServer, args: &[&str]) -> (i32, String, String) {
+    cli_url(&redis.url(), args)
+}
+
+fn cli_url(url: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
-        .env("SWITCHYARD_REDIS_URL", redis.url())
+        .env("SWITCHYARD_REDIS_URL", url)
         .env("SWITCHYARD_AUTHOR", "test-operator")
         .output()
         .unwrap();
@@ -793,5 +803,63 @@ async fn admin_api_needs_the_bearer_token() {
     assert_eq!(history["entries"][0]["fields"]["author"], "test-operator");
     let (status, reload) = gw.admin("POST", "/admin/reload", Some("s3cret")).await;
     assert_eq!(status, 200, "{reload}");
+    gw.stop().await;
+}
+
+/// The same operator workflow on a three-node Redis Cluster: the keys share
+/// the `{table}` hash tag, so the compare-and-set script and the MULTI stay
+/// in one slot; pub/sub and polling both reach the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_push_history_and_rollback_reach_the_gateway() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let (v1, v2) = (Upstream::spawn("v1").await, Upstream::spawn("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let first = write(&dir, "a.toml", &doc(&v1, &v2, "v1", ""));
+    let (code, out, err) = cli_url(
+        &url,
+        &[
+            "config",
+            "push",
+            first.to_str().unwrap(),
+            "--message",
+            "first",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let gw = Gw::start_url(&url, None, None, None).await;
+    eventually("gateway loads revision 1 from the cluster", || async {
+        gw.served_by(&[]).await.as_deref() == Some("v1")
+    })
+    .await;
+    let second = write(&dir, "b.toml", &doc(&v1, &v2, "v2", ""));
+    let (code, out, err) = cli_url(
+        &url,
+        &[
+            "config",
+            "push",
+            second.to_str().unwrap(),
+            "--message",
+            "second",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pushed revision 2"), "{out}");
+    eventually("gateway serves revision 2", || async {
+        gw.served_by(&[]).await.as_deref() == Some("v2")
+    })
+    .await;
+    let (code, out, err) = cli_url(&url, &["config", "history"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("first") && out.contains("second"), "{out}");
+    let (code, out, err) = cli_url(&url, &["config", "rollback", "1", "--message", "back"]);
+    assert_eq!(code, 0, "{out}{err}");
+    eventually("rollback (revision 3) serves v1 again", || async {
+        gw.served_by(&[]).await.as_deref() == Some("v1")
+    })
+    .await;
+    let st = gw.status().await;
+    assert_eq!(st["table_revision"], 3, "{st}");
+    assert_eq!(st["redis_connected"], true, "{st}");
     gw.stop().await;
 }
