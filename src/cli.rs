@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -440,6 +441,21 @@ pub async fn serve(
     let admin = crate::server::bind(admin_addr)
         .with_context(|| format!("binding admin listener {admin_addr}"))?;
     let (proxy_addr, admin_addr) = (proxies[0].local_addr()?, admin.local_addr()?);
+    let tls = match &doc.server.tls {
+        None => None,
+        Some(settings) => {
+            // Certificate problems stop the start with the field and file.
+            let terminator = Arc::new(crate::tls::TlsTerminator::load(settings)?);
+            let addr: SocketAddr = settings.listen.parse().context("server.tls.listen")?;
+            let listeners = crate::server::bind_workers(addr, workers)
+                .with_context(|| format!("binding TLS listener {addr}"))?;
+            tracing::info!(tls = %listeners[0].local_addr()?, "TLS listening");
+            Some(crate::TlsListeners {
+                terminator,
+                listeners,
+            })
+        }
+    };
     if demo {
         println!("{}", crate::demo::walkthrough(proxy_addr, admin_addr));
     }
@@ -458,6 +474,7 @@ pub async fn serve(
                 .map_or_else(|| crate::demo::DEMO_TOML.to_string(), |f| f.1.clone()),
         ),
         file: file.map(|f| f.0),
+        tls,
         ..Default::default()
     };
     let drained = crate::serve_per_core(doc, origin, proxies, admin, shutdown, options)

@@ -15,6 +15,7 @@ pub mod route;
 pub mod server;
 pub mod split;
 pub mod table;
+pub mod tls;
 pub mod translate;
 pub mod upstream;
 pub mod version;
@@ -38,6 +39,19 @@ pub struct ServeOptions {
     pub text: Option<String>,
     /// The clock (tests inject one to cross freezes and sunsets).
     pub clock: Arc<dyn control::Clock>,
+    /// The TLS listener(s) and their certificates, when `server.tls` is set.
+    pub tls: Option<TlsListeners>,
+}
+
+/// TLS listeners bound to `server.tls.listen` (one per worker with
+/// [`server::bind_workers`]; [`serve_with`] uses the first) and the loaded
+/// certificates they share.
+#[derive(Debug)]
+pub struct TlsListeners {
+    /// Certificates, SNI choice and reload.
+    pub terminator: Arc<tls::TlsTerminator>,
+    /// Bound, not yet registered with a runtime.
+    pub listeners: Vec<std::net::TcpListener>,
 }
 
 impl Default for ServeOptions {
@@ -46,6 +60,7 @@ impl Default for ServeOptions {
             file: None,
             text: None,
             clock: Arc::new(control::SystemClock),
+            tls: None,
         }
     }
 }
@@ -72,12 +87,44 @@ pub async fn serve_with(
     proxy: TcpListener,
     admin: TcpListener,
     shutdown: CancellationToken,
-    options: ServeOptions,
+    mut options: ServeOptions,
 ) -> bool {
-    let plane = Plane::start(doc, origin, admin, &shutdown, options).await;
-    let drained = server::serve(proxy, plane.gateway.clone(), plane.conn.clone(), shutdown).await;
+    let tls = options.tls.take().and_then(|t| {
+        let listener = t.listeners.into_iter().next()?;
+        let listener = TcpListener::from_std(listener).ok()?;
+        Some((listener, t.terminator))
+    });
+    let terminator = tls.as_ref().map(|t| t.1.clone());
+    let plane = Plane::start(doc, origin, admin, &shutdown, options, terminator).await;
+    let drained = serve_worker(
+        proxy,
+        tls,
+        plane.gateway.clone(),
+        plane.conn.clone(),
+        shutdown,
+    )
+    .await;
     plane.stop().await;
     drained
+}
+
+/// One worker's listeners: the plain one and, with TLS, the TLS one.
+async fn serve_worker(
+    plain: TcpListener,
+    tls: Option<(TcpListener, Arc<tls::TlsTerminator>)>,
+    gateway: Arc<Gateway>,
+    conn: server::ConnSettings,
+    shutdown: CancellationToken,
+) -> bool {
+    let plain_done = server::serve(plain, gateway.clone(), conn.clone(), shutdown.clone());
+    match tls {
+        None => plain_done.await,
+        Some((listener, terminator)) => {
+            let tls_done = server::serve_tls(listener, terminator, gateway, conn, shutdown);
+            let (a, b) = tokio::join!(plain_done, tls_done);
+            a && b
+        }
+    }
 }
 
 /// [`serve_with`] thread-per-core: each of `proxies` (listeners bound to one
@@ -94,33 +141,48 @@ pub async fn serve_per_core(
     proxies: Vec<std::net::TcpListener>,
     admin: TcpListener,
     shutdown: CancellationToken,
-    options: ServeOptions,
+    mut options: ServeOptions,
 ) -> std::io::Result<bool> {
+    let terminator = options.tls.as_ref().map(|t| t.terminator.clone());
+    let mut tls_listeners = options
+        .tls
+        .take()
+        .map(|t| t.listeners)
+        .unwrap_or_default()
+        .into_iter();
     let mut proxies = proxies.into_iter();
     let own = TcpListener::from_std(proxies.next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no proxy listener")
     })?)?;
+    let own_tls = match (&terminator, tls_listeners.next()) {
+        (Some(t), Some(l)) => Some((TcpListener::from_std(l)?, t.clone())),
+        _ => None,
+    };
     let mut workers = Vec::new();
     for listener in proxies {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         // Registered with the worker's own reactor.
-        let listener = {
+        let (listener, tls) = {
             let _entered = rt.enter();
-            TcpListener::from_std(listener)?
+            let tls = match (&terminator, tls_listeners.next()) {
+                (Some(t), Some(l)) => Some((TcpListener::from_std(l)?, t.clone())),
+                _ => None,
+            };
+            (TcpListener::from_std(listener)?, tls)
         };
-        workers.push((rt, listener));
+        workers.push((rt, listener, tls));
     }
-    let plane = Plane::start(doc, origin, admin, &shutdown, options).await;
+    let plane = Plane::start(doc, origin, admin, &shutdown, options, terminator).await;
     let mut done = Vec::with_capacity(workers.len());
-    for (i, (rt, listener)) in workers.into_iter().enumerate() {
+    for (i, (rt, listener, tls)) in workers.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (gateway, conn, stop) = (plane.gateway.clone(), plane.conn.clone(), shutdown.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("switchyard-{}", i + 1))
             .spawn(move || {
-                let drained = rt.block_on(server::serve(listener, gateway, conn, stop));
+                let drained = rt.block_on(serve_worker(listener, tls, gateway, conn, stop));
                 let _ = tx.send(drained);
             });
         if let Err(e) = spawned {
@@ -130,7 +192,14 @@ pub async fn serve_per_core(
         }
         done.push(rx);
     }
-    let mut drained = server::serve(own, plane.gateway.clone(), plane.conn.clone(), shutdown).await;
+    let mut drained = serve_worker(
+        own,
+        own_tls,
+        plane.gateway.clone(),
+        plane.conn.clone(),
+        shutdown,
+    )
+    .await;
     for rx in done {
         // A worker that panicked drops its sender: count it as not drained.
         drained &= rx.await.unwrap_or(false);
@@ -145,6 +214,7 @@ struct Plane {
     conn: server::ConnSettings,
     admin: tokio::task::JoinHandle<bool>,
     watcher: tokio::task::JoinHandle<()>,
+    tls_watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Plane {
@@ -154,6 +224,7 @@ impl Plane {
         admin: TcpListener,
         shutdown: &CancellationToken,
         options: ServeOptions,
+        tls: Option<Arc<tls::TlsTerminator>>,
     ) -> Plane {
         let tables = Arc::new(TableHandle::default());
         let upstream = Arc::new(Upstream::default());
@@ -185,6 +256,7 @@ impl Plane {
         });
         control.start_with_file(doc, origin, options.text).await;
         let watcher = tokio::spawn(control.clone().watch(shutdown.clone()));
+        let tls_watcher = tls.map(|t| tokio::spawn(t.watch(shutdown.clone())));
         let admin = tokio::spawn(server::serve(
             admin,
             admin_handler,
@@ -196,6 +268,7 @@ impl Plane {
             conn,
             admin,
             watcher,
+            tls_watcher,
         }
     }
 
@@ -204,5 +277,8 @@ impl Plane {
     async fn stop(self) {
         let _ = self.admin.await;
         let _ = self.watcher.await;
+        if let Some(t) = self.tls_watcher {
+            let _ = t.await;
+        }
     }
 }

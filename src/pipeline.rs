@@ -231,10 +231,12 @@ impl Gateway {
         // Kept only when the path changes (the URI is rebuilt then).
         let query = new_path.as_ref().and(req.uri().query()).map(str::to_string);
         let (mut parts, body) = req.into_parts();
+        let https = parts.extensions.get::<crate::tls::TlsInfo>().is_some();
         prepare_upstream_headers(
             &mut parts.headers,
             parts.version,
             peer,
+            https,
             ctx.request_id.as_ref(),
         );
         let no_body = declared.is_none_or(|n| n == 0) && body_is_empty(&body);
@@ -619,6 +621,7 @@ fn prepare_upstream_headers(
     h: &mut HeaderMap,
     version: Version,
     peer: SocketAddr,
+    https: bool,
     request_id: Option<&HeaderValue>,
 ) {
     strip_hop_by_hop(h);
@@ -640,7 +643,8 @@ fn prepare_upstream_headers(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = h.get(header::HOST).cloned() {
         h.insert(X_FORWARDED_HOST, host);
     }

@@ -14,14 +14,16 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
 use crate::config::ServerSettings;
 use crate::framing;
 use crate::problem::GatewayError;
+use crate::tls::{TlsInfo, TlsTerminator};
 
 /// Something that answers requests on a listener.
 pub trait Handler: Send + Sync + 'static {
@@ -90,6 +92,29 @@ pub async fn serve<H: Handler>(
     settings: ConnSettings,
     shutdown: CancellationToken,
 ) -> bool {
+    serve_inner(listener, None, handler, settings, shutdown).await
+}
+
+/// [`serve`] behind TLS: each connection's handshake (within the
+/// terminator's timeout) happens on its own task, then the decrypted stream
+/// is served exactly like a plain one.
+pub async fn serve_tls<H: Handler>(
+    listener: TcpListener,
+    tls: Arc<TlsTerminator>,
+    handler: Arc<H>,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+) -> bool {
+    serve_inner(listener, Some(tls), handler, settings, shutdown).await
+}
+
+async fn serve_inner<H: Handler>(
+    listener: TcpListener,
+    tls: Option<Arc<TlsTerminator>>,
+    handler: Arc<H>,
+    settings: ConnSettings,
+    shutdown: CancellationToken,
+) -> bool {
     let builder = builder(&settings);
     let graceful = GracefulShutdown::new();
     let hard_stop = CancellationToken::new();
@@ -107,15 +132,42 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
-        serve_connection(
-            &builder,
-            &graceful,
-            stream,
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            builder: builder.clone(),
+            handler: handler.clone(),
             peer,
-            handler.clone(),
-            settings.max_buf_size,
-            hard_stop.clone(),
-        );
+            max_head: settings.max_buf_size,
+            hard_stop: hard_stop.clone(),
+        };
+        match &tls {
+            None => conn.serve(stream, None, graceful.watcher()),
+            Some(tls) => {
+                let (acceptor, timeout) = (tls.acceptor(), tls.handshake_timeout());
+                let watcher = graceful.watcher();
+                // The handshake counts as in flight: a drain waits for it
+                // (bounded by its timeout) rather than cutting it.
+                let stop = hard_stop.clone();
+                tokio::spawn(async move {
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+                        _ = stop.cancelled() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            let (_, session) = stream.get_ref();
+                            let info = TlsInfo {
+                                server_name: session.server_name().map(Arc::from),
+                                client_certificate: session.peer_certificates().is_some(),
+                            };
+                            conn.serve(stream, Some(info), watcher);
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {
@@ -128,44 +180,61 @@ pub async fn serve<H: Handler>(
     }
 }
 
-fn serve_connection<H: Handler>(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    stream: TcpStream,
-    peer: SocketAddr,
+/// What serving one accepted connection needs.
+struct Conn<H> {
+    builder: auto::Builder<TokioExecutor>,
     handler: Arc<H>,
+    peer: SocketAddr,
     max_head: usize,
     hard_stop: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    // hyper drops or merges a conflicting Content-Length before the
-    // handler sees the head, so framing is checked on the raw bytes.
-    let verdict = Arc::new(framing::Verdict::default());
-    let stream = framing::Guarded::new(stream, max_head, verdict.clone());
-    let service = service_fn(move |req| {
-        let handler = handler.clone();
-        let violation = verdict.next_request();
-        async move {
-            if let Some(v) = violation {
-                let mut resp = GatewayError::BadRequest { reason: v.reason() }.to_response(None);
-                resp.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                return Ok(resp);
+}
+
+impl<H: Handler> Conn<H> {
+    fn serve<IO>(self, stream: IO, tls: Option<TlsInfo>, watcher: Watcher)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            builder,
+            handler,
+            peer,
+            max_head,
+            hard_stop,
+        } = self;
+        // hyper drops or merges a conflicting Content-Length before the
+        // handler sees the head, so framing is checked on the raw bytes
+        // (after decryption, for TLS).
+        let verdict = Arc::new(framing::Verdict::default());
+        let stream = framing::Guarded::new(stream, max_head, verdict.clone());
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let handler = handler.clone();
+            let violation = verdict.next_request();
+            if let Some(info) = &tls {
+                req.extensions_mut().insert(info.clone());
             }
-            Ok::<_, Infallible>(handler.call(req, peer).await)
-        }
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let conn = graceful.watch(conn.into_owned());
-    tokio::spawn(async move {
-        tokio::select! {
-            result = conn => if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            },
-            // Past the grace period: dropping the connection closes it.
-            _ = hard_stop.cancelled() => {}
-        }
-    });
+            async move {
+                if let Some(v) = violation {
+                    let mut resp =
+                        GatewayError::BadRequest { reason: v.reason() }.to_response(None);
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    return Ok(resp);
+                }
+                Ok::<_, Infallible>(handler.call(req, peer).await)
+            }
+        });
+        tokio::spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = watcher.watch(conn.into_owned());
+            tokio::select! {
+                result = conn => if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                // Past the grace period: dropping the connection closes it.
+                _ = hard_stop.cancelled() => {}
+            }
+        });
+    }
 }
 
 /// Binds a listener with `SO_REUSEADDR` and a deep backlog.

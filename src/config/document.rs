@@ -71,6 +71,69 @@ pub struct ServerSettings {
     /// Bearer token for `/admin/*` (health stays open). Prefer the
     /// `SWITCHYARD_ADMIN_TOKEN` env var; unset = admin API open (loopback only by default).
     pub admin_token: Option<String>,
+    /// TLS termination on a second listener (`[server.tls]`); unset = plain HTTP only.
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[server.tls]`: a TLS listener beside the plain one, serving the same
+/// routes (HTTP/1.1 and h2 by ALPN, TLS 1.2 and 1.3 only).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// TLS listener address, e.g. `0.0.0.0:8443`.
+    pub listen: String,
+    /// Certificates chosen by SNI; the first also answers clients whose SNI
+    /// matches none (or who send none).
+    pub certificates: Vec<TlsCertificate>,
+    /// PEM file of the CAs whose client certificates are accepted (mTLS);
+    /// unset = no client certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// With `client_ca`: `required` (no valid client certificate, no
+    /// handshake) or `optional`. Default `required`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// How often the certificate, key and CA files are checked for changes,
+    /// in ms; 0 = only on SIGHUP. Default 5000.
+    #[serde(default = "default_tls_reload_poll_ms")]
+    pub reload_poll_ms: u64,
+    /// Time allowed for a TLS handshake, in ms. Default 10000.
+    #[serde(default = "default_tls_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_tls_reload_poll_ms() -> u64 {
+    5_000
+}
+
+fn default_tls_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+/// One certificate chain and its key (PEM files; relative paths are from
+/// the working directory).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// SNI names this certificate answers: exact (`api.wedsync.com`) or
+    /// `*.suffix` (one more label). Empty = only as the default.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// Client-certificate policy of a TLS listener with `client_ca`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// The handshake fails without a certificate from `client_ca`.
+    #[default]
+    Required,
+    /// A certificate is asked for and verified if sent.
+    Optional,
 }
 
 impl Default for ServerSettings {
@@ -92,6 +155,7 @@ impl Default for ServerSettings {
             redis_prefix: "switchyard:".into(),
             redis_poll_ms: 2_000,
             admin_token: None,
+            tls: None,
         }
     }
 }

@@ -43,6 +43,50 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
             "must be greater than 0".into(),
         );
     }
+    if let Some(tls) = &s.tls {
+        if tls.listen.parse::<SocketAddr>().is_err() {
+            err(
+                "server.tls.listen".into(),
+                format!("{:?} is not an ip:port address", tls.listen),
+            );
+        }
+        if tls.certificates.is_empty() {
+            err(
+                "server.tls.certificates".into(),
+                "at least one certificate is required".into(),
+            );
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, c) in tls.certificates.iter().enumerate() {
+            for (j, name) in c.server_names.iter().enumerate() {
+                let path = format!("server.tls.certificates[{i}].server_names[{j}]");
+                let bare = name.strip_prefix("*.").unwrap_or(name);
+                let valid = !bare.is_empty()
+                    && bare.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !valid {
+                    err(
+                        path,
+                        format!("{name:?} is not a host name or *.suffix pattern"),
+                    );
+                } else if let Some(first) = seen.insert(name.to_ascii_lowercase(), i) {
+                    err(
+                        path,
+                        format!("{name:?} is already served by certificates[{first}]"),
+                    );
+                }
+            }
+        }
+        if tls.handshake_timeout_ms == 0 {
+            err(
+                "server.tls.handshake_timeout_ms".into(),
+                "must be greater than 0".into(),
+            );
+        }
+    }
     detection(&doc.detection, "detection", &mut err);
 
     // versions
