@@ -9,9 +9,11 @@ pub mod control;
 pub mod demo;
 pub mod framing;
 pub mod headers;
+pub mod limit;
 pub mod pipeline;
 pub mod problem;
 pub mod route;
+pub mod season;
 pub mod server;
 pub mod split;
 pub mod table;
@@ -145,6 +147,8 @@ struct Plane {
     conn: server::ConnSettings,
     admin: tokio::task::JoinHandle<bool>,
     watcher: tokio::task::JoinHandle<()>,
+    seasons: tokio::task::JoinHandle<()>,
+    evictor: tokio::task::JoinHandle<()>,
 }
 
 impl Plane {
@@ -166,6 +170,7 @@ impl Plane {
                 .map(|u| (u, doc.server.redis_prefix.clone())),
             poll: std::time::Duration::from_millis(doc.server.redis_poll_ms),
         };
+        let clock = options.clock.clone();
         let control = Arc::new(control::Control::new(
             tables.clone(),
             upstream.clone(),
@@ -185,6 +190,19 @@ impl Plane {
         });
         control.start_with_file(doc, origin, options.text).await;
         let watcher = tokio::spawn(control.clone().watch(shutdown.clone()));
+        // Off the request path: the active season per region, and idle
+        // rate-limit keys.
+        let seasons = tokio::spawn(season::keep_current(
+            control.tables.clone(),
+            clock,
+            shutdown.clone(),
+        ));
+        let evictor = tokio::spawn(
+            control
+                .traffic
+                .clone()
+                .evict_periodically(limit::EVICT_EVERY, shutdown.clone()),
+        );
         let admin = tokio::spawn(server::serve(
             admin,
             admin_handler,
@@ -196,6 +214,8 @@ impl Plane {
             conn,
             admin,
             watcher,
+            seasons,
+            evictor,
         }
     }
 
@@ -204,5 +224,7 @@ impl Plane {
     async fn stop(self) {
         let _ = self.admin.await;
         let _ = self.watcher.await;
+        let _ = self.seasons.await;
+        let _ = self.evictor.await;
     }
 }
