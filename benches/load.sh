@@ -19,6 +19,11 @@
 #   LOAD_WARMUP     seconds of unmeasured load before each run (default 2)
 #   LOAD_THREADS    wrk threads (default 2)
 #   LOAD_NO_BUILD   set to 1 to skip `cargo build --release`
+#   LOAD_LIMITS     set to 1 to also run a second switchyard (target
+#                   switchyard_limits) on the same table plus two rate-limit
+#                   policies (per client IP and per route) that every client
+#                   stays under, and print its throughput against switchyard's
+#                   (issue 5 target: at least 0.95)
 #   LOAD_COMMIT     commit to print when the tree is not a git checkout
 #
 # Needs nginx and wrk (installed with apt-get when missing; that needs root).
@@ -38,6 +43,8 @@ THREADS=${LOAD_THREADS:-2}
 HDR='x-api-version: 2'
 URL_PATH=/api/orders
 TARGETS=(direct nginx switchyard)
+LIMITS=${LOAD_LIMITS:-0}
+[[ $LIMITS == 1 ]] && TARGETS+=(switchyard_limits)
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "load.sh: $*"; exit 1; }
@@ -148,7 +155,7 @@ BIN=$ROOT/target/release/switchyard
 ulimit -n 65536 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK)
 
-read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT <<<"$(free_ports 4)"
+read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT LIM_PORT LIM_ADMIN_PORT <<<"$(free_ports 6)"
 
 # The small upstream: hyper, one worker thread, a ~200-byte JSON body. Both
 # versions' pools point at it; the header routes every request to v2.
@@ -196,6 +203,39 @@ RUST_LOG=warn "$BIN" run --config "$TMP/gateway.toml" --workers "$WORKERS" \
     >"$TMP/switchyard.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
+
+# The same gateway with rate limits on: one budget per client IP (wrk's
+# connections all come from 127.0.0.1, so this is one hot key) and one per
+# route, both far above what wrk can send, so every request is allowed and
+# the difference is the cost of checking.
+LIM_PID=
+if [[ $LIMITS == 1 ]]; then
+    sed -e "s/\"127.0.0.1:$GW_PORT\"/\"127.0.0.1:$LIM_PORT\"/" \
+        -e "s/\"127.0.0.1:$ADMIN_PORT\"/\"127.0.0.1:$LIM_ADMIN_PORT\"/" \
+        -e 's/^timeout_ms = 5000$/timeout_ms = 5000\nlimits = ["per-ip", "per-route"]/' \
+        "$TMP/gateway.toml" >"$TMP/gateway-limits.toml"
+    cat >>"$TMP/gateway-limits.toml" <<EOF
+
+[rate_limits]
+
+[[rate_limits.policies]]
+name = "per-ip"
+key = "ip"
+requests = 1000000000
+window_secs = 1
+
+[[rate_limits.policies]]
+name = "per-route"
+key = "route"
+requests = 1000000000
+window_secs = 1
+EOF
+    grep -q '^limits = ' "$TMP/gateway-limits.toml" || die "could not add limits to the route"
+    RUST_LOG=warn "$BIN" run --config "$TMP/gateway-limits.toml" --workers "$WORKERS" \
+        >"$TMP/switchyard-limits.log" 2>&1 &
+    LIM_PID=$!
+    PIDS+=("$LIM_PID")
+fi
 
 # nginx: the same routing as a map on the version header between two
 # upstream blocks with keep-alive; access log off (switchyard logs nothing
@@ -256,7 +296,7 @@ PIDS+=("$NGX_PID")
 
 show_logs() {
     local f
-    for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
+    for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/switchyard-limits.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
         [[ -s $f ]] && { log "--- $f"; tail -20 "$f" >&2; }
     done
     return 0
@@ -266,10 +306,14 @@ declare -A URL=(
     [direct]="http://127.0.0.1:$UP_PORT$URL_PATH"
     [nginx]="http://127.0.0.1:$NGX_PORT$URL_PATH"
     [switchyard]="http://127.0.0.1:$GW_PORT$URL_PATH"
+    [switchyard_limits]="http://127.0.0.1:$LIM_PORT$URL_PATH"
 )
 wait_ready upstream "${URL[direct]}" "$UP_PID" || { show_logs; exit 1; }
 wait_ready switchyard "${URL[switchyard]}" "$GW_PID" || { show_logs; exit 1; }
 wait_ready nginx "${URL[nginx]}" "$NGX_PID" || { show_logs; exit 1; }
+if [[ $LIMITS == 1 ]]; then
+    wait_ready switchyard_limits "${URL[switchyard_limits]}" "$LIM_PID" || { show_logs; exit 1; }
+fi
 
 # The process(es) whose CPU counts for a target: the proxy; for the direct
 # runs the upstream itself (there is no proxy).
@@ -277,6 +321,7 @@ cpu_pids() {
     case $1 in
         direct) echo "$UP_PID" ;;
         switchyard) echo "$GW_PID" ;;
+        switchyard_limits) echo "$LIM_PID" ;;
         nginx) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
     esac
 }
@@ -353,7 +398,8 @@ run_one() {
 for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for target in "${TARGETS[@]}"; do
-            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" 2>/dev/null || { show_logs; die "a server died"; }
+            # shellcheck disable=SC2086
+            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID 2>/dev/null || { show_logs; die "a server died"; }
             run_one "$round" "$conns" "$target"
         done
         awk -F'\t' -v r="$round" -v c="$conns" '
@@ -362,6 +408,10 @@ for round in $(seq "$ROUNDS"); do
                 printf "      round %s, %s conns: switchyard/nginx throughput %.2f, p99 %.2f, cpu/req %.2f; nginx/direct throughput %.2f\n",
                     r, c, rps["switchyard"] / rps["nginx"], p99["switchyard"] / p99["nginx"],
                     cpu["switchyard"] / cpu["nginx"], rps["nginx"] / rps["direct"]
+                if (("switchyard_limits") in rps)
+                    printf "      round %s, %s conns: switchyard with limits / without: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
+                        r, c, rps["switchyard_limits"] / rps["switchyard"], p99["switchyard_limits"] / p99["switchyard"],
+                        cpu["switchyard_limits"] / cpu["switchyard"]
             }' "$RUNS" | tee -a "$OUT"
     done
 done
@@ -392,6 +442,26 @@ done
                     median(nc, rounds), median(sc, rounds)
             }' "$RUNS"
     done
+    if [[ $LIMITS == 1 ]]; then
+        echo
+        echo "rate limits on vs off (switchyard_limits/switchyard, median over $ROUNDS rounds; target throughput >= 0.95):"
+        for conns in $CONNS; do
+            awk -F'\t' -v c="$conns" '
+                function median(a, n,    i, j, t) {
+                    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+                    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+                }
+                $2 == c { rps[$1, $3] = $4; p99[$1, $3] = $6; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
+                END {
+                    for (r = 1; r <= rounds; r++) {
+                        t[r] = rps[r, "switchyard_limits"] / rps[r, "switchyard"]; p[r] = p99[r, "switchyard_limits"] / p99[r, "switchyard"]
+                        u[r] = cpu[r, "switchyard_limits"] / cpu[r, "switchyard"]; lr[r] = rps[r, "switchyard_limits"]; sr[r] = rps[r, "switchyard"]
+                    }
+                    printf "  %3s conns: throughput %.3f  p99 %.2f  cpu/req %.2f   (req/s with limits %.0f, without %.0f)\n",
+                        c, median(t, rounds), median(p, rounds), median(u, rounds), median(lr, rounds), median(sr, rounds)
+                }' "$RUNS"
+        done
+    fi
     echo
     echo "results: ${OUT#"$ROOT"/}"
 } | tee -a "$OUT"

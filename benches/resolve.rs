@@ -203,7 +203,7 @@ fn route_request<'t>(table: &'t RoutingTable, req: &Request<()>) -> &'t Arc<Endp
     let split = route.splits[detected.version as usize]
         .as_ref()
         .expect("a split");
-    let pool = &table.pools[split.pick(Split::random_bucket()) as usize];
+    let pool = &table.pools[split.default.pick(Split::random_bucket()) as usize];
     pool.pool.choose().expect("an endpoint")
 }
 

@@ -64,15 +64,20 @@ impl Handler for Admin {
                 )
             }
             (&Method::GET, "/admin/history") => self.history().await,
-            (_, "/admin/table" | "/admin/status" | "/admin/reload" | "/admin/history") => problem(
+            (&Method::GET, "/admin/season") => json_response(StatusCode::OK, self.season()),
+            (
+                _,
+                "/admin/table" | "/admin/status" | "/admin/reload" | "/admin/history"
+                | "/admin/season",
+            ) => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
-                "GET /admin/table, /admin/status, /admin/history; POST /admin/reload",
+                "GET /admin/table, /admin/status, /admin/history, /admin/season; POST /admin/reload",
             ),
             _ => problem(
                 StatusCode::NOT_FOUND,
                 "no-route",
-                "admin endpoints: /health/live, /health/ready, /admin/table, /admin/status, /admin/reload, /admin/history",
+                "admin endpoints: /health/live, /health/ready, /admin/table, /admin/status, /admin/reload, /admin/history, /admin/season",
             ),
         }
     }
@@ -138,6 +143,20 @@ impl Admin {
                 &format!("redis: {e}"),
             ),
         }
+    }
+
+    /// The active season per region and the season names.
+    fn season(&self) -> serde_json::Value {
+        let Some(t) = self.tables.load() else {
+            return json!({"loaded": false});
+        };
+        let now = self.control.now();
+        json!({
+            "loaded": true,
+            "now": now.to_string(),
+            "seasons": t.calendar.seasons.iter().map(|s| &**s).collect::<Vec<_>>(),
+            "regions": t.calendar.status(now),
+        })
     }
 
     fn table_summary(&self) -> serde_json::Value {

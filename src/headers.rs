@@ -25,3 +25,7 @@ pub const SUNSET: HeaderName = HeaderName::from_static("sunset");
 pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Non-standard hop-by-hop header.
 pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// IETF draft (httpapi-ratelimit-headers): the quota policies of a route.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// IETF draft (httpapi-ratelimit-headers): remaining quota and reset.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");

@@ -9,9 +9,11 @@ pub mod control;
 pub mod demo;
 pub mod framing;
 pub mod headers;
+pub mod limit;
 pub mod pipeline;
 pub mod problem;
 pub mod route;
+pub mod season;
 pub mod server;
 pub mod split;
 pub mod table;
@@ -215,6 +217,8 @@ struct Plane {
     admin: tokio::task::JoinHandle<bool>,
     watcher: tokio::task::JoinHandle<()>,
     tls_watcher: Option<tokio::task::JoinHandle<()>>,
+    seasons: tokio::task::JoinHandle<()>,
+    evictor: tokio::task::JoinHandle<()>,
 }
 
 impl Plane {
@@ -237,6 +241,7 @@ impl Plane {
                 .map(|u| (u, doc.server.redis_prefix.clone())),
             poll: std::time::Duration::from_millis(doc.server.redis_poll_ms),
         };
+        let clock = options.clock.clone();
         let control = Arc::new(control::Control::new(
             tables.clone(),
             upstream.clone(),
@@ -257,6 +262,19 @@ impl Plane {
         control.start_with_file(doc, origin, options.text).await;
         let watcher = tokio::spawn(control.clone().watch(shutdown.clone()));
         let tls_watcher = tls.map(|t| tokio::spawn(t.watch(shutdown.clone())));
+        // Off the request path: the active season per region, and idle
+        // rate-limit keys.
+        let seasons = tokio::spawn(season::keep_current(
+            control.tables.clone(),
+            clock,
+            shutdown.clone(),
+        ));
+        let evictor = tokio::spawn(
+            control
+                .traffic
+                .clone()
+                .evict_periodically(limit::EVICT_EVERY, shutdown.clone()),
+        );
         let admin = tokio::spawn(server::serve(
             admin,
             admin_handler,
@@ -269,6 +287,8 @@ impl Plane {
             admin,
             watcher,
             tls_watcher,
+            seasons,
+            evictor,
         }
     }
 
@@ -280,5 +300,7 @@ impl Plane {
         if let Some(t) = self.tls_watcher {
             let _ = t.await;
         }
+        let _ = self.seasons.await;
+        let _ = self.evictor.await;
     }
 }

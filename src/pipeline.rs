@@ -1,5 +1,7 @@
 //! The request path, phase by phase: admit (hygiene and limits), resolve
-//! (route and version, lifecycle), split (target pool), forward, respond.
+//! (route and version, lifecycle), season (the region's active season: one
+//! atomic load), limit (rate-limit policies), split (target pool), forward,
+//! respond.
 //! One `Gateway::handle` call per request; it always answers, and failures
 //! become problem+json in exactly one place (`finish`).
 
@@ -16,7 +18,7 @@ use crate::config::{ServerSettings, Source, UnderscoreHeaders};
 use crate::headers::*;
 use crate::problem::GatewayError;
 use crate::route::{self, PathError};
-use crate::split::Split;
+use crate::split;
 use crate::table::{RoutingTable, TableHandle};
 use crate::translate::{TranslateError, has_json_body, parse_json, set_body_headers, to_bytes};
 use crate::upstream::Upstream;
@@ -63,6 +65,12 @@ struct RequestContext {
     route: Option<crate::route::RouteId>,
     detected: Option<Detected>,
     target: Option<version::VersionId>,
+    /// The season active in the request's region.
+    season: Option<crate::season::SeasonId>,
+    /// `RateLimit-Policy`/`RateLimit` for an allowed response (when configured).
+    rate_limit: Option<crate::limit::RateLimitHeaders>,
+    /// A sticky identity cookie the gateway just assigned.
+    set_cookie: Option<HeaderValue>,
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -137,7 +145,7 @@ impl Gateway {
             headers: req.headers(),
             prefix_len,
         };
-        let detected = version::detect(
+        let mut detected = version::detect(
             &route.detection,
             &table.resolver,
             &table.pins,
@@ -150,6 +158,18 @@ impl Gateway {
             malformed: e.kind == ResolveError::Malformed,
             supported: route.supported.clone(),
         })?;
+        // An explicit beta request is a canary override: on a route with
+        // `canary_clients`, anyone else is served the default (and counted).
+        if detected.source != Source::Default
+            && table.versions[detected.version as usize].lifecycle.status
+                == crate::config::Status::Beta
+            && !route
+                .split
+                .override_allowed(&route.detection, req.headers())
+        {
+            detected.version = route.default_version;
+            detected.source = Source::Default;
+        }
         let version = &table.versions[detected.version as usize];
         if route.served & (1 << detected.version) == 0 {
             return Err(GatewayError::UnknownVersion {
@@ -184,11 +204,40 @@ impl Gateway {
             }
         }
 
-        // split
-        let split = route.splits[detected.version as usize]
+        // season: one atomic load of the region's active rule
+        let rule = table
+            .calendar
+            .active(table.calendar.region_of(req.headers()));
+        ctx.season = table.calendar.season(rule);
+
+        // limit: every policy of the route; the strictest answer wins
+        if !route.limits.is_empty() {
+            ctx.rate_limit = table
+                .limits
+                .check(
+                    &route.limits,
+                    rule,
+                    req.headers(),
+                    peer.ip(),
+                    &route.detection,
+                )
+                .map_err(GatewayError::RateLimited)?;
+        }
+
+        // split: canary override, sticky bucket, the season's weight profile
+        let profiles = route.splits[detected.version as usize]
             .as_ref()
             .expect("served, non-sunset versions have a split");
-        let pool_entry = &table.pools[split.pick(Split::random_bucket()) as usize];
+        let picked = split::pick(
+            &route.split,
+            profiles,
+            ctx.season,
+            &route.detection,
+            req.headers(),
+            |p| &*table.pools[p as usize].pool.name,
+        );
+        ctx.set_cookie = picked.set_cookie;
+        let pool_entry = &table.pools[picked.pool as usize];
         ctx.target = Some(pool_entry.version);
 
         // forward
@@ -500,6 +549,13 @@ impl Gateway {
         let h = resp.headers_mut();
         if let Some(id) = ctx.request_id {
             h.insert(X_REQUEST_ID, id);
+        }
+        if let Some(rl) = ctx.rate_limit {
+            h.insert(RATELIMIT_POLICY, rl.policy);
+            h.insert(RATELIMIT, rl.limit);
+        }
+        if let Some(cookie) = ctx.set_cookie {
+            h.append(header::SET_COOKIE, cookie);
         }
         if let (Some(table), Some(route), Some(d)) = (ctx.table.as_ref(), ctx.route, ctx.detected) {
             let v = &table.versions[d.version as usize];

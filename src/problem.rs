@@ -45,6 +45,9 @@ pub enum GatewayError {
         /// The restricted version.
         version: Arc<str>,
     },
+    /// A rate-limit policy refused the request.
+    #[error("rate limit {:?} exceeded; retry after {} s", .0.policy, .0.retry_after)]
+    RateLimited(Box<crate::limit::Denied>),
     /// No route matches host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -119,6 +122,7 @@ impl GatewayError {
             Self::UnknownVersion { .. } | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Sunset { .. } => StatusCode::GONE,
             Self::VersionRestricted { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -146,6 +150,7 @@ impl GatewayError {
             } => "unknown-version",
             Self::Sunset { .. } => "version-sunset",
             Self::VersionRestricted { .. } => "version-restricted",
+            Self::RateLimited(_) => "rate-limited",
             Self::NoRoute => "no-route",
             Self::NotReady => "not-ready",
             Self::BadRequest { .. } => "bad-request",
@@ -204,6 +209,10 @@ impl GatewayError {
             Self::Upstream { pool, .. } => {
                 obj.insert("pool".into(), (&**pool).into());
             }
+            Self::RateLimited(denied) => {
+                obj.insert("policy".into(), (&*denied.policy).into());
+                obj.insert("retry_after".into(), denied.retry_after.into());
+            }
             Self::RequestTranslation { from, to, source }
             | Self::ResponseTranslation { from, to, source } => {
                 obj.insert("from_version".into(), (&**from).into());
@@ -230,6 +239,14 @@ impl GatewayError {
         }
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::RateLimited(denied) = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(denied.retry_after));
+            h.insert(
+                crate::headers::RATELIMIT_POLICY,
+                denied.headers.policy.clone(),
+            );
+            h.insert(crate::headers::RATELIMIT, denied.headers.limit.clone());
         }
         resp
     }

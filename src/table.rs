@@ -13,8 +13,10 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 
 use crate::config::{Document, HostHeader, Status};
+use crate::limit::{Limits, RouteLimits};
 use crate::route::{RouteId, Router};
-use crate::split::{PoolId, Split};
+use crate::season::Calendar;
+use crate::split::{PoolId, Profiles, SplitSettings};
 use crate::upstream::{HostRewrite, Pool, Timeouts, Upstream};
 use crate::version::{Detection, Lifecycle, Resolver, VersionId};
 
@@ -48,8 +50,13 @@ pub struct Route {
     pub served: u64,
     /// Names of the served versions, for 400 answers.
     pub supported: Arc<[String]>,
-    /// Split per client version (indexed by `VersionId`; `None` = not served).
-    pub splits: Vec<Option<Split>>,
+    /// Split profiles per client version (indexed by `VersionId`; `None` =
+    /// not served).
+    pub splits: Vec<Option<Profiles>>,
+    /// Sticky identity and canary override settings.
+    pub split: SplitSettings,
+    /// Rate-limit policies.
+    pub limits: RouteLimits,
     /// Connect and response timeouts.
     pub timeouts: Timeouts,
     /// Request body cap.
@@ -90,6 +97,10 @@ pub struct RoutingTable {
     pub revision: u64,
     /// Change-freeze windows.
     pub freezes: Vec<crate::control::freeze::Freeze>,
+    /// Regions, season rules and the season active in each region.
+    pub calendar: Calendar,
+    /// Rate-limit policies and trusted proxies.
+    pub limits: Limits,
     /// The document text, for `/admin/table`.
     pub source_text: Option<Arc<str>>,
     /// When it was compiled.
@@ -97,13 +108,38 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// Compiles a document that passed `config::validate`.
+    /// Compiles a document that passed `config::validate`, with limiters
+    /// of its own (see [`RoutingTable::compile_with`]).
     pub fn compile(
         doc: &Document,
         upstream: &Upstream,
         origin: String,
         revision: u64,
     ) -> RoutingTable {
+        Self::compile_with(
+            doc,
+            upstream,
+            &crate::limit::Registry::default(),
+            origin,
+            revision,
+        )
+    }
+
+    /// Compiles a document that passed `config::validate`. Limiters and
+    /// traffic metric handles come from `registry`, so a policy unchanged
+    /// since the last table keeps its counts. The calendar is evaluated at
+    /// the system time; the control plane re-evaluates it with its clock.
+    pub fn compile_with(
+        doc: &Document,
+        upstream: &Upstream,
+        registry: &crate::limit::Registry,
+        origin: String,
+        revision: u64,
+    ) -> RoutingTable {
+        let calendar = Calendar::compile(&doc.calendar, jiff::Timestamp::now(), |r, s| {
+            registry.season_active.with_label_values(&[r, s])
+        });
+        let limits = Limits::compile(doc, &calendar, registry);
         let vid: HashMap<&str, VersionId> = doc
             .versions
             .iter()
@@ -162,22 +198,36 @@ impl RoutingTable {
                     if doc.versions[v as usize].status == Status::Sunset {
                         continue; // answered 410 before any split
                     }
-                    splits[v as usize] = Some(match r.split.get(*name) {
-                        Some(weights) => Split::compile(
-                            &weights
-                                .iter()
-                                .map(|w| (pid[w.pool.as_str()], w.weight))
-                                .collect::<Vec<_>>(),
-                        ),
-                        None => Split::even(
-                            &pools
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, p)| p.version == v)
-                                .map(|(i, _)| i as PoolId)
-                                .collect::<Vec<_>>(),
-                        ),
-                    });
+                    let targets = |weights: &[crate::config::WeightDoc]| -> Vec<(PoolId, u32)> {
+                        weights
+                            .iter()
+                            .map(|w| (pid[w.pool.as_str()], w.weight))
+                            .collect()
+                    };
+                    let default = match r.split.get(*name) {
+                        Some(weights) => targets(weights),
+                        None => pools
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, p)| p.version == v)
+                            .map(|(i, _)| (i as PoolId, 1))
+                            .collect(),
+                    };
+                    let by_season: Vec<_> = r
+                        .profiles
+                        .iter()
+                        .filter_map(|(season, profile)| {
+                            Some((
+                                calendar.season_id(season).expect("validated season"),
+                                targets(profile.get(*name)?),
+                            ))
+                        })
+                        .collect();
+                    splits[v as usize] = Some(Profiles::compile(
+                        &default,
+                        &by_season,
+                        calendar.seasons.len(),
+                    ));
                 }
                 let timeouts = Timeouts {
                     connect: Duration::from_millis(r.connect_timeout_ms),
@@ -194,6 +244,13 @@ impl RoutingTable {
                         .map(|n| n.to_string())
                         .collect(),
                     splits,
+                    split: SplitSettings::compile(
+                        r,
+                        registry
+                            .canary_ignored
+                            .with_label_values(&[r.name.as_str()]),
+                    ),
+                    limits: limits.route(r, &calendar, registry),
                     timeouts,
                     max_body_bytes: r.max_body_bytes,
                     translate_limits: crate::translate::Limits {
@@ -227,6 +284,8 @@ impl RoutingTable {
                 .iter()
                 .map(crate::control::freeze::Freeze::compile)
                 .collect(),
+            calendar,
+            limits,
             source_text: None,
             loaded_at: jiff::Timestamp::now(),
         }

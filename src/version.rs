@@ -149,6 +149,8 @@ pub struct Detection {
     pub query_param: String,
     /// Header identifying the client.
     pub client_header: HeaderName,
+    /// Header carrying the client's API key (sticky splits, rate limits).
+    pub api_key_header: HeaderName,
     /// Whether a detected `/vN` path segment is removed before forwarding.
     pub strip_path_version: bool,
     /// `Vary` value naming the request headers detection reads.
@@ -195,6 +197,12 @@ impl Detection {
         Detection {
             header: HeaderName::try_from(header.as_str()).expect("validated header name"),
             client_header: HeaderName::try_from(client.as_str()).expect("validated header name"),
+            api_key_header: HeaderName::try_from(
+                pick(&route.api_key_header, &top.api_key_header, "x-api-key")
+                    .to_ascii_lowercase()
+                    .as_str(),
+            )
+            .expect("validated header name"),
             accept_vendor: format!(
                 "{}.",
                 pick(&route.accept_vendor, &top.accept_vendor, "vnd.wedsync")

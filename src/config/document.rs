@@ -32,6 +32,14 @@ pub struct Document {
     /// Change-freeze windows: routing pushes are refused (or deferred) inside them.
     #[serde(default)]
     pub freezes: Vec<crate::control::freeze::FreezeDoc>,
+    /// The season calendar: regions, how a request's region is found, and
+    /// named seasons that select weight profiles and quota multipliers.
+    #[serde(default)]
+    pub calendar: CalendarDoc,
+    /// Rate-limit policies (routes name them in `limits`) and who may set
+    /// `x-forwarded-for`.
+    #[serde(default)]
+    pub rate_limits: RateLimitsDoc,
 }
 
 /// Process settings. Each can be overridden by a `SWITCHYARD_*` env var or
@@ -225,6 +233,9 @@ pub struct DetectionSettings {
     pub client_header: Option<String>,
     /// Remove a detected `/vN` path segment before forwarding. Default true.
     pub strip_path_version: Option<bool>,
+    /// The header carrying a client's API key, for sticky splits and
+    /// `key = "api_key"` rate limits (only a hash of it is kept). Default `x-api-key`.
+    pub api_key_header: Option<String>,
 }
 
 /// Lifecycle status of an API version.
@@ -351,8 +362,181 @@ pub struct RouteDoc {
     /// Deepest JSON nesting accepted for translation. Default 64, at most 127.
     #[serde(default = "default_translate_max_depth")]
     pub translate_max_depth: usize,
+    /// Per-season weight profiles: season name -> client version -> weighted
+    /// pools, used while that season is active in the request's region. A
+    /// version without an entry uses `split`. Default none.
+    #[serde(default)]
+    pub profiles:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<WeightDoc>>>,
+    /// Where a client's sticky identity comes from, first found wins:
+    /// `client_id` (`client_header`), `api_key` (`api_key_header`),
+    /// `cookie` (`sticky_cookie`, set by the gateway when absent). The
+    /// identity's hash picks the split bucket, so a client keeps its pool on
+    /// every replica and across reloads; `[]` = a random bucket per request.
+    /// Default `["client_id", "api_key"]`.
+    #[serde(default = "default_sticky")]
+    pub sticky: Vec<StickySource>,
+    /// Name of the cookie the gateway sets for `sticky = [.., "cookie"]`.
+    /// Default `switchyard_client`.
+    #[serde(default = "default_sticky_cookie")]
+    pub sticky_cookie: String,
+    /// Header with which clients on `canary_clients` choose their pool:
+    /// `always` (the last pool of the version's `split`), `never` (its
+    /// first) or a pool name of the split. Default `x-canary`.
+    #[serde(default = "default_canary_header")]
+    pub canary_header: String,
+    /// Client ids (from `client_header`) whose `canary_header` is honoured;
+    /// anyone else's is ignored and counted. Default none.
+    #[serde(default)]
+    pub canary_clients: Vec<String>,
+    /// Names of the `rate_limits.policies` applied to this route; every one
+    /// is checked and the strictest answer wins. Default none.
+    #[serde(default)]
+    pub limits: Vec<String>,
 }
 
+/// A source of a client's sticky split identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StickySource {
+    /// The `client_header` (default `x-client-id`).
+    ClientId,
+    /// The `api_key_header` (default `x-api-key`).
+    ApiKey,
+    /// The `sticky_cookie`, which the gateway sets when the request has none.
+    Cookie,
+}
+
+/// The season calendar (`[calendar]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarDoc {
+    /// Region of requests whose region header is missing or unknown.
+    /// Default: the first of `regions`.
+    pub home_region: Option<String>,
+    /// Request header naming the client's region, e.g. a CDN geo header
+    /// (`cloudfront-viewer-country`); the edge must overwrite it. Unset =
+    /// every request is in the home region.
+    pub region_header: Option<String>,
+    /// Region-header value -> region name (`US = "us-east-1"`), matched
+    /// case-insensitively; a value that is itself a region name needs no entry.
+    #[serde(default)]
+    pub region_map: std::collections::BTreeMap<String, String>,
+    /// Regions, each with the time zone its seasons are read in.
+    #[serde(default)]
+    pub regions: Vec<RegionDoc>,
+    /// Season rules in priority order: the first that matches a region's
+    /// local date and time is that region's season. A name may repeat with
+    /// different `regions` (peak months differ by region).
+    #[serde(default)]
+    pub seasons: Vec<SeasonDoc>,
+}
+
+/// A region of the calendar.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionDoc {
+    /// Region name, e.g. `us-east-1`.
+    pub name: String,
+    /// IANA time zone its seasons are read in (DST-correct), e.g. `America/New_York`.
+    pub time_zone: String,
+}
+
+/// A season rule: every condition given must hold in the region's local time.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeasonDoc {
+    /// Season name, e.g. `peak`, `saturday`, `holiday`; route `profiles` name it.
+    pub name: String,
+    /// Regions the rule applies in. Default: every region.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Local months, 1-12; `[11, 12, 1, 2]` wraps the new year. Default: every month.
+    #[serde(default)]
+    pub months: Vec<u8>,
+    /// Local weekdays, e.g. `["saturday"]`. Default: every day.
+    #[serde(default)]
+    pub weekdays: Vec<crate::control::freeze::Day>,
+    /// Local dates, e.g. `["2026-12-24"]`. Default: every date.
+    #[serde(default)]
+    pub dates: Vec<jiff::civil::Date>,
+    /// Local start time `HH:MM` on matching days. Default `00:00`.
+    pub start: Option<jiff::civil::Time>,
+    /// Local end time `HH:MM` (exclusive). Default: end of day.
+    pub end: Option<jiff::civil::Time>,
+    /// Rate-limit quotas are multiplied by this while the season is active
+    /// (bursts are not). Default 1.
+    #[serde(default = "one")]
+    pub limit_multiplier: f64,
+}
+
+/// Rate limiting (`[rate_limits]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsDoc {
+    /// Proxies (CIDRs or addresses, e.g. `10.0.0.0/8`) whose
+    /// `x-forwarded-for` is believed for `key = "ip"`: the client is the
+    /// right-most address not in this list. From any other peer the header is
+    /// ignored. Default none (the peer address is the client).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Also send `RateLimit-Policy` and `RateLimit` on allowed responses.
+    /// Default false (only 429s carry them).
+    #[serde(default)]
+    pub headers_on_allowed: bool,
+    /// Named policies.
+    #[serde(default)]
+    pub policies: Vec<LimitPolicyDoc>,
+}
+
+/// What a rate-limit policy counts requests by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKey {
+    /// The `client_header` value; requests without one are not counted.
+    ClientId,
+    /// The `api_key_header` value; requests without one are not counted.
+    ApiKey,
+    /// The client address (see `trusted_proxies`).
+    Ip,
+    /// The route: one budget for everyone.
+    Route,
+}
+
+/// One rate-limit policy: `requests` per `window_secs` per key, plus `burst`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitPolicyDoc {
+    /// Policy name, shown in `RateLimit-Policy` and metrics.
+    pub name: String,
+    /// What requests are counted by: `client_id`, `api_key`, `ip` or `route`.
+    pub key: LimitKey,
+    /// Requests allowed per window (sustained rate), before the season multiplier.
+    pub requests: u32,
+    /// The window in seconds. Default 60.
+    #[serde(default = "default_window")]
+    pub window_secs: u32,
+    /// Extra requests a fresh key may make at once on top of `requests`
+    /// (so a new key gets `requests + burst` before its first 429). Default 0.
+    #[serde(default)]
+    pub burst: u32,
+}
+
+fn default_sticky() -> Vec<StickySource> {
+    vec![StickySource::ClientId, StickySource::ApiKey]
+}
+fn default_sticky_cookie() -> String {
+    "switchyard_client".into()
+}
+fn default_canary_header() -> String {
+    "x-canary".into()
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_window() -> u32 {
+    60
+}
 fn any_host() -> Vec<String> {
     vec!["*".into()]
 }

@@ -419,6 +419,9 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
         ));
     }
     errs.extend(crate::control::freeze::validate(&doc.freezes));
+    errs.extend(crate::season::validate(doc));
+    errs.extend(crate::limit::validate(doc));
+    errs.extend(crate::split::validate(doc));
     errs.extend(crate::translate::validate(doc));
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
@@ -441,7 +444,11 @@ fn detection(d: &super::DetectionSettings, path: &str, err: &mut impl FnMut(Stri
             }
         }
     }
-    for (key, value) in [("header", &d.header), ("client_header", &d.client_header)] {
+    for (key, value) in [
+        ("header", &d.header),
+        ("client_header", &d.client_header),
+        ("api_key_header", &d.api_key_header),
+    ] {
         if let Some(v) = value
             && http::HeaderName::try_from(v.as_str()).is_err()
         {

@@ -82,6 +82,11 @@ impl Default for ControlMetrics {
 }
 
 impl ControlMetrics {
+    /// Registers more metric families on the same `/metrics` (names must be unique).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(collector).expect("unique metric");
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -127,6 +127,8 @@ pub struct Control {
     state: tokio::sync::Mutex<WatchState>,
     /// Control-plane metrics, rendered on `/metrics`.
     pub metrics: metrics::ControlMetrics,
+    /// Limiters and traffic metric families that outlive tables.
+    pub traffic: Arc<crate::limit::Registry>,
 }
 
 impl std::fmt::Debug for Control {
@@ -145,6 +147,11 @@ impl Control {
         sources: Sources,
         clock: Arc<dyn Clock>,
     ) -> Control {
+        let metrics = metrics::ControlMetrics::default();
+        let traffic = Arc::new(crate::limit::Registry::default());
+        for c in traffic.collectors() {
+            metrics.register(c);
+        }
         Control {
             tables,
             upstream,
@@ -152,13 +159,19 @@ impl Control {
             clock,
             status: Mutex::new(Status::default()),
             state: tokio::sync::Mutex::new(WatchState::default()),
-            metrics: metrics::ControlMetrics::default(),
+            metrics,
+            traffic,
         }
     }
 
     /// A copy of the status.
     pub fn status(&self) -> Status {
         self.status.lock().expect("status poisoned").clone()
+    }
+
+    /// The control plane's clock's now.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     /// Whether Redis is configured.
@@ -200,9 +213,11 @@ impl Control {
 
     fn publish(&self, st: &mut WatchState, origin: String, revision: u64) -> Vec<String> {
         let (doc, text) = st.doc.as_ref().expect("a document to publish");
-        let mut table = RoutingTable::compile(doc, &self.upstream, origin, revision);
+        let mut table =
+            RoutingTable::compile_with(doc, &self.upstream, &self.traffic, origin, revision);
         table.source_text = Some(text.as_str().into());
         table.loaded_at = self.clock.now();
+        table.calendar.refresh(table.loaded_at);
         let skipped = table.add_pins(&st.pins);
         self.tables.publish(table);
         let redis_pins = st.pins.len() - skipped.len();

@@ -499,6 +499,15 @@ pub struct TestGateway {
 impl TestGateway {
     /// Loads the table (panicking with every error if it is invalid) and serves it.
     pub async fn start(config: impl Into<GatewayConfig>) -> TestGateway {
+        TestGateway::start_with(config, switchyard::ServeOptions::default()).await
+    }
+
+    /// [`TestGateway::start`] with serve options: a clock, or the file
+    /// `POST /admin/reload` re-reads.
+    pub async fn start_with(
+        config: impl Into<GatewayConfig>,
+        options: switchyard::ServeOptions,
+    ) -> TestGateway {
         let doc = match config.into() {
             GatewayConfig::Text(text) => config::load(&text, Origin::Embedded("test table"))
                 .unwrap_or_else(|e| panic!("test table is invalid:\n{e}\n---\n{text}")),
@@ -511,12 +520,13 @@ impl TestGateway {
             admin.local_addr().expect("addr"),
         );
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(switchyard::serve(
+        let task = tokio::spawn(switchyard::serve_with(
             doc,
             "test table".into(),
             proxy,
             admin,
             shutdown.clone(),
+            options,
         ));
         TestGateway {
             addr,
@@ -539,6 +549,17 @@ impl TestGateway {
             builder: Request::builder()
                 .method(method)
                 .uri(format!("http://{}{path_and_query}", self.addr)),
+            body: Bytes::new(),
+        }
+    }
+
+    /// A POST to the admin listener.
+    pub fn admin_post(&self, path: &str) -> Req<'_> {
+        Req {
+            client: &self.client,
+            builder: Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://{}{path}", self.admin)),
             body: Bytes::new(),
         }
     }
@@ -898,5 +919,40 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clock
+
+/// A clock the test sets by hand (seasons, freezes, sunsets).
+#[derive(Debug)]
+pub struct ManualClock(Mutex<jiff::Timestamp>);
+
+impl ManualClock {
+    /// A clock standing at `at` (RFC 3339).
+    pub fn at(at: &str) -> Arc<ManualClock> {
+        Arc::new(ManualClock(Mutex::new(
+            at.parse().expect("RFC 3339 instant"),
+        )))
+    }
+
+    /// Moves the clock to `at` (RFC 3339).
+    pub fn set(&self, at: &str) {
+        *self.0.lock().unwrap() = at.parse().expect("RFC 3339 instant");
+    }
+
+    /// Serve options with this clock.
+    pub fn options(self: &Arc<Self>) -> switchyard::ServeOptions {
+        switchyard::ServeOptions {
+            clock: self.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl switchyard::control::Clock for ManualClock {
+    fn now(&self) -> jiff::Timestamp {
+        *self.0.lock().unwrap()
     }
 }

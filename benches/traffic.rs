@@ -1,0 +1,220 @@
+//! Per-request cost of the season calendar, the sticky split and the rate
+//! limiters, the way `pipeline::Gateway::run` calls them (issue 5 targets:
+//! season lookup + weighted sticky pick under 100 ns; a limiter check on a
+//! hot key with 2 threads contending under 200 ns).
+//!
+//! * `traffic/season_sticky_pick`: region from the `x-geo` header (mapped),
+//!   the region's active season (one atomic load), then `split::pick`:
+//!   canary-header probe, FNV-1a + fmix64 of `x-client-id`, the season's
+//!   profile, the range scan. Four regions, three seasons, 3 profiles.
+//! * `traffic/limiter_hot_key_1_thread`: `Limiter::check` on one key.
+//! * `traffic/limiter_hot_key_2_threads`: the same key checked from two
+//!   threads at once; the time is per check as one thread sees it while
+//!   the other hammers the same DashMap entry.
+//! * `traffic/limits_check_ip_and_client`: `Limits::check` for a route with
+//!   a per-IP and a per-client policy (key hashing, trusted-proxy test,
+//!   two limiter checks), as the pipeline runs it.
+//!
+//! Measured with `cargo bench --bench traffic -- --warm-up-time 1
+//! --measurement-time 3` on the 2-core shared VM (AMD EPYC, KVM),
+//! 2026-12-01, criterion median:
+//!
+//! | bench                       | time    |
+//! |-----------------------------|---------|
+//! | season_sticky_pick          | TODO    |
+//! | limiter_hot_key_1_thread    | TODO    |
+//! | limiter_hot_key_2_threads   | TODO    |
+//! | limits_check_ip_and_client  | TODO    |
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, header};
+use switchyard::config::{self, Origin};
+use switchyard::limit::Registry;
+use switchyard::split;
+use switchyard::table::RoutingTable;
+use switchyard::upstream::Upstream;
+
+const DOC: &str = r#"
+[[versions]]
+name = "v2"
+status = "current"
+
+[[pools]]
+name = "v2"
+version = "v2"
+endpoints = ["127.0.0.1:19000"]
+
+[[pools]]
+name = "v2-canary"
+version = "v2"
+endpoints = ["127.0.0.1:19001"]
+
+[[routes]]
+name = "api"
+path_prefix = "/api"
+default_version = "v2"
+limits = ["per-ip", "per-client"]
+
+[routes.split]
+v2 = [{ pool = "v2", weight = 90 }, { pool = "v2-canary", weight = 10 }]
+
+[routes.profiles.peak]
+v2 = [{ pool = "v2", weight = 98 }, { pool = "v2-canary", weight = 2 }]
+
+[routes.profiles.saturday]
+v2 = [{ pool = "v2", weight = 100 }, { pool = "v2-canary", weight = 0 }]
+
+[calendar]
+region_header = "x-geo"
+
+[calendar.region_map]
+US = "us-east-1"
+IE = "eu-west-1"
+SG = "ap-southeast-1"
+AU = "au-southeast-2"
+
+[[calendar.regions]]
+name = "us-east-1"
+time_zone = "America/New_York"
+
+[[calendar.regions]]
+name = "eu-west-1"
+time_zone = "Europe/Dublin"
+
+[[calendar.regions]]
+name = "ap-southeast-1"
+time_zone = "Asia/Singapore"
+
+[[calendar.regions]]
+name = "au-southeast-2"
+time_zone = "Australia/Sydney"
+
+[[calendar.seasons]]
+name = "holiday"
+dates = ["2026-12-24", "2026-12-25"]
+
+[[calendar.seasons]]
+name = "saturday"
+weekdays = ["saturday"]
+start = "08:00"
+end = "23:00"
+
+[[calendar.seasons]]
+name = "peak"
+regions = ["us-east-1"]
+months = [5, 6, 7, 8, 9, 10]
+limit_multiplier = 4.5
+
+[rate_limits]
+trusted_proxies = ["10.0.0.0/8"]
+
+[[rate_limits.policies]]
+name = "per-ip"
+key = "ip"
+requests = 100000000
+window_secs = 1
+
+[[rate_limits.policies]]
+name = "per-client"
+key = "client_id"
+requests = 100000000
+window_secs = 1
+"#;
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::HOST, HeaderValue::from_static("api.example.com"));
+    h.insert(header::USER_AGENT, HeaderValue::from_static("wrk/4.2.0"));
+    h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    h.insert("x-api-version", HeaderValue::from_static("2"));
+    h.insert("x-geo", HeaderValue::from_static("US"));
+    h.insert(
+        "x-client-id",
+        HeaderValue::from_static("acme-weddings-1234"),
+    );
+    h
+}
+
+fn table() -> RoutingTable {
+    let doc = config::load(DOC, Origin::Embedded("benches/traffic.rs"))
+        .unwrap_or_else(|e| panic!("bench table is invalid:\n{e}"));
+    let table = RoutingTable::compile_with(
+        &doc,
+        &Upstream::default(),
+        &Registry::default(),
+        "bench".into(),
+        0,
+    );
+    // A July Friday noon in New York: us-east-1 is in `peak`.
+    table
+        .calendar
+        .refresh("2026-07-03T16:00:00Z".parse().unwrap());
+    table
+}
+
+fn traffic(c: &mut Criterion) {
+    let table = table();
+    let route = &table.routes[0];
+    let h = headers();
+    let mut g = c.benchmark_group("traffic");
+
+    g.bench_function("season_sticky_pick", |b| {
+        b.iter(|| {
+            let h = black_box(&h);
+            let rule = table.calendar.active(table.calendar.region_of(h));
+            let season = table.calendar.season(rule);
+            let profiles = route.splits[0].as_ref().expect("a split");
+            split::pick(&route.split, profiles, season, &route.detection, h, |p| {
+                &*table.pools[p as usize].pool.name
+            })
+            .pool
+        })
+    });
+
+    let registry = Registry::default();
+    let hot = registry.limiter("hot", 1_000_000_000, 0, Duration::from_secs(1));
+    g.bench_function("limiter_hot_key_1_thread", |b| {
+        b.iter(|| hot.check(black_box(42)))
+    });
+    g.bench_function("limiter_hot_key_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Barrier::new(2);
+            std::thread::scope(|s| {
+                let other = s.spawn(|| {
+                    start.wait();
+                    for _ in 0..iters {
+                        let _ = black_box(hot.check(black_box(42)));
+                    }
+                });
+                start.wait();
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    let _ = black_box(hot.check(black_box(42)));
+                }
+                let elapsed = t0.elapsed();
+                other.join().expect("contender");
+                elapsed
+            })
+        })
+    });
+
+    let peer: IpAddr = "203.0.113.7".parse().unwrap();
+    g.bench_function("limits_check_ip_and_client", |b| {
+        b.iter(|| {
+            let rule = table.calendar.active(table.calendar.region_of(&h));
+            table
+                .limits
+                .check(&route.limits, rule, black_box(&h), peer, &route.detection)
+                .is_ok()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, traffic);
+criterion_main!(benches);

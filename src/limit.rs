@@ -1,0 +1,857 @@
+//! Rate limits: keyed policies (client id, API key, client IP, route) on
+//! governor's GCRA limiters, a quota multiplier per season, and the IETF
+//! draft `RateLimit-Policy` / `RateLimit` fields. Owns limiter state and
+//! its eviction; knows nothing about calendars beyond the active rule id
+//! the caller passes (the table maps each rule to a quota variant).
+//!
+//! A governor quota cannot change after the limiter is built, so each
+//! policy compiles to one limiter per distinct effective quota (the base and
+//! each season's multiplied one); a request checks the variant of its
+//! region's active season. Limiters live in a [`Registry`] outside the
+//! table, keyed by the policy's canonical form (name, key, quota, window,
+//! burst): a reload that leaves a policy unchanged keeps its counts, like
+//! `upstream` keeps endpoint state.
+//!
+//! Request path: per policy, one keyed SipHash of the key bytes (a
+//! per-process random key, so clients cannot aim at each other's buckets),
+//! one read-locked DashMap shard lookup and one CAS inside governor. No
+//! allocation unless the answer carries headers. Idle keys are dropped by
+//! [`Registry::evict_idle`] from a periodic task (`retain_recent` +
+//! `shrink_to_fit`), so memory follows the keys active in the last window.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use governor::clock::{Clock as _, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue};
+use ipnet::IpNet;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+use crate::config::{ConfigError, Document, LimitKey, RouteDoc};
+use crate::headers::X_FORWARDED_FOR;
+use crate::season::{Calendar, RuleId};
+use crate::version::Detection;
+
+/// How often the serving gateway drops idle limiter keys.
+pub const EVICT_EVERY: Duration = Duration::from_secs(10);
+
+/// Largest `requests + burst` of a policy (after the season multiplier).
+pub const MAX_CAPACITY: u64 = 1_000_000_000;
+
+/// Keys are already keyed-SipHash outputs: the map uses them as they are.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Governor = RateLimiter<
+    u64,
+    DashMapStateStore<u64, BuildHasherDefault<PassThrough>>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// One governor limiter for one effective quota: `requests` per `window`
+/// sustained, `requests + burst` at once for a fresh key.
+pub struct Limiter {
+    governor: Governor,
+    clock: DefaultClock,
+    /// Requests per window (after the season multiplier).
+    pub requests: u32,
+    /// Extra requests at once.
+    pub burst: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("requests", &self.requests)
+            .field("burst", &self.burst)
+            .field("window", &self.window)
+            .field("keys", &self.governor.len())
+            .finish()
+    }
+}
+
+impl Limiter {
+    /// A limiter allowing `requests` per `window` plus `burst`
+    /// (`requests >= 1`, `window >= 1 s`, validated).
+    pub fn new(requests: u32, burst: u32, window: Duration) -> Limiter {
+        let period = window / requests.max(1);
+        let capacity =
+            NonZeroU32::new(requests.saturating_add(burst).max(1)).expect("at least one");
+        let quota = Quota::with_period(period)
+            .expect("a window of at least a second over at most 1e9 requests is positive")
+            .allow_burst(capacity);
+        let clock = DefaultClock::default();
+        let governor: Governor = RateLimiter::new(
+            quota,
+            DashMapStateStore::with_hasher(Default::default()),
+            clock.clone(),
+        );
+        Limiter {
+            governor,
+            clock,
+            requests,
+            burst,
+            window,
+        }
+    }
+
+    /// Takes one cell for `key`: `Ok(remaining)` (cells still available at
+    /// once) or `Err(wait)` until one will be.
+    #[inline]
+    pub fn check(&self, key: u64) -> Result<u32, Duration> {
+        match self.governor.check_key(&key) {
+            Ok(snapshot) => Ok(snapshot.remaining_burst_capacity()),
+            Err(not_until) => Err(not_until.wait_time_from(self.clock.now())),
+        }
+    }
+
+    /// Keys currently tracked.
+    pub fn keys(&self) -> usize {
+        self.governor.len()
+    }
+
+    /// Drops keys indistinguishable from fresh ones and gives the memory back.
+    pub fn evict_idle(&self) {
+        self.governor.retain_recent();
+        self.governor.shrink_to_fit();
+    }
+
+    /// Seconds until `remaining` cells have grown back to the full capacity.
+    fn reset_secs(&self, remaining: u32) -> u64 {
+        let used = u64::from(self.requests + self.burst).saturating_sub(u64::from(remaining));
+        let period = self.window.as_nanos() / u128::from(self.requests.max(1));
+        (u128::from(used) * period).div_ceil(1_000_000_000) as u64
+    }
+}
+
+/// Long-lived state the table compiler resolves limiters and traffic
+/// metric handles against; one per gateway process, outlives tables.
+#[derive(Debug)]
+pub struct Registry {
+    limiters: Mutex<HashMap<String, Weak<Limiter>>>,
+    keys: RandomState,
+    /// `switchyard_rate_limited_total{route, policy}`.
+    pub rate_limited: IntCounterVec,
+    /// `switchyard_canary_override_ignored_total{route}`.
+    pub canary_ignored: IntCounterVec,
+    /// `switchyard_season_active{region, season}`.
+    pub season_active: IntGaugeVec,
+    /// `switchyard_rate_limit_keys`.
+    pub tracked_keys: IntGauge,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            limiters: Mutex::default(),
+            keys: RandomState::new(),
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_rate_limited_total",
+                    "Requests answered 429 by a rate-limit policy",
+                ),
+                &["route", "policy"],
+            )
+            .expect("valid metric"),
+            canary_ignored: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_canary_override_ignored_total",
+                    "Canary override headers ignored (client not on the route's canary_clients, or an unknown value)",
+                ),
+                &["route"],
+            )
+            .expect("valid metric"),
+            season_active: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_season_active",
+                    "1 for the season active in a region, 0 for the others",
+                ),
+                &["region", "season"],
+            )
+            .expect("valid metric"),
+            tracked_keys: IntGauge::new(
+                "switchyard_rate_limit_keys",
+                "Keys tracked by the rate limiters after the last eviction",
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl Registry {
+    /// The metric families, for registering with `/metrics`.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.rate_limited.clone()),
+            Box::new(self.canary_ignored.clone()),
+            Box::new(self.season_active.clone()),
+            Box::new(self.tracked_keys.clone()),
+        ]
+    }
+
+    /// The limiter for a canonical policy form, shared with every table
+    /// that still uses it, or a new one.
+    pub fn limiter(
+        &self,
+        canonical: &str,
+        requests: u32,
+        burst: u32,
+        window: Duration,
+    ) -> Arc<Limiter> {
+        let mut map = self.limiters.lock().expect("limiter registry poisoned");
+        if let Some(l) = map.get(canonical).and_then(Weak::upgrade) {
+            return l;
+        }
+        let l = Arc::new(Limiter::new(requests, burst, window));
+        map.insert(canonical.to_string(), Arc::downgrade(&l));
+        l
+    }
+
+    /// Drops idle keys from every live limiter (and forgets limiters no
+    /// table uses). Returns the keys still tracked.
+    pub fn evict_idle(&self) -> usize {
+        let live: Vec<Arc<Limiter>> = {
+            let mut map = self.limiters.lock().expect("limiter registry poisoned");
+            map.retain(|_, w| w.strong_count() > 0);
+            map.values().filter_map(Weak::upgrade).collect()
+        };
+        // Outside the registry lock: retain takes each shard's write lock in turn.
+        let mut keys = 0;
+        for l in &live {
+            l.evict_idle();
+            keys += l.keys();
+        }
+        self.tracked_keys.set(keys as i64);
+        keys
+    }
+
+    /// Calls [`Registry::evict_idle`] every `every` until `shutdown`.
+    pub async fn evict_periodically(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let keys = self.evict_idle();
+            tracing::debug!(keys, "rate-limit keys after eviction");
+        }
+    }
+}
+
+fn key_hash(keys: &RandomState, kind: LimitKey, bytes: &[u8]) -> u64 {
+    let mut h = keys.build_hasher();
+    h.write_u8(kind as u8);
+    h.write(bytes);
+    h.finish()
+}
+
+/// One compiled policy: its quota variants and which one each season rule uses.
+#[derive(Debug)]
+pub struct Policy {
+    /// Policy name.
+    pub name: Arc<str>,
+    /// What it counts by.
+    pub key: LimitKey,
+    /// `[0]` is the base quota; others are season-multiplied ones.
+    variants: Vec<Arc<Limiter>>,
+    /// Season rule id -> index into `variants`.
+    by_rule: Box<[u8]>,
+}
+
+impl Policy {
+    /// The limiter in force under `rule`.
+    #[inline]
+    fn limiter(&self, rule: Option<RuleId>) -> &Limiter {
+        let v = rule.map_or(0, |r| self.by_rule[r as usize]);
+        &self.variants[v as usize]
+    }
+
+    /// `"name";q=..;w=..` for the variant in force under `rule`.
+    fn policy_item(&self, rule: Option<RuleId>) -> String {
+        let l = self.limiter(rule);
+        format!(
+            "\"{}\";q={};w={}",
+            self.name,
+            l.requests,
+            l.window.as_secs()
+        )
+    }
+}
+
+/// The table's rate-limit settings and policies.
+#[derive(Debug, Default)]
+pub struct Limits {
+    policies: Vec<Policy>,
+    trusted: Vec<IpNet>,
+    headers_on_allowed: bool,
+    keys: RandomState,
+}
+
+/// A route's policies and the handles its answers use.
+#[derive(Debug, Default)]
+pub struct RouteLimits {
+    /// Indexes into the table's policies.
+    policies: Box<[u16]>,
+    /// Key of `key = "route"` policies.
+    route_key: u64,
+    /// Per policy (same order): `switchyard_rate_limited_total{route, policy}`.
+    rejected: Box<[IntCounter]>,
+    /// `RateLimit-Policy` value per active rule (index 0: no season).
+    policy_header: Box<[HeaderValue]>,
+}
+
+impl RouteLimits {
+    /// Whether the route has any policy.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` values for a response.
+#[derive(Debug, Clone)]
+pub struct RateLimitHeaders {
+    /// `RateLimit-Policy`: every policy of the route.
+    pub policy: HeaderValue,
+    /// `RateLimit`: the tightest policy's remaining quota and reset.
+    pub limit: HeaderValue,
+}
+
+/// A request refused by a policy.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    /// The policy with the longest wait.
+    pub policy: Arc<str>,
+    /// Whole seconds until a retry can succeed (at least 1).
+    pub retry_after: u64,
+    /// The headers of the 429.
+    pub headers: RateLimitHeaders,
+}
+
+impl Limits {
+    /// Compiles the validated `[rate_limits]` against `registry`, with one
+    /// quota variant per distinct season multiplier of `calendar`.
+    pub fn compile(doc: &Document, calendar: &Calendar, registry: &Registry) -> Limits {
+        let rl = &doc.rate_limits;
+        let policies = rl
+            .policies
+            .iter()
+            .map(|p| {
+                let mut variants: Vec<Arc<Limiter>> = Vec::new();
+                let mut requests_of: Vec<u32> = Vec::new();
+                let mut variant = |requests: u32| -> u8 {
+                    if let Some(i) = requests_of.iter().position(|&r| r == requests) {
+                        return i as u8;
+                    }
+                    let canonical = format!(
+                        "{}\u{0}{:?}\u{0}{requests}\u{0}{}\u{0}{}",
+                        p.name, p.key, p.window_secs, p.burst
+                    );
+                    variants.push(registry.limiter(
+                        &canonical,
+                        requests,
+                        p.burst,
+                        Duration::from_secs(u64::from(p.window_secs)),
+                    ));
+                    requests_of.push(requests);
+                    (variants.len() - 1) as u8
+                };
+                variant(p.requests);
+                let by_rule = calendar
+                    .rules
+                    .iter()
+                    .map(|r| variant(multiplied(p.requests, r.multiplier)))
+                    .collect();
+                Policy {
+                    name: p.name.as_str().into(),
+                    key: p.key,
+                    variants,
+                    by_rule,
+                }
+            })
+            .collect();
+        Limits {
+            policies,
+            trusted: rl
+                .trusted_proxies
+                .iter()
+                .map(|t| parse_net(t).expect("validated proxy address"))
+                .collect(),
+            headers_on_allowed: rl.headers_on_allowed,
+            keys: registry.keys.clone(),
+        }
+    }
+
+    /// Compiles a validated route's policy list.
+    pub fn route(&self, route: &RouteDoc, calendar: &Calendar, registry: &Registry) -> RouteLimits {
+        let ids: Vec<u16> = route
+            .limits
+            .iter()
+            .map(|n| {
+                self.policies
+                    .iter()
+                    .position(|p| *p.name == **n)
+                    .expect("validated policy name") as u16
+            })
+            .collect();
+        let header = |rule: Option<RuleId>| {
+            let items: Vec<String> = ids
+                .iter()
+                .map(|&i| self.policies[i as usize].policy_item(rule))
+                .collect();
+            HeaderValue::try_from(items.join(", ")).expect("validated policy names")
+        };
+        let policy_header = std::iter::once(None)
+            .chain((0..calendar.rules.len()).map(|r| Some(r as RuleId)))
+            .map(header)
+            .collect();
+        RouteLimits {
+            rejected: ids
+                .iter()
+                .map(|&i| {
+                    registry
+                        .rate_limited
+                        .with_label_values(&[route.name.as_str(), &*self.policies[i as usize].name])
+                })
+                .collect(),
+            policies: ids.into(),
+            route_key: key_hash(&self.keys, LimitKey::Route, route.name.as_bytes()),
+            policy_header,
+        }
+    }
+
+    /// Checks every policy of the route for this request under the active
+    /// season `rule`. `Ok(Some(..))` carries headers for the allowed
+    /// response when `headers_on_allowed` is set; `Err` is the strictest
+    /// refusal (the longest wait). A policy whose key the request lacks
+    /// (no client id, no API key) does not count it. Every policy takes its
+    /// cell even when another refuses, like nginx's `limit_req`.
+    pub fn check(
+        &self,
+        route: &RouteLimits,
+        rule: Option<RuleId>,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        detection: &Detection,
+    ) -> Result<Option<RateLimitHeaders>, Box<Denied>> {
+        // One key per kind, computed once.
+        let mut keys: [Option<Option<u64>>; 4] = [None; 4];
+        let mut denied: Option<(usize, Duration)> = None;
+        let mut tightest: Option<(usize, u32)> = None;
+        for (i, &p) in route.policies.iter().enumerate() {
+            let policy = &self.policies[p as usize];
+            let key = *keys[policy.key as usize]
+                .get_or_insert_with(|| self.key_of(policy.key, route, headers, peer, detection));
+            let Some(key) = key else { continue };
+            match policy.limiter(rule).check(key) {
+                Ok(remaining) => {
+                    if tightest.is_none_or(|(_, r)| remaining < r) {
+                        tightest = Some((i, remaining));
+                    }
+                }
+                Err(wait) => {
+                    route.rejected[i].inc();
+                    if denied.is_none_or(|(_, w)| wait > w) {
+                        denied = Some((i, wait));
+                    }
+                }
+            }
+        }
+        let policy_header = || route.policy_header[rule.map_or(0, |r| r as usize + 1)].clone();
+        if let Some((i, wait)) = denied {
+            let policy = &self.policies[route.policies[i] as usize];
+            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let retry_after = retry_after.max(1);
+            let limit = format!("\"{}\";r=0;t={retry_after}", policy.name);
+            return Err(Box::new(Denied {
+                policy: policy.name.clone(),
+                retry_after,
+                headers: RateLimitHeaders {
+                    policy: policy_header(),
+                    limit: HeaderValue::try_from(limit).expect("validated policy name"),
+                },
+            }));
+        }
+        match tightest {
+            Some((i, remaining)) if self.headers_on_allowed => {
+                let policy = &self.policies[route.policies[i] as usize];
+                let reset = policy.limiter(rule).reset_secs(remaining);
+                let limit = format!("\"{}\";r={remaining};t={reset}", policy.name);
+                Ok(Some(RateLimitHeaders {
+                    policy: policy_header(),
+                    limit: HeaderValue::try_from(limit).expect("validated policy name"),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn key_of(
+        &self,
+        kind: LimitKey,
+        route: &RouteLimits,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        detection: &Detection,
+    ) -> Option<u64> {
+        let header = |name| {
+            headers
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| key_hash(&self.keys, kind, v.as_bytes()))
+        };
+        match kind {
+            LimitKey::ClientId => header(&detection.client_header),
+            LimitKey::ApiKey => header(&detection.api_key_header),
+            LimitKey::Ip => Some(match client_ip(peer, headers, &self.trusted) {
+                IpAddr::V4(a) => key_hash(&self.keys, kind, &a.octets()),
+                IpAddr::V6(a) => key_hash(&self.keys, kind, &a.octets()),
+            }),
+            LimitKey::Route => Some(route.route_key),
+        }
+    }
+}
+
+/// `requests` times a season multiplier, rounded, at least 1.
+fn multiplied(requests: u32, multiplier: f64) -> u32 {
+    ((f64::from(requests) * multiplier).round() as u64).clamp(1, MAX_CAPACITY) as u32
+}
+
+/// The client address: the peer, unless the peer is a trusted proxy; then
+/// the right-most `x-forwarded-for` address that is not a trusted proxy
+/// (the left-most when all are), stopping at anything unparseable.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for part in text.rsplit(',') {
+            let Ok(ip) = part.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            let ip = ip.to_canonical();
+            if !is_trusted(&ip) {
+                return ip;
+            }
+            client = ip;
+        }
+    }
+    client
+}
+
+/// A CIDR (`10.0.0.0/8`) or a bare address (`10.1.2.3`).
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// Checks `[rate_limits]` and the routes' `limits`; errors carry field paths.
+pub fn validate(doc: &Document) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    let rl = &doc.rate_limits;
+    for (i, t) in rl.trusted_proxies.iter().enumerate() {
+        if parse_net(t).is_none() {
+            errs.push(ConfigError::at(
+                format!("rate_limits.trusted_proxies[{i}]"),
+                format!("{t:?} is not an address or CIDR like 10.0.0.0/8"),
+            ));
+        }
+    }
+    let max_multiplier = doc
+        .calendar
+        .seasons
+        .iter()
+        .map(|s| s.limit_multiplier)
+        .filter(|m| m.is_finite())
+        .fold(1.0f64, f64::max);
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in rl.policies.iter().enumerate() {
+        let path = format!("rate_limits.policies[{i}]");
+        if p.name.is_empty()
+            || p.name.len() > 64
+            || !p
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            errs.push(ConfigError::at(
+                format!("{path}.name"),
+                format!(
+                    "{:?} must be 1-64 printable characters without quotes or backslashes",
+                    p.name
+                ),
+            ));
+        }
+        if !names.insert(p.name.as_str()) {
+            errs.push(ConfigError::at(
+                format!("{path}.name"),
+                format!("duplicate policy {:?}", p.name),
+            ));
+        }
+        if p.requests == 0 {
+            errs.push(ConfigError::at(
+                format!("{path}.requests"),
+                "must be at least 1",
+            ));
+        }
+        if p.window_secs == 0 || p.window_secs > 86_400 {
+            errs.push(ConfigError::at(
+                format!("{path}.window_secs"),
+                format!("must be 1 to 86400 (a day), got {}", p.window_secs),
+            ));
+        }
+        let most = f64::from(p.requests) * max_multiplier + f64::from(p.burst);
+        if most > MAX_CAPACITY as f64 {
+            errs.push(ConfigError::at(
+                format!("{path}.requests"),
+                format!(
+                    "requests x the largest limit_multiplier + burst must be at most {MAX_CAPACITY}, got {most}"
+                ),
+            ));
+        }
+    }
+    for (i, r) in doc.routes.iter().enumerate() {
+        for (j, name) in r.limits.iter().enumerate() {
+            if !rl.policies.iter().any(|p| p.name == *name) {
+                errs.push(ConfigError::at(
+                    format!("routes[{i}].limits[{j}]"),
+                    format!("unknown policy {name:?}: not in rate_limits.policies"),
+                ));
+            }
+        }
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [
+            parse_net("10.0.0.0/8").unwrap(),
+            parse_net("192.168.1.1").unwrap(),
+        ];
+        // (case, peer, x-forwarded-for values, client)
+        let cases: &[(&str, &str, &[&str], &str)] = &[
+            (
+                "untrusted peer, spoofed header",
+                "203.0.113.9",
+                &["1.2.3.4"],
+                "203.0.113.9",
+            ),
+            ("trusted peer, no header", "10.1.1.1", &[], "10.1.1.1"),
+            (
+                "trusted peer, one hop",
+                "10.1.1.1",
+                &["198.51.100.7"],
+                "198.51.100.7",
+            ),
+            (
+                "client-supplied junk left of the real client",
+                "10.1.1.1",
+                &["6.6.6.6, 198.51.100.7, 10.2.2.2"],
+                "198.51.100.7",
+            ),
+            (
+                "two header lines",
+                "192.168.1.1",
+                &["198.51.100.7", "10.3.3.3"],
+                "198.51.100.7",
+            ),
+            (
+                "all trusted: left-most",
+                "10.1.1.1",
+                &["10.9.9.9, 10.8.8.8"],
+                "10.9.9.9",
+            ),
+            (
+                "garbage stops the walk",
+                "10.1.1.1",
+                &["198.51.100.7, nonsense"],
+                "10.1.1.1",
+            ),
+            (
+                "ipv4-mapped peer",
+                "::ffff:10.1.1.1",
+                &["198.51.100.7"],
+                "198.51.100.7",
+            ),
+        ];
+        for (case, peer, xff, want) in cases {
+            let mut h = HeaderMap::new();
+            for v in *xff {
+                h.append(X_FORWARDED_FOR, v.parse().unwrap());
+            }
+            assert_eq!(client_ip(ip(peer), &h, &trusted), ip(want), "case {case}");
+        }
+    }
+
+    #[test]
+    fn quota_plus_burst_then_refused_with_the_wait() {
+        let l = Limiter::new(3, 2, Duration::from_secs(60));
+        for i in 0..5 {
+            assert_eq!(l.check(7), Ok(4 - i), "request {i}");
+        }
+        let wait = l.check(7).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert_eq!(l.check(8), Ok(4), "another key has its own budget");
+    }
+
+    #[test]
+    fn registry_keeps_a_limiter_while_a_table_uses_it() {
+        let r = Registry::default();
+        let a = r.limiter("p", 1, 0, Duration::from_secs(60));
+        a.check(1).unwrap();
+        let b = r.limiter("p", 1, 0, Duration::from_secs(60));
+        assert!(b.check(1).is_err(), "same state");
+        drop((a, b));
+        let c = r.limiter("p", 1, 0, Duration::from_secs(60));
+        assert!(c.check(1).is_ok(), "no table held it: fresh");
+    }
+
+    #[test]
+    fn config_errors_name_their_fields() {
+        let text = r#"
+[[versions]]
+name = "v2"
+status = "current"
+
+[[pools]]
+name = "v2"
+version = "v2"
+endpoints = ["127.0.0.1:9002"]
+
+[[routes]]
+name = "api"
+default_version = "v2"
+limits = ["per-ip", "ghost"]
+sticky = ["cookie", "cookie"]
+sticky_cookie = "a b"
+canary_header = "x canary"
+
+[routes.profiles.peak]
+v2 = [{ pool = "v2", weight = 90 }, { pool = "nope", weight = 20 }]
+
+[routes.profiles.winter]
+v2 = [{ pool = "v2", weight = 100 }]
+
+[calendar]
+home_region = "mars-1"
+region_header = "bad header"
+
+[calendar.region_map]
+US = "us-east-9"
+
+[[calendar.regions]]
+name = "us-east-1"
+time_zone = "America/Nowhere"
+
+[[calendar.seasons]]
+name = "peak"
+regions = ["eu-west-9"]
+months = [0, 13]
+start = "10:00"
+end = "09:00"
+limit_multiplier = -1.0
+
+[[calendar.seasons]]
+name = "always"
+
+[rate_limits]
+trusted_proxies = ["10.0.0.0/33"]
+
+[[rate_limits.policies]]
+name = "per-ip"
+key = "ip"
+requests = 0
+window_secs = 0
+
+[[rate_limits.policies]]
+name = "per-ip"
+key = "ip"
+requests = 5
+"#;
+        let shown = crate::config::load(text, crate::config::Origin::Embedded("t"))
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "calendar.regions[0].time_zone: \"America/Nowhere\" is not an IANA time zone",
+            "calendar.home_region: unknown region \"mars-1\"",
+            "calendar.region_header: \"bad header\" is not a valid header name",
+            "calendar.region_map.US: unknown region \"us-east-9\"",
+            "calendar.seasons[0].regions[0]: unknown region \"eu-west-9\"",
+            "calendar.seasons[0].months[0]: months are 1 to 12, got 0",
+            "calendar.seasons[0].months[1]: months are 1 to 12, got 13",
+            "calendar.seasons[0].end: 09:00:00 is not after start 10:00:00",
+            "calendar.seasons[0].limit_multiplier: must be greater than 0",
+            "calendar.seasons[1]: needs months, weekdays, dates or a start/end window",
+            "routes[0].profiles.winter: unknown season \"winter\"",
+            "routes[0].profiles.peak.v2[1].pool: unknown pool \"nope\"",
+            "routes[0].profiles.peak.v2: weights must sum to 100, got 110",
+            "routes[0].sticky[1]: listed twice",
+            "routes[0].sticky_cookie: \"a b\" is not a cookie name",
+            "routes[0].canary_header: \"x canary\" is not a valid header name",
+            "routes[0].limits[1]: unknown policy \"ghost\"",
+            "rate_limits.trusted_proxies[0]: \"10.0.0.0/33\" is not an address or CIDR",
+            "rate_limits.policies[0].requests: must be at least 1",
+            "rate_limits.policies[0].window_secs: must be 1 to 86400 (a day), got 0",
+            "rate_limits.policies[1].name: duplicate policy \"per-ip\"",
+        ] {
+            assert!(shown.contains(want), "missing {want:?} in\n{shown}");
+        }
+    }
+
+    #[test]
+    fn multiplier_rounds_and_keeps_one() {
+        assert_eq!(multiplied(100, 2.9), 290);
+        assert_eq!(multiplied(3, 0.1), 1);
+        assert_eq!(multiplied(10, 5.1), 51);
+    }
+}
