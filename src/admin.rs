@@ -65,19 +65,22 @@ impl Handler for Admin {
             }
             (&Method::GET, "/admin/history") => self.history().await,
             (&Method::GET, "/admin/season") => json_response(StatusCode::OK, self.season()),
+            (&Method::GET, "/admin/upstreams") => {
+                json_response(StatusCode::OK, upstreams(&self.tables))
+            }
             (
                 _,
                 "/admin/table" | "/admin/status" | "/admin/reload" | "/admin/history"
-                | "/admin/season",
+                | "/admin/season" | "/admin/upstreams",
             ) => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
-                "GET /admin/table, /admin/status, /admin/history, /admin/season; POST /admin/reload",
+                "GET /admin/table, /admin/status, /admin/history, /admin/season, /admin/upstreams; POST /admin/reload",
             ),
             _ => problem(
                 StatusCode::NOT_FOUND,
                 "no-route",
-                "admin endpoints: /health/live, /health/ready, /admin/table, /admin/status, /admin/reload, /admin/history, /admin/season",
+                "admin endpoints: /health/live, /health/ready, /admin/table, /admin/status, /admin/reload, /admin/history, /admin/season, /admin/upstreams",
             ),
         }
     }
@@ -215,4 +218,32 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> 
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     resp
+}
+
+/// Pools, their endpoints' health and in-flight counts, and whether each
+/// pool (or its failover) can serve.
+pub fn upstreams(tables: &crate::table::TableHandle) -> serde_json::Value {
+    let Some(t) = tables.load() else {
+        return json!({"loaded": false});
+    };
+    let pools: Vec<_> = t
+        .pools
+        .iter()
+        .map(|p| {
+            let p = &p.pool;
+            json!({
+                "name": &*p.name,
+                "serving": p.serving(),
+                "failover": p.failover.as_ref().map(|f| &*f.name),
+                "active_checks": p.check.is_some(),
+                "endpoints": p.endpoints.iter().map(|e| {
+                    let mut r = serde_json::to_value(e.health.report()).unwrap_or_default();
+                    r["endpoint"] = e.authority.as_str().into();
+                    r["inflight"] = e.inflight().into();
+                    r
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"loaded": true, "pools": pools})
 }

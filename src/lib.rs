@@ -219,6 +219,7 @@ struct Plane {
     tls_watcher: Option<tokio::task::JoinHandle<()>>,
     seasons: tokio::task::JoinHandle<()>,
     evictor: tokio::task::JoinHandle<()>,
+    health: tokio::task::JoinHandle<()>,
 }
 
 impl Plane {
@@ -275,6 +276,10 @@ impl Plane {
                 .clone()
                 .evict_periodically(limit::EVICT_EVERY, shutdown.clone()),
         );
+        let health = tokio::spawn(upstream::health::run_checks(
+            control.tables.clone(),
+            shutdown.clone(),
+        ));
         let admin = tokio::spawn(server::serve(
             admin,
             admin_handler,
@@ -289,6 +294,7 @@ impl Plane {
             tls_watcher,
             seasons,
             evictor,
+            health,
         }
     }
 
@@ -302,5 +308,6 @@ impl Plane {
         }
         let _ = self.seasons.await;
         let _ = self.evictor.await;
+        let _ = self.health.await;
     }
 }

@@ -720,11 +720,31 @@ fn prepare_upstream_headers(
 /// `/health/live` and `/health/ready`, shared by both listeners.
 pub fn health(path: &str, tables: &TableHandle) -> Option<Response<Body>> {
     let (status, body) = match path {
-        "/health/live" => (StatusCode::OK, "{\"status\":\"live\"}"),
-        "/health/ready" if tables.is_ready() => (StatusCode::OK, "{\"status\":\"ready\"}"),
+        "/health/live" => (StatusCode::OK, "{\"status\":\"live\"}".to_string()),
+        "/health/ready" if tables.is_ready() => {
+            // Degraded (a pool and its failover have no available
+            // endpoint) is still ready: taking every replica out of the
+            // Service would turn one dead pool into a full outage.
+            let down: Vec<String> = tables
+                .load()
+                .map(|t| {
+                    t.pools
+                        .iter()
+                        .filter(|p| !p.pool.serving())
+                        .map(|p| p.pool.name.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if down.is_empty() {
+                (StatusCode::OK, "{\"status\":\"ready\"}".to_string())
+            } else {
+                let body = serde_json::json!({"status": "degraded", "pools_down": down});
+                (StatusCode::OK, body.to_string())
+            }
+        }
         "/health/ready" => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "{\"status\":\"not ready\",\"reason\":\"no routing table loaded\"}",
+            "{\"status\":\"not ready\",\"reason\":\"no routing table loaded\"}".to_string(),
         ),
         _ => return None,
     };

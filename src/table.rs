@@ -164,7 +164,7 @@ impl RoutingTable {
             .enumerate()
             .map(|(i, p)| (p.name.as_str(), i as PoolId))
             .collect();
-        let pools: Vec<PoolEntry> = doc
+        let mut pools: Vec<PoolEntry> = doc
             .pools
             .iter()
             .map(|p| PoolEntry {
@@ -179,9 +179,24 @@ impl RoutingTable {
                         (None, HostHeader::Endpoint) => HostRewrite::Endpoint,
                         (None, HostHeader::Preserve) => HostRewrite::Preserve,
                     },
+                    outlier: Some((&p.outlier).into()),
+                    check: p.health.as_ref().map(Into::into),
+                    failover: None,
                 },
             })
             .collect();
+        // Failover targets are copies without their own failover (one hop).
+        let targets: Vec<Option<Arc<Pool>>> = doc
+            .pools
+            .iter()
+            .map(|p| {
+                let f = p.failover.as_deref()?;
+                Some(Arc::new(pools[pid[f] as usize].pool.without_failover()))
+            })
+            .collect();
+        for (entry, target) in pools.iter_mut().zip(targets) {
+            entry.pool.failover = target;
+        }
         let routes = doc
             .routes
             .iter()

@@ -311,6 +311,77 @@ pub struct PoolDoc {
     pub host_header: HostHeader,
     /// Set `Host` to this value instead (overrides `host_header`).
     pub host: Option<String>,
+    /// Another pool of the same version that takes this pool's traffic while
+    /// none of its endpoints is available (one hop: the failover pool's own
+    /// `failover` is not followed). Unset = 503 when all are down.
+    #[serde(default)]
+    pub failover: Option<String>,
+    /// Active health checks (`[pools.health]`); unset = none.
+    #[serde(default)]
+    pub health: Option<HealthDoc>,
+    /// Passive outlier ejection (`[pools.outlier]`); on with its defaults.
+    #[serde(default)]
+    pub outlier: OutlierDoc,
+}
+
+/// `[pools.health]`: each endpoint is probed with `GET path` on its own
+/// connection. Endpoints start healthy (a restart never waits for checks).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthDoc {
+    /// Probe path. Default `/health`.
+    pub path: String,
+    /// Time between probes of one endpoint, in ms. Default 5000.
+    pub interval_ms: u64,
+    /// Probe timeout (connect and response), in ms. Default 1000.
+    pub timeout_ms: u64,
+    /// Status a healthy endpoint answers; unset = any 2xx.
+    pub expected_status: Option<u16>,
+    /// Successes in a row that make an unhealthy endpoint healthy. Default 2.
+    pub healthy_threshold: u32,
+    /// Failures in a row that make a healthy endpoint unhealthy. Default 3.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthDoc {
+    fn default() -> Self {
+        HealthDoc {
+            path: "/health".into(),
+            interval_ms: 5_000,
+            timeout_ms: 1_000,
+            expected_status: None,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+/// `[pools.outlier]`: an endpoint that fails `consecutive_failures` times
+/// in a row (connect failure, timeout, protocol error or 5xx) is ejected for
+/// `base_ejection_ms` times the number of its ejections, at most
+/// `max_ejection_ms`; never more than `max_ejected_percent` of a pool at once.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDoc {
+    /// Failures in a row that eject an endpoint; 0 = never eject. Default 5.
+    pub consecutive_failures: u32,
+    /// First ejection length, in ms; each further one adds as much. Default 10000.
+    pub base_ejection_ms: u64,
+    /// Longest ejection, in ms. Default 300000.
+    pub max_ejection_ms: u64,
+    /// Most of a pool's endpoints ejected at once, in percent. Default 50.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDoc {
+    fn default() -> Self {
+        OutlierDoc {
+            consecutive_failures: 5,
+            base_ejection_ms: 10_000,
+            max_ejection_ms: 300_000,
+            max_ejected_percent: 50,
+        }
+    }
 }
 
 /// One weighted target in a split.

@@ -258,6 +258,73 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
         }
     }
 
+    for (i, p) in doc.pools.iter().enumerate() {
+        let path = format!("pools[{i}]");
+        if let Some(f) = &p.failover {
+            match pools.get(f.as_str()) {
+                None => err(format!("{path}.failover"), format!("unknown pool {f:?}")),
+                Some(_) if *f == p.name => err(
+                    format!("{path}.failover"),
+                    "a pool cannot fail over to itself".into(),
+                ),
+                // Another version's pool would answer in the wrong shape.
+                Some(v) if *v != p.version => err(
+                    format!("{path}.failover"),
+                    format!("pool {f:?} serves {v}, this pool serves {}", p.version),
+                ),
+                Some(_) => {}
+            }
+        }
+        if let Some(h) = &p.health {
+            if !h.path.starts_with('/') {
+                err(
+                    format!("{path}.health.path"),
+                    format!("{:?} must start with /", h.path),
+                );
+            }
+            for (key, v) in [("interval_ms", h.interval_ms), ("timeout_ms", h.timeout_ms)] {
+                if v == 0 {
+                    err(
+                        format!("{path}.health.{key}"),
+                        "must be greater than 0".into(),
+                    );
+                }
+            }
+            for (key, v) in [
+                ("healthy_threshold", h.healthy_threshold),
+                ("unhealthy_threshold", h.unhealthy_threshold),
+            ] {
+                if v == 0 {
+                    err(format!("{path}.health.{key}"), "must be at least 1".into());
+                }
+            }
+            if let Some(code) = h.expected_status
+                && !(100..=599).contains(&code)
+            {
+                err(
+                    format!("{path}.health.expected_status"),
+                    format!("{code} is not an HTTP status"),
+                );
+            }
+        }
+        let o = &p.outlier;
+        if o.max_ejected_percent > 100 {
+            err(
+                format!("{path}.outlier.max_ejected_percent"),
+                format!("must be at most 100, got {}", o.max_ejected_percent),
+            );
+        }
+        if o.base_ejection_ms == 0 || o.base_ejection_ms > o.max_ejection_ms {
+            err(
+                format!("{path}.outlier.base_ejection_ms"),
+                format!(
+                    "must be between 1 and max_ejection_ms ({}), got {}",
+                    o.max_ejection_ms, o.base_ejection_ms
+                ),
+            );
+        }
+    }
+
     // pins
     for (client, version) in &doc.pins {
         if !known(version) {

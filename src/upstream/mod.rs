@@ -29,6 +29,8 @@ use tokio::net::TcpStream;
 
 use crate::body::{Body, BodyError};
 
+pub mod health;
+
 /// Idle connections older than this are dropped at checkout: 90 s, longer
 /// than typical upstream keep-alive timeouts would race; a request that
 /// still meets a connection the upstream closed is retried once (see
@@ -104,6 +106,18 @@ impl UpstreamError {
         }
     }
 
+    /// Whether the endpoint is to blame (counts toward outlier ejection);
+    /// the client's own body failing does not.
+    pub fn is_endpoint_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::ConnectTimeout { .. }
+                | Self::Timeout { .. }
+                | Self::Protocol { .. }
+        )
+    }
+
     /// Stable slug for problem `type` and metrics.
     #[deny(clippy::wildcard_enum_match_arm)]
     pub fn kind(&self) -> &'static str {
@@ -127,6 +141,8 @@ pub struct Endpoint {
     /// `Host` value for `host_header = "endpoint"`.
     pub host_value: HeaderValue,
     inflight: AtomicU32,
+    /// Active-check verdict and passive ejection.
+    pub health: health::Health,
 }
 
 impl Endpoint {
@@ -165,15 +181,28 @@ pub struct Pool {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Host header policy.
     pub host: HostRewrite,
+    /// Passive ejection policy.
+    pub outlier: Option<health::Outlier>,
+    /// Active health check, if configured.
+    pub check: Option<health::Check>,
+    /// Takes the traffic while no endpoint here is available (one hop).
+    pub failover: Option<Arc<Pool>>,
 }
 
 impl Pool {
-    /// Power of two choices on in-flight count: two random endpoints, the
-    /// less busy wins. Near-optimal balance without a global scan or lock.
+    /// Power of two choices on in-flight count among available endpoints
+    /// (healthy and not ejected): two random endpoints, the less busy
+    /// wins; if neither is available, the first available one from a random
+    /// start. Near-optimal balance without a global scan or lock.
     pub fn choose(&self) -> Option<&Arc<Endpoint>> {
-        match self.endpoints.len() {
+        let mut now = None;
+        let n = self.endpoints.len();
+        match n {
             0 => None,
-            1 => self.endpoints.first(),
+            1 => {
+                let e = &self.endpoints[0];
+                e.health.available(&mut now).then_some(e)
+            }
             n => {
                 let a = fastrand::usize(..n);
                 let mut b = fastrand::usize(..n - 1);
@@ -181,12 +210,42 @@ impl Pool {
                     b += 1;
                 }
                 let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-                Some(if eb.inflight() < ea.inflight() {
-                    eb
-                } else {
-                    ea
-                })
+                match (ea.health.available(&mut now), eb.health.available(&mut now)) {
+                    (true, true) if eb.inflight() < ea.inflight() => Some(eb),
+                    (true, _) => Some(ea),
+                    (false, true) => Some(eb),
+                    (false, false) => (1..n)
+                        .map(|i| &self.endpoints[(a + i) % n])
+                        .find(|e| e.health.available(&mut now)),
+                }
             }
+        }
+    }
+
+    /// An endpoint of this pool, or of its failover pool when none here is
+    /// available; with the pool it belongs to (its Host policy applies).
+    pub fn pick(&self) -> Option<(&Pool, &Arc<Endpoint>)> {
+        if let Some(ep) = self.choose() {
+            return Some((self, ep));
+        }
+        let f = self.failover.as_deref()?;
+        f.choose().map(|ep| (f, ep))
+    }
+
+    /// Whether this pool or its failover has an available endpoint.
+    pub fn serving(&self) -> bool {
+        self.pick().is_some()
+    }
+
+    /// The same pool without a failover (what another pool fails over to).
+    pub fn without_failover(&self) -> Pool {
+        Pool {
+            name: self.name.clone(),
+            endpoints: self.endpoints.clone(),
+            host: self.host.clone(),
+            outlier: self.outlier,
+            check: self.check.clone(),
+            failover: None,
         }
     }
 }
@@ -216,6 +275,7 @@ impl Upstream {
                     authority: addr.parse().expect("validated endpoint"),
                     host_value: HeaderValue::from_str(addr).expect("validated endpoint"),
                     inflight: AtomicU32::new(0),
+                    health: health::Health::default(),
                 })
             })
             .clone()
@@ -234,7 +294,7 @@ impl Upstream {
         mut req: Request<Body>,
         timeouts: Timeouts,
     ) -> Result<Response<Body>, UpstreamError> {
-        let ep = pool.choose().ok_or(UpstreamError::NoEndpoint)?;
+        let (pool, ep) = pool.pick().ok_or(UpstreamError::NoEndpoint)?;
         let client_authority = req.uri().authority().cloned();
         // Origin form: the connection is to the endpoint already.
         let pq = req
@@ -262,13 +322,20 @@ impl Upstream {
 
         ep.inflight.fetch_add(1, Ordering::Relaxed);
         let _guard = InflightGuard(ep);
-        match tokio::time::timeout(timeouts.response, exchange(ep, req, timeouts)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout {
-                endpoint: ep.authority.clone(),
-                after: timeouts.response,
-            }),
-        }
+        let result =
+            match tokio::time::timeout(timeouts.response, exchange(ep, req, timeouts)).await {
+                Ok(result) => result,
+                Err(_) => Err(UpstreamError::Timeout {
+                    endpoint: ep.authority.clone(),
+                    after: timeouts.response,
+                }),
+            };
+        let failed = match &result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(e) => e.is_endpoint_fault(),
+        };
+        health::record(pool, ep, failed);
+        result
     }
 }
 
