@@ -26,6 +26,10 @@ pub struct Admin {
     pub control: Arc<Control>,
     /// Bearer token for `/admin/*`; `None` = open.
     pub token: Option<String>,
+    /// The proxy's response cache (`POST /admin/cache/purge`, size gauges).
+    pub cache: Arc<crate::cache::ResponseCache>,
+    /// Clients named in the version-usage metrics (`metrics_top_clients`).
+    pub top_clients: usize,
 }
 
 impl Handler for Admin {
@@ -35,6 +39,13 @@ impl Handler for Admin {
             return resp;
         }
         if path == "/metrics" {
+            // Gauges computed from live state at scrape time, off the request path.
+            let usage = self.cache.usage().await;
+            self.control.metrics.requests.refresh_gauges(
+                self.tables.load().as_deref(),
+                self.top_clients,
+                usage,
+            );
             let mut resp = Response::new(Body::full(self.control.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -44,6 +55,16 @@ impl Handler for Admin {
         }
         if let Err(resp) = self.authorize(&req) {
             return resp;
+        }
+        if path == "/admin/cache/purge" {
+            return match *req.method() {
+                Method::POST => self.purge(req).await,
+                _ => problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method-not-allowed",
+                    "POST /admin/cache/purge",
+                ),
+            };
         }
         let method = req.method();
         match (method, path) {
@@ -80,7 +101,7 @@ impl Handler for Admin {
             _ => problem(
                 StatusCode::NOT_FOUND,
                 "no-route",
-                "admin endpoints: /health/live, /health/ready, /admin/table, /admin/status, /admin/reload, /admin/history, /admin/season, /admin/upstreams",
+                "admin endpoints: /health/live, /health/ready, /admin/table, /admin/status, /admin/reload, /admin/history, /admin/season, /admin/upstreams, /admin/cache/purge",
             ),
         }
     }
@@ -146,6 +167,56 @@ impl Admin {
                 &format!("redis: {e}"),
             ),
         }
+    }
+
+    /// `POST /admin/cache/purge` with `{"route": "api", "path_prefix":
+    /// "/api/orders"}` (either or both; both must match): drops the matching
+    /// cached responses and says how many.
+    async fn purge(&self, req: Request<Incoming>) -> Response<Body> {
+        use http_body_util::BodyExt;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Purge {
+            route: Option<String>,
+            path_prefix: Option<String>,
+        }
+        // 64 KiB: a purge request is a few dozen bytes.
+        let body = match Body::limited(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    "the request body could not be read (at most 64 KiB)",
+                );
+            }
+        };
+        let purge: Purge = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    &format!("expected {{\"route\": ..., \"path_prefix\": ...}}: {e}"),
+                );
+            }
+        };
+        if purge.route.is_none() && purge.path_prefix.is_none() {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "nothing-to-purge",
+                "name a route, a path_prefix (\"/\" for everything), or both",
+            );
+        }
+        let purged = self
+            .cache
+            .purge(purge.route.as_deref(), purge.path_prefix.as_deref())
+            .await;
+        tracing::info!(route = ?purge.route, path_prefix = ?purge.path_prefix, purged, "cache purged");
+        json_response(
+            StatusCode::OK,
+            json!({"purged": purged, "route": purge.route, "path_prefix": purge.path_prefix}),
+        )
     }
 
     /// The active season per region and the season names.

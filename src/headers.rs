@@ -29,3 +29,9 @@ pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connecti
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// IETF draft (httpapi-ratelimit-headers): remaining quota and reset.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// W3C Trace Context: the trace and the caller's span.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C Trace Context: vendor-specific trace state, forwarded untouched.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// Response cache outcome: `HIT`, `MISS` or `STALE`.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");

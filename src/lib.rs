@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -10,6 +11,7 @@ pub mod demo;
 pub mod framing;
 pub mod headers;
 pub mod limit;
+pub mod metrics;
 pub mod pipeline;
 pub mod problem;
 pub mod route;
@@ -18,6 +20,7 @@ pub mod server;
 pub mod split;
 pub mod table;
 pub mod tls;
+pub mod trace;
 pub mod translate;
 pub mod upstream;
 pub mod version;
@@ -250,7 +253,12 @@ impl Plane {
             options.clock,
         ));
         let conn = server::ConnSettings::from(&doc.server);
-        let gateway = Arc::new(Gateway::new(tables.clone(), upstream, &doc.server));
+        let gateway = Arc::new(Gateway::new(
+            tables.clone(),
+            upstream,
+            &doc.server,
+            control.metrics.requests.clone(),
+        ));
         let token = std::env::var("SWITCHYARD_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty())
@@ -259,6 +267,8 @@ impl Plane {
             tables,
             control: control.clone(),
             token,
+            cache: gateway.cache.clone(),
+            top_clients: doc.server.metrics_top_clients,
         });
         control.start_with_file(doc, origin, options.text).await;
         let watcher = tokio::spawn(control.clone().watch(shutdown.clone()));

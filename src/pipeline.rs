@@ -7,22 +7,30 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{Body, BodyError};
+use crate::cache::{CacheStatus, Entry, Key, Miss, ResponseCache, RouteCache};
 use crate::config::{ServerSettings, Source, UnderscoreHeaders};
 use crate::headers::*;
+use crate::metrics::{Outcome, RequestMetrics};
 use crate::problem::GatewayError;
 use crate::route::{self, PathError};
 use crate::split;
 use crate::table::{RoutingTable, TableHandle};
+use crate::trace::TraceContext;
 use crate::translate::{TranslateError, has_json_body, parse_json, set_body_headers, to_bytes};
-use crate::upstream::Upstream;
+use crate::upstream::{Endpoint, Upstream, UpstreamError};
 use crate::version::{self, Detected, RequestView, ResolveError};
+
+/// The access log's `tracing` target: `RUST_LOG=switchyard::access=off`
+/// silences it, `info` (the default level) keeps it.
+pub const ACCESS_LOG: &str = "switchyard::access";
 
 /// Limits and switches from the process settings, in request-path form.
 #[derive(Debug, Clone)]
@@ -46,14 +54,19 @@ impl From<&ServerSettings> for Admission {
     }
 }
 
-/// The proxy: shared by every connection of the proxy listener.
-#[derive(Debug)]
+/// The proxy: shared by every connection of the proxy listener. Cheap to
+/// clone (handles only): a background cache refresh takes a copy.
+#[derive(Debug, Clone)]
 pub struct Gateway {
     /// The published routing table.
     pub tables: Arc<TableHandle>,
     /// Long-lived upstream clients and endpoint state.
     pub upstream: Arc<Upstream>,
     admission: Admission,
+    /// Request metric families (each table carries its label handles).
+    pub metrics: Arc<RequestMetrics>,
+    /// The response cache shared by every cached route.
+    pub cache: Arc<ResponseCache>,
 }
 
 /// What the phases learned about one request, for the response headers and
@@ -71,6 +84,46 @@ struct RequestContext {
     rate_limit: Option<crate::limit::RateLimitHeaders>,
     /// A sticky identity cookie the gateway just assigned.
     set_cookie: Option<HeaderValue>,
+    /// The W3C trace this request belongs to.
+    trace: Option<TraceContext>,
+    /// When the request head arrived.
+    started: Option<Instant>,
+    /// The request's declared body length.
+    bytes_in: Option<u64>,
+    /// The pool, endpoint and time to the upstream's response head, once forwarded.
+    pool: Option<crate::split::PoolId>,
+    endpoint: Option<Arc<Endpoint>>,
+    upstream_time: Option<Duration>,
+    /// The cache outcome on a cached route.
+    cache: Option<CacheStatus>,
+}
+
+/// Everything after the split needs: the snapshot, the route, the version
+/// detected, the normalised path and the target pool.
+#[derive(Clone, Copy)]
+struct Hop<'a> {
+    table: &'a RoutingTable,
+    route: &'a crate::table::Route,
+    detected: Detected,
+    path: &'a std::borrow::Cow<'a, str>,
+    pool: crate::split::PoolId,
+}
+
+/// Counts a request in flight until dropped (also when the client goes
+/// away mid-request and hyper drops the handler's future).
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> InFlight<'a> {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -90,34 +143,49 @@ impl Gateway {
         tables: Arc<TableHandle>,
         upstream: Arc<Upstream>,
         settings: &ServerSettings,
+        metrics: Arc<RequestMetrics>,
     ) -> Gateway {
         Gateway {
             tables,
             upstream,
             admission: settings.into(),
+            metrics,
+            cache: Arc::new(ResponseCache::new(settings.cache_max_bytes)),
         }
     }
 
     /// Handles one request. Always answers.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let mut ctx = RequestContext {
             request_id: Some(request_id(req.headers())),
+            trace: Some(TraceContext::from_headers(req.headers())),
+            started: Some(Instant::now()),
+            bytes_in: content_length(req.headers()),
             ..Default::default()
         };
         let method = req.method().clone();
-        let result = self.run(&mut ctx, req, peer).await;
-        self.finish(ctx, &method, result)
+        // Only the access log reads the path after the request is gone.
+        let uri =
+            tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| req.uri().clone());
+        let result = self.run(&mut ctx, req.map(Some), peer).await;
+        self.finish(ctx, &method, uri.as_ref(), result)
     }
 
+    /// The phases up to the split; then the cache or `forward`. The body is
+    /// an `Option` so a background refresh can run `forward` without one.
     async fn run(
         &self,
         ctx: &mut RequestContext,
-        mut req: Request<Incoming>,
+        mut req: Request<Option<Incoming>>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, GatewayError> {
         // admit
         self.admit(&mut req)?;
-        let path = route::normalize(req.uri().path()).map_err(|e| GatewayError::BadRequest {
+        // The path borrows a copy of the URI (reference-counted bytes), so
+        // the request itself can move on to `forward`.
+        let uri = req.uri().clone();
+        let path = route::normalize(uri.path()).map_err(|e| GatewayError::BadRequest {
             reason: match e {
                 PathError::EscapesRoot => "path escapes the root with ..",
                 PathError::BadEscape => "path has an invalid percent-escape",
@@ -139,6 +207,7 @@ impl Gateway {
             .ok_or(GatewayError::NoRoute)?;
         let route = table.route(route_id);
         ctx.route = Some(route_id);
+        ctx.table = Some(table.clone());
         let view = RequestView {
             path: &path,
             query: req.uri().query(),
@@ -181,7 +250,6 @@ impl Gateway {
         }
         // Errors from here on still say which version was detected.
         ctx.detected = Some(detected);
-        ctx.table = Some(table.clone());
         if version.lifecycle.is_sunset(jiff::Timestamp::now()) {
             let successor = version
                 .successor
@@ -202,6 +270,12 @@ impl Gateway {
                     version: version.name.clone(),
                 });
             }
+        }
+
+        if let Some(client) = req.headers().get(&route.detection.client_header) {
+            table
+                .metrics
+                .client_seen(client.as_bytes(), detected.version);
         }
 
         // season: one atomic load of the region's active rule
@@ -237,8 +311,45 @@ impl Gateway {
             |p| &*table.pools[p as usize].pool.name,
         );
         ctx.set_cookie = picked.set_cookie;
-        let pool_entry = &table.pools[picked.pool as usize];
-        ctx.target = Some(pool_entry.version);
+        ctx.target = Some(table.pools[picked.pool as usize].version);
+
+        let hop = Hop {
+            table: &table,
+            route,
+            detected,
+            path: &path,
+            pool: picked.pool,
+        };
+        // cache: after limits (a hot cached key still counts against its
+        // quota) and the split (a hit reports the version that answered)
+        if let Some(rc) = &route.cache
+            && (req.method() == Method::GET || req.method() == Method::HEAD)
+            && content_length(req.headers()).is_none_or(|n| n == 0)
+            && req.body().as_ref().is_none_or(body_is_empty)
+        {
+            return self.cached(ctx, rc, hop, req, peer).await;
+        }
+        self.forward(ctx, hop, req, peer).await
+    }
+
+    /// Translate up, forward, translate down: everything after the split,
+    /// for a request the cache did not answer (and for background refreshes).
+    async fn forward(
+        &self,
+        ctx: &mut RequestContext,
+        hop: Hop<'_>,
+        req: Request<Option<Incoming>>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Hop {
+            table,
+            route,
+            detected,
+            path,
+            pool: pool_id,
+        } = hop;
+        let version = &table.versions[detected.version as usize];
+        let pool_entry = &table.pools[pool_id as usize];
 
         // forward
         let declared = content_length(req.headers());
@@ -288,7 +399,10 @@ impl Gateway {
             https,
             ctx.request_id.as_ref(),
         );
-        let no_body = declared.is_none_or(|n| n == 0) && body_is_empty(&body);
+        if let Some(trace) = &ctx.trace {
+            trace.propagate(&mut parts.headers);
+        }
+        let no_body = declared.is_none_or(|n| n == 0) && body.as_ref().is_none_or(body_is_empty);
         let body = match (plan, exchange.as_mut()) {
             (Some(plan), Some(ex)) => {
                 let target = &table.versions[pool_entry.version as usize];
@@ -306,16 +420,18 @@ impl Gateway {
                             limit: limits.max_bytes,
                         }));
                     }
-                    let bytes = collect_limited(Body::stream(body), limits.max_bytes)
-                        .await
-                        .map_err(|e| match e {
-                            BodyError::TooLarge { limit } => {
-                                fail(TranslateError::TooLarge { limit })
-                            }
-                            BodyError::Stream(_) => GatewayError::BadRequest {
-                                reason: "request body stream failed",
-                            },
-                        })?;
+                    let body = body.map_or_else(Body::empty, Body::stream);
+                    let bytes =
+                        collect_limited(body, limits.max_bytes)
+                            .await
+                            .map_err(|e| match e {
+                                BodyError::TooLarge { limit } => {
+                                    fail(TranslateError::TooLarge { limit })
+                                }
+                                BodyError::Stream(_) => GatewayError::BadRequest {
+                                    reason: "request body stream failed",
+                                },
+                            })?;
                     // An empty body (e.g. chunked with no data) is no body.
                     let value = if bytes.is_empty() {
                         None
@@ -368,12 +484,23 @@ impl Gateway {
         }
         let method = parts.method.clone();
         let upstream_req = Request::from_parts(parts, body);
-        let resp = Upstream::forward(&pool_entry.pool, upstream_req, route.timeouts)
-            .await
-            .map_err(|source| GatewayError::Upstream {
-                pool: pool_entry.pool.name.clone(),
-                source,
-            })?;
+        let upstream_failed = |source| GatewayError::Upstream {
+            pool: pool_entry.pool.name.clone(),
+            source,
+        };
+        // This pool's endpoint, or its failover pool's when none is available.
+        let (serving_pool, endpoint) = pool_entry
+            .pool
+            .pick()
+            .ok_or_else(|| upstream_failed(UpstreamError::NoEndpoint))?;
+        ctx.pool = Some(pool_id);
+        ctx.endpoint = Some(endpoint.clone());
+        let sent = Instant::now();
+        let resp = Upstream::forward_to(serving_pool, endpoint, upstream_req, route.timeouts).await;
+        let waited = sent.elapsed();
+        ctx.upstream_time = Some(waited);
+        table.metrics.upstream(pool_id, waited);
+        let resp = resp.map_err(upstream_failed)?;
 
         // respond (translate the response down to the client's version)
         let (mut parts, body) = resp.into_parts();
@@ -459,7 +586,7 @@ impl Gateway {
     }
 
     /// Framing and hygiene rules hyper does not enforce by itself.
-    fn admit(&self, req: &mut Request<Incoming>) -> Result<(), GatewayError> {
+    fn admit<B>(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
         let a = &self.admission;
         let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         if uri_len > a.max_uri_bytes {
@@ -533,20 +660,50 @@ impl Gateway {
         &self,
         ctx: RequestContext,
         method: &http::Method,
+        uri: Option<&Uri>,
         result: Result<Response<Body>, GatewayError>,
     ) -> Response<Body> {
+        let trace_id = ctx.trace.as_ref().map(TraceContext::trace_id);
+        let mut error = None;
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 if e.status().is_server_error() {
-                    tracing::warn!(request_id = ?ctx.request_id, error = %e, source = ?std::error::Error::source(&e), "request failed");
+                    tracing::warn!(request_id = ?ctx.request_id, trace_id, error = %e, source = ?std::error::Error::source(&e), "request failed");
                 } else {
-                    tracing::debug!(request_id = ?ctx.request_id, error = %e, "request rejected");
+                    tracing::debug!(request_id = ?ctx.request_id, trace_id, error = %e, "request rejected");
                 }
-                e.to_response(ctx.request_id.as_ref())
+                self.count_error(&ctx, &e);
+                error = Some(e.kind());
+                e.to_response_traced(ctx.request_id.as_ref(), trace_id)
             }
         };
+        let status = resp.status();
+        let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
+        match (ctx.table.as_deref(), ctx.route) {
+            (Some(table), Some(route)) => {
+                table.metrics.record(
+                    table,
+                    Outcome {
+                        route,
+                        client: ctx.detected.map(|d| d.version),
+                        target: ctx.target,
+                        source: ctx.detected.map(|d| d.source),
+                        status,
+                        elapsed,
+                    },
+                );
+                if let Some(c) = ctx.cache {
+                    table.metrics.cache(route, c);
+                }
+            }
+            _ => self.metrics.record_unmatched(status, elapsed),
+        }
+        access_log(&ctx, method, uri, &resp, elapsed, error);
         let h = resp.headers_mut();
+        if let Some(c) = ctx.cache {
+            h.insert(X_CACHE, c.header());
+        }
         if let Some(id) = ctx.request_id {
             h.insert(X_REQUEST_ID, id);
         }
@@ -582,9 +739,279 @@ impl Gateway {
                 h.append(header::LINK, l.clone());
             }
         }
-        tracing::trace!(%method, status = resp.status().as_u16(), "answered");
         resp
     }
+
+    /// Counts the failures that have their own metrics (an error path:
+    /// labels are resolved per call).
+    fn count_error(&self, ctx: &RequestContext, e: &GatewayError) {
+        let route = match (ctx.table.as_deref(), ctx.route) {
+            (Some(t), Some(r)) => &*t.route(r).name,
+            _ => crate::metrics::NONE,
+        };
+        match e {
+            GatewayError::RequestTranslation { from, to, .. } => {
+                self.metrics.translation_error(route, from, to, "request");
+            }
+            GatewayError::ResponseTranslation { from, to, .. } => {
+                self.metrics.translation_error(route, from, to, "response");
+            }
+            GatewayError::Upstream { pool, source } => {
+                self.metrics.upstream_error(pool, source.kind());
+            }
+            _ => {}
+        }
+    }
+
+    /// The cache phase for a GET or HEAD on a cached route: a fresh entry
+    /// answers (HIT); a stale one inside its stale-while-revalidate window
+    /// answers (STALE) while one background request refreshes it; otherwise
+    /// the request is forwarded (MISS), concurrent misses on one key
+    /// coalesced into one upstream request.
+    async fn cached(
+        &self,
+        ctx: &mut RequestContext,
+        rc: &RouteCache,
+        hop: Hop<'_>,
+        req: Request<Option<Incoming>>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, GatewayError> {
+        let version = &hop.table.versions[hop.detected.version as usize];
+        let key = rc.key(
+            &hop.route.name,
+            req.method(),
+            req.uri().path_and_query().map_or("/", PathAndQuery::as_str),
+            &version.name,
+            req.headers(),
+        );
+        let now = Instant::now();
+        if let Some(entry) = self.cache.get(&key).await {
+            if entry.is_fresh(now) {
+                return Ok(serve_cached(ctx, hop.table, &entry, CacheStatus::Hit, now));
+            }
+            if entry.is_stale_usable(now) {
+                if entry.begin_refresh() {
+                    self.spawn_refresh(ctx, hop, &req, key, entry.clone(), peer);
+                }
+                return Ok(serve_cached(
+                    ctx,
+                    hop.table,
+                    &entry,
+                    CacheStatus::Stale,
+                    now,
+                ));
+            }
+            // Expired by our clock a moment before moka's: drop it, so the
+            // miss below stores a new one instead of finding this one.
+            self.cache.invalidate(&key).await;
+        }
+        let authorized = req.headers().contains_key(header::AUTHORIZATION);
+        let mut pending = Some(req);
+        let miss = async {
+            let req = pending.take().expect("moka runs an init future once");
+            let resp = self
+                .forward(ctx, hop, req, peer)
+                .await
+                .map_err(Miss::failed)?;
+            to_entry(ctx, rc, hop, authorized, resp).await
+        };
+        let outcome = self.cache.coalesce(key, miss).await;
+        ctx.cache = Some(CacheStatus::Miss);
+        match (outcome, pending.take()) {
+            // This request's miss, stored.
+            (Ok(entry), None) => Ok(entry.response(CacheStatus::Miss, now)),
+            // Another request's miss: its entry answers this one too.
+            (Ok(entry), Some(_)) => Ok(serve_cached(
+                ctx,
+                hop.table,
+                &entry,
+                CacheStatus::Hit,
+                Instant::now(),
+            )),
+            // This request's miss, not storable: its own response or error.
+            (Err(miss), None) => miss.take().expect("the owner takes its miss once"),
+            // Another request's miss that may not be shared: forward this one.
+            (Err(_), Some(req)) => self.forward(ctx, hop, req, peer).await,
+        }
+    }
+
+    /// Refreshes a stale entry in the background with a copy of the request
+    /// that found it (on the current thread's runtime). A failed refresh
+    /// releases the entry's claim, so a later request tries again.
+    fn spawn_refresh(
+        &self,
+        ctx: &RequestContext,
+        hop: Hop<'_>,
+        req: &Request<Option<Incoming>>,
+        key: Key,
+        stale: Arc<Entry>,
+        peer: SocketAddr,
+    ) {
+        let (Some(table), Some(route_id)) = (ctx.table.clone(), ctx.route) else {
+            stale.end_refresh();
+            return;
+        };
+        let mut copy = Request::new(None::<Incoming>);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        let mut ctx = RequestContext {
+            request_id: ctx.request_id.clone(),
+            trace: ctx.trace,
+            table: Some(table.clone()),
+            route: Some(route_id),
+            detected: Some(hop.detected),
+            target: ctx.target,
+            season: ctx.season,
+            ..Default::default()
+        };
+        let (detected, pool) = (hop.detected, hop.pool);
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            let route = table.route(route_id);
+            let uri = copy.uri().clone();
+            let (Some(rc), Ok(path)) = (route.cache.as_ref(), route::normalize(uri.path())) else {
+                stale.end_refresh();
+                return;
+            };
+            let hop = Hop {
+                table: &table,
+                route,
+                detected,
+                path: &path,
+                pool,
+            };
+            let authorized = copy.headers().contains_key(header::AUTHORIZATION);
+            let outcome = match gateway.forward(&mut ctx, hop, copy, peer).await {
+                Ok(resp) => to_entry(&ctx, rc, hop, authorized, resp).await,
+                Err(e) => Err(Miss::failed(e)),
+            };
+            match outcome {
+                Ok(fresh) => gateway.cache.insert(key, fresh).await,
+                // The upstream no longer allows storing it: stop serving it.
+                Err(Miss::Uncacheable(_)) => gateway.cache.invalidate(&key).await,
+                Err(Miss::Failed(e)) => {
+                    let e = e.lock().ok().and_then(|mut e| e.take());
+                    tracing::debug!(target: "switchyard::cache", route = %route.name, error = ?e, "stale entry refresh failed");
+                    stale.end_refresh();
+                }
+            }
+        });
+    }
+}
+
+/// Answers from a stored entry; the served version is the one that
+/// answered when the entry was stored (looked up by name: ids can change
+/// across reloads).
+fn serve_cached(
+    ctx: &mut RequestContext,
+    table: &RoutingTable,
+    entry: &Entry,
+    status: CacheStatus,
+    now: Instant,
+) -> Response<Body> {
+    ctx.cache = Some(status);
+    ctx.target = entry
+        .served
+        .as_deref()
+        .and_then(|n| table.versions.iter().position(|v| *v.name == *n))
+        .map(|i| i as version::VersionId);
+    entry.response(status, now)
+}
+
+/// Buffers a response into an entry if the route's rules allow storing it;
+/// otherwise hands it back untouched (to stream to its own client).
+async fn to_entry(
+    ctx: &RequestContext,
+    rc: &RouteCache,
+    hop: Hop<'_>,
+    authorized: bool,
+    resp: Response<Body>,
+) -> Result<Arc<Entry>, Miss> {
+    let season = ctx
+        .season
+        .and_then(|s| hop.table.calendar.seasons.get(s as usize))
+        .map(|s| &**s);
+    let fresh = rc.freshness(
+        authorized,
+        &hop.route.detection.header,
+        resp.status(),
+        resp.headers(),
+        rc.multiplier(season),
+    );
+    let fits = http_body::Body::size_hint(resp.body())
+        .exact()
+        .is_some_and(|n| n <= rc.max_entry_bytes);
+    let Some(fresh) = fresh.filter(|_| fits) else {
+        return Err(Miss::uncacheable(resp));
+    };
+    let (parts, body) = resp.into_parts();
+    let bytes = collect_limited(body, rc.max_entry_bytes)
+        .await
+        .map_err(|source| {
+            Miss::failed(GatewayError::Upstream {
+                pool: hop.table.pools[hop.pool as usize].pool.name.clone(),
+                source: UpstreamError::ResponseBody {
+                    endpoint: ctx
+                        .endpoint
+                        .as_ref()
+                        .map(|e| e.authority.clone())
+                        .expect("a forwarded request has an endpoint"),
+                    source,
+                },
+            })
+        })?;
+    let served = ctx
+        .target
+        .map(|t| hop.table.versions[t as usize].name.clone());
+    Ok(Arc::new(Entry::new(
+        parts.status,
+        parts.headers,
+        bytes,
+        fresh,
+        served,
+    )))
+}
+
+/// One event per request on the `switchyard::access` target (JSON with
+/// `--log-format json`). `bytes_out` is the body length when known up
+/// front (`Content-Length` or a buffered body); streamed bodies of unknown
+/// length log none.
+fn access_log(
+    ctx: &RequestContext,
+    method: &Method,
+    uri: Option<&Uri>,
+    resp: &Response<Body>,
+    elapsed: Duration,
+    error: Option<&'static str>,
+) {
+    if !tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) {
+        return;
+    }
+    let table = ctx.table.as_deref();
+    let name = |v: version::VersionId| table.map(|t| &*t.versions[v as usize].name);
+    tracing::info!(
+        target: ACCESS_LOG,
+        request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        trace_id = ctx.trace.as_ref().map(TraceContext::trace_id),
+        method = method.as_str(),
+        path = uri.map(Uri::path),
+        route = table.zip(ctx.route).map(|(t, r)| &*t.route(r).name),
+        client_version = ctx.detected.and_then(|d| name(d.version)),
+        source = ctx.detected.map(|d| d.source.as_str()),
+        target_version = ctx.target.and_then(name),
+        status = resp.status().as_u16(),
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+        pool = table.zip(ctx.pool).map(|(t, p)| &*t.pools[p as usize].pool.name),
+        endpoint = ctx.endpoint.as_ref().map(|e| e.authority.as_str()),
+        bytes_in = ctx.bytes_in,
+        bytes_out = http_body::Body::size_hint(resp.body()).exact(),
+        cache = ctx.cache.map(CacheStatus::as_str),
+        error,
+        "request"
+    );
 }
 
 fn source_value(s: Source) -> HeaderValue {
@@ -609,7 +1036,7 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
-fn request_host(req: &Request<Incoming>) -> &str {
+fn request_host<B>(req: &Request<B>) -> &str {
     if let Some(a) = req.uri().authority() {
         return a.host();
     }
@@ -636,11 +1063,10 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 
 /// The request body as forwarded untranslated: nothing, or a stream
 /// capped at the route's limit.
-fn plain_body(body: Incoming, no_body: bool, limit: u64) -> Body {
-    if no_body {
-        Body::empty()
-    } else {
-        Body::limited(body, limit)
+fn plain_body(body: Option<Incoming>, no_body: bool, limit: u64) -> Body {
+    match body {
+        Some(body) if !no_body => Body::limited(body, limit),
+        _ => Body::empty(),
     }
 }
 

@@ -170,6 +170,16 @@ impl GatewayError {
     /// Renders the problem+json response. `request_id` goes in the body so a
     /// client's report can be found in our logs.
     pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<Body> {
+        self.to_response_traced(request_id, None)
+    }
+
+    /// [`GatewayError::to_response`] with the W3C trace id in the body too
+    /// (`trace_id`), so a client's report leads to the trace and the access log.
+    pub fn to_response_traced(
+        &self,
+        request_id: Option<&HeaderValue>,
+        trace_id: Option<&str>,
+    ) -> Response<Body> {
         let status = self.status();
         let mut body = json!({
             "type": format!("{TYPE_BASE}{}", self.kind()),
@@ -180,6 +190,9 @@ impl GatewayError {
         let obj = body.as_object_mut().expect("object literal");
         if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
             obj.insert("request_id".into(), id.into());
+        }
+        if let Some(id) = trace_id {
+            obj.insert("trace_id".into(), id.into());
         }
         match self {
             Self::UnknownVersion {

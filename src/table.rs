@@ -63,6 +63,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Body limits for translation.
     pub translate_limits: crate::translate::Limits,
+    /// Response cache rules; `None` = not cached.
+    pub cache: Option<crate::cache::RouteCache>,
 }
 
 /// A compiled pool plus the version it serves.
@@ -105,6 +107,9 @@ pub struct RoutingTable {
     pub source_text: Option<Arc<str>>,
     /// When it was compiled.
     pub loaded_at: jiff::Timestamp,
+    /// Metric label handles (attached by the control plane after compiling;
+    /// the default records nothing).
+    pub metrics: crate::metrics::TableMetrics,
 }
 
 impl RoutingTable {
@@ -272,6 +277,7 @@ impl RoutingTable {
                         max_bytes: r.translate_max_body_bytes,
                         max_depth: r.translate_max_depth,
                     },
+                    cache: r.cache.as_ref().map(crate::cache::RouteCache::compile),
                 }
             })
             .collect();
@@ -303,6 +309,7 @@ impl RoutingTable {
             limits,
             source_text: None,
             loaded_at: jiff::Timestamp::now(),
+            metrics: Default::default(),
         }
     }
 

@@ -79,6 +79,12 @@ pub struct ServerSettings {
     /// Bearer token for `/admin/*` (health stays open). Prefer the
     /// `SWITCHYARD_ADMIN_TOKEN` env var; unset = admin API open (loopback only by default).
     pub admin_token: Option<String>,
+    /// Byte budget of the response cache shared by every route with a
+    /// `cache` table (bodies, headers and keys are weighed). Default 67108864 (64 MiB).
+    pub cache_max_bytes: u64,
+    /// Clients named in the version-usage metrics (`switchyard_client_requests`),
+    /// busiest first; the rest are summed as `other`. Default 20.
+    pub metrics_top_clients: usize,
     /// TLS termination on a second listener (`[server.tls]`); unset = plain HTTP only.
     pub tls: Option<TlsSettings>,
 }
@@ -164,6 +170,8 @@ impl Default for ServerSettings {
             redis_poll_ms: 2_000,
             admin_token: None,
             tls: None,
+            cache_max_bytes: 64 * 1024 * 1024,
+            metrics_top_clients: 20,
         }
     }
 }
@@ -464,6 +472,37 @@ pub struct RouteDoc {
     /// is checked and the strictest answer wins. Default none.
     #[serde(default)]
     pub limits: Vec<String>,
+    /// Response cache for this route's GET and HEAD requests; absent = not
+    /// cached (the default).
+    pub cache: Option<CacheDoc>,
+}
+
+/// A route's response-cache rules (`[routes.cache]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDoc {
+    /// Freshness in ms when the upstream's `Cache-Control` has no `s-maxage`
+    /// or `max-age` (those win when present); 0 = store only what the
+    /// upstream marks cacheable. Default 60000.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_ms: u64,
+    /// How long past freshness, in ms, a stale entry is still served (`x-cache:
+    /// STALE`) while one background request refreshes it; the upstream's
+    /// `stale-while-revalidate` wins when present. Default 0.
+    #[serde(default)]
+    pub stale_while_revalidate_ms: u64,
+    /// Request headers whose values split the cache key (e.g.
+    /// `["accept-language"]`); a response whose `Vary` names a header not
+    /// listed here (or the version headers) is not stored. Default `[]`.
+    #[serde(default)]
+    pub vary: Vec<String>,
+    /// Largest response body stored, in bytes; bigger ones pass through. Default 1048576 (1 MiB).
+    #[serde(default = "default_cache_max_entry")]
+    pub max_entry_bytes: u64,
+    /// TTL multiplier per season name of `calendar.seasons` (`{ peak = 2.0 }`),
+    /// applied while that season is active in the request's region. Default `{}`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub season_ttl_multiplier: std::collections::BTreeMap<String, f64>,
 }
 
 /// A source of a client's sticky split identity.
@@ -625,6 +664,12 @@ fn default_translate_max_body() -> u64 {
 }
 fn default_translate_max_depth() -> usize {
     crate::translate::DEFAULT_MAX_DEPTH
+}
+fn default_cache_ttl() -> u64 {
+    60_000
+}
+fn default_cache_max_entry() -> u64 {
+    1024 * 1024
 }
 fn default_max_body() -> u64 {
     10 * 1024 * 1024

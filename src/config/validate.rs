@@ -413,6 +413,9 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
                 "must be greater than 0".into(),
             );
         }
+        if let Some(c) = &r.cache {
+            cache(c, &format!("{path}.cache"), doc, &mut err);
+        }
         let served: Vec<&str> = match &r.versions {
             Some(list) => {
                 for (j, v) in list.iter().enumerate() {
@@ -491,6 +494,55 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
     errs.extend(crate::split::validate(doc));
     errs.extend(crate::translate::validate(doc));
     if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+fn cache(c: &super::CacheDoc, path: &str, doc: &Document, err: &mut impl FnMut(String, String)) {
+    let budget = doc.server.cache_max_bytes;
+    for (i, h) in c.vary.iter().enumerate() {
+        if http::HeaderName::try_from(h.as_str()).is_err() {
+            err(
+                format!("{path}.vary[{i}]"),
+                format!("{h:?} is not a valid header name"),
+            );
+        }
+    }
+    if c.max_entry_bytes == 0 || c.max_entry_bytes > budget {
+        err(
+            format!("{path}.max_entry_bytes"),
+            format!(
+                "must be 1 to server.cache_max_bytes ({budget}), got {}",
+                c.max_entry_bytes
+            ),
+        );
+    }
+    // A day: longer TTLs belong in a CDN, and moka's per-entry expiry wants
+    // a bounded duration.
+    const DAY_MS: u64 = 86_400_000;
+    for (key, value) in [
+        ("ttl_ms", c.ttl_ms),
+        ("stale_while_revalidate_ms", c.stale_while_revalidate_ms),
+    ] {
+        if value > DAY_MS {
+            err(
+                format!("{path}.{key}"),
+                format!("at most {DAY_MS} (a day), got {value}"),
+            );
+        }
+    }
+    for (season, m) in &c.season_ttl_multiplier {
+        if !doc.calendar.seasons.iter().any(|s| s.name == *season) {
+            err(
+                format!("{path}.season_ttl_multiplier.{season}"),
+                format!("unknown season {season:?}: not in calendar.seasons"),
+            );
+        }
+        if !(m.is_finite() && *m > 0.0 && *m <= 100.0) {
+            err(
+                format!("{path}.season_ttl_multiplier.{season}"),
+                format!("must be greater than 0 and at most 100, got {m}"),
+            );
+        }
+    }
 }
 
 fn detection(d: &super::DetectionSettings, path: &str, err: &mut impl FnMut(String, String)) {
@@ -611,6 +663,26 @@ default_version = "v2"
             shown.contains("versions[0].deprecated_at: required"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn cache_rules_are_checked() {
+        let bad = GOOD.to_string()
+            + "[routes.cache]\nttl_ms = 90000000\nvary = [\"bad header\"]\nmax_entry_bytes = 0\n"
+            + "season_ttl_multiplier = { peak = 0.0 }\n";
+        let shown = load(&bad, Origin::Embedded("t")).unwrap_err().to_string();
+        for want in [
+            "routes[0].cache.ttl_ms: at most 86400000 (a day), got 90000000",
+            "routes[0].cache.vary[0]: \"bad header\" is not a valid header name",
+            "routes[0].cache.max_entry_bytes: must be 1 to server.cache_max_bytes (67108864), got 0",
+            "routes[0].cache.season_ttl_multiplier.peak: unknown season \"peak\"",
+            "routes[0].cache.season_ttl_multiplier.peak: must be greater than 0",
+        ] {
+            assert!(shown.contains(want), "missing {want:?} in\n{shown}");
+        }
+        let good =
+            GOOD.to_string() + "[routes.cache]\nttl_ms = 1000\nvary = [\"accept-language\"]\n";
+        load(&good, Origin::Embedded("t")).unwrap();
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct ControlMetrics {
     pub redis_connected: IntGauge,
     /// `switchyard_pins`: pins mirrored from Redis.
     pub redis_pins: IntGauge,
+    /// The request metrics (same registry); each published table gets its
+    /// label handles from here.
+    pub requests: std::sync::Arc<crate::metrics::RequestMetrics>,
 }
 
 impl Default for ControlMetrics {
@@ -71,6 +74,7 @@ impl Default for ControlMetrics {
             ));
         }
         ControlMetrics {
+            requests: std::sync::Arc::new(crate::metrics::RequestMetrics::register(&registry)),
             registry,
             revision,
             reloads,

@@ -219,6 +219,7 @@ impl Control {
         table.loaded_at = self.clock.now();
         table.calendar.refresh(table.loaded_at);
         let skipped = table.add_pins(&st.pins);
+        table.metrics = self.metrics.requests.compile(&table);
         self.tables.publish(table);
         let redis_pins = st.pins.len() - skipped.len();
         self.set_status(|s| {

@@ -90,6 +90,15 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// A response body the gateway had to read whole (to cache it) broke off.
+    #[error("{endpoint} sent a broken response body")]
+    ResponseBody {
+        /// The endpoint.
+        endpoint: Authority,
+        /// The cause.
+        #[source]
+        source: BodyError,
+    },
 }
 
 impl UpstreamError {
@@ -99,7 +108,9 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect { .. } | Self::Protocol { .. } => StatusCode::BAD_GATEWAY,
+            Self::Connect { .. } | Self::Protocol { .. } | Self::ResponseBody { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyAborted => StatusCode::BAD_REQUEST,
@@ -126,7 +137,7 @@ impl UpstreamError {
             Self::Connect { .. } => "upstream-connect-failed",
             Self::ConnectTimeout { .. } => "upstream-connect-timeout",
             Self::Timeout { .. } => "upstream-timeout",
-            Self::Protocol { .. } => "upstream-protocol-error",
+            Self::Protocol { .. } | Self::ResponseBody { .. } => "upstream-protocol-error",
             Self::RequestBodyTooLarge { .. } => "body-too-large",
             Self::RequestBodyAborted => "request-body-aborted",
         }
@@ -291,10 +302,22 @@ impl Upstream {
     /// connection to the pool when it ends.
     pub async fn forward(
         pool: &Pool,
-        mut req: Request<Body>,
+        req: Request<Body>,
         timeouts: Timeouts,
     ) -> Result<Response<Body>, UpstreamError> {
         let (pool, ep) = pool.pick().ok_or(UpstreamError::NoEndpoint)?;
+        Self::forward_to(pool, ep, req, timeouts).await
+    }
+
+    /// [`Upstream::forward`] to an endpoint the caller already picked (with
+    /// [`Pool::pick`], which may be of the failover pool: pass that pool),
+    /// so it can log and count which.
+    pub async fn forward_to(
+        pool: &Pool,
+        ep: &Endpoint,
+        mut req: Request<Body>,
+        timeouts: Timeouts,
+    ) -> Result<Response<Body>, UpstreamError> {
         let client_authority = req.uri().authority().cloned();
         // Origin form: the connection is to the endpoint already.
         let pq = req

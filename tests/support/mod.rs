@@ -573,6 +573,24 @@ impl TestGateway {
         }
     }
 
+    /// A request with any method to the admin listener.
+    pub fn admin_request(&self, method: Method, path: &str) -> Req<'_> {
+        Req {
+            client: &self.client,
+            builder: Request::builder()
+                .method(method)
+                .uri(format!("http://{}{path}", self.admin)),
+            body: Bytes::new(),
+        }
+    }
+
+    /// The admin listener's `/metrics`, parsed (see [`Metrics`]).
+    pub async fn metrics(&self) -> Metrics {
+        let resp = self.admin_get("/metrics").send().await;
+        assert_eq!(resp.status(), 200);
+        Metrics(String::from_utf8(resp.body.to_vec()).expect("utf-8 metrics"))
+    }
+
     /// Sends raw bytes on a fresh connection and reads one response.
     pub async fn raw(&self, request: &[u8]) -> RawResponse {
         raw_exchange(self.addr, request).await
@@ -954,5 +972,60 @@ impl ManualClock {
 impl switchyard::control::Clock for ManualClock {
     fn now(&self) -> jiff::Timestamp {
         *self.0.lock().unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+/// A Prometheus text exposition, with lookups by name and labels.
+#[derive(Debug, Clone)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the one sample of `name` whose labels include every
+    /// `(label, value)` given (other labels may differ); `None` if there is
+    /// none; panics if several match.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = self.samples(name, labels);
+        assert!(
+            found.len() <= 1,
+            "{name} {labels:?} matches several samples: {found:?}"
+        );
+        found.pop().map(|(_, v)| v)
+    }
+
+    /// The sum over every sample of `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name, labels).iter().map(|(_, v)| v).sum()
+    }
+
+    /// Every sample of `name` matching `labels`: (label text, value).
+    pub fn samples(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(String, f64)> {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (n, rest) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                (n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.split(',').any(|p| p == format!("{k}=\"{v}\""))))
+                .then(|| (rest.to_string(), value.parse().expect("numeric sample")))
+            })
+            .collect()
+    }
+
+    /// Every metric family name with at least one sample.
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next().map(str::to_string))
+            .collect()
     }
 }
