@@ -24,6 +24,16 @@
 #                   policies (per client IP and per route) that every client
 #                   stays under, and print its throughput against switchyard's
 #                   (issue 5 target: at least 0.95)
+#   LOAD_CACHE      set to 1 to also run switchyard with a response cache on
+#                   the route (target switchyard_cache) and nginx with
+#                   proxy_cache (target nginx_cache); every request is a hit
+#                   after the first. Prints cached/uncached switchyard
+#                   (issue 6 target: at least 3) and switchyard_cache/nginx_cache
+#                   (target: at least 1.0)
+#   LOAD_ACCESS_LOG set to 1 to also run switchyard with the access log on
+#                   (target switchyard_log: RUST_LOG=info, --log-format json,
+#                   stderr to a file) and print its throughput against
+#                   switchyard's, whose log is off (issue 6 target: at least 0.95)
 #   LOAD_COMMIT     commit to print when the tree is not a git checkout
 #
 # Needs nginx and wrk (installed with apt-get when missing; that needs root).
@@ -45,6 +55,10 @@ URL_PATH=/api/orders
 TARGETS=(direct nginx switchyard)
 LIMITS=${LOAD_LIMITS:-0}
 [[ $LIMITS == 1 ]] && TARGETS+=(switchyard_limits)
+CACHE=${LOAD_CACHE:-0}
+[[ $CACHE == 1 ]] && TARGETS+=(switchyard_cache nginx_cache)
+ACCESS_LOG=${LOAD_ACCESS_LOG:-0}
+[[ $ACCESS_LOG == 1 ]] && TARGETS+=(switchyard_log)
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "load.sh: $*"; exit 1; }
@@ -155,7 +169,8 @@ BIN=$ROOT/target/release/switchyard
 ulimit -n 65536 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK)
 
-read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT LIM_PORT LIM_ADMIN_PORT <<<"$(free_ports 6)"
+read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT LIM_PORT LIM_ADMIN_PORT \
+    CACHE_PORT CACHE_ADMIN_PORT NGX_CACHE_PORT LOG_PORT LOG_ADMIN_PORT <<<"$(free_ports 11)"
 
 # The small upstream: hyper, one worker thread, a ~200-byte JSON body. Both
 # versions' pools point at it; the header routes every request to v2.
@@ -237,6 +252,60 @@ EOF
     PIDS+=("$LIM_PID")
 fi
 
+# The same gateway with a response cache on the route (every wrk request
+# asks for the same URL, so all but the first are hits).
+CACHE_PID=
+if [[ $CACHE == 1 ]]; then
+    sed -e "s/\"127.0.0.1:$GW_PORT\"/\"127.0.0.1:$CACHE_PORT\"/" \
+        -e "s/\"127.0.0.1:$ADMIN_PORT\"/\"127.0.0.1:$CACHE_ADMIN_PORT\"/" \
+        "$TMP/gateway.toml" >"$TMP/gateway-cache.toml"
+    # The route is the file's last table, so its cache table can follow.
+    printf '\n[routes.cache]\nttl_ms = 600000\n' >>"$TMP/gateway-cache.toml"
+    RUST_LOG=warn "$BIN" run --config "$TMP/gateway-cache.toml" --workers "$WORKERS" \
+        >"$TMP/switchyard-cache.log" 2>&1 &
+    CACHE_PID=$!
+    PIDS+=("$CACHE_PID")
+fi
+
+# The same gateway with the access log on: one JSON line per request to a
+# file (the log is stderr), as an operator would run it.
+LOG_PID=
+if [[ $ACCESS_LOG == 1 ]]; then
+    sed -e "s/\"127.0.0.1:$GW_PORT\"/\"127.0.0.1:$LOG_PORT\"/" \
+        -e "s/\"127.0.0.1:$ADMIN_PORT\"/\"127.0.0.1:$LOG_ADMIN_PORT\"/" \
+        "$TMP/gateway.toml" >"$TMP/gateway-log.toml"
+    RUST_LOG=info "$BIN" --log-format json run --config "$TMP/gateway-log.toml" --workers "$WORKERS" \
+        >"$TMP/switchyard-log.out" 2>"$TMP/switchyard-access.log" &
+    LOG_PID=$!
+    PIDS+=("$LOG_PID")
+fi
+
+# nginx's equivalent of the cached route: proxy_cache keyed like
+# switchyard's (method, host, URI, version header), a lock for concurrent
+# misses, entries valid for 10 minutes.
+NGX_CACHE_HTTP=
+NGX_CACHE_SERVER=
+if [[ $CACHE == 1 ]]; then
+    mkdir -p "$TMP/nginx/cache"
+    NGX_CACHE_HTTP="proxy_cache_path $TMP/nginx/cache levels=1:2 keys_zone=api:10m max_size=64m inactive=10m use_temp_path=off;"
+    NGX_CACHE_SERVER="server {
+        listen 127.0.0.1:$NGX_CACHE_PORT;
+        location /api/ {
+            proxy_cache api;
+            proxy_cache_key \"\$request_method\$host\$request_uri\$http_x_api_version\";
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            add_header X-Cache \$upstream_cache_status;
+            proxy_pass http://\$api_pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }"
+fi
+
 # nginx: the same routing as a map on the version header between two
 # upstream blocks with keep-alive; access log off (switchyard logs nothing
 # per request at the default level either).
@@ -260,6 +329,7 @@ http {
     # closes them after 1000 requests by default).
     keepalive_requests 1000000;
     keepalive_timeout 75s;
+    $NGX_CACHE_HTTP
 
     upstream api_v1 {
         server 127.0.0.1:$UP_PORT;
@@ -287,6 +357,7 @@ http {
             proxy_set_header X-Forwarded-Proto \$scheme;
         }
     }
+    $NGX_CACHE_SERVER
 }
 EOF
 nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
@@ -296,7 +367,8 @@ PIDS+=("$NGX_PID")
 
 show_logs() {
     local f
-    for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/switchyard-limits.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
+    for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/switchyard-limits.log" \
+        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
         [[ -s $f ]] && { log "--- $f"; tail -20 "$f" >&2; }
     done
     return 0
@@ -307,12 +379,22 @@ declare -A URL=(
     [nginx]="http://127.0.0.1:$NGX_PORT$URL_PATH"
     [switchyard]="http://127.0.0.1:$GW_PORT$URL_PATH"
     [switchyard_limits]="http://127.0.0.1:$LIM_PORT$URL_PATH"
+    [switchyard_cache]="http://127.0.0.1:$CACHE_PORT$URL_PATH"
+    [nginx_cache]="http://127.0.0.1:$NGX_CACHE_PORT$URL_PATH"
+    [switchyard_log]="http://127.0.0.1:$LOG_PORT$URL_PATH"
 )
 wait_ready upstream "${URL[direct]}" "$UP_PID" || { show_logs; exit 1; }
 wait_ready switchyard "${URL[switchyard]}" "$GW_PID" || { show_logs; exit 1; }
 wait_ready nginx "${URL[nginx]}" "$NGX_PID" || { show_logs; exit 1; }
 if [[ $LIMITS == 1 ]]; then
     wait_ready switchyard_limits "${URL[switchyard_limits]}" "$LIM_PID" || { show_logs; exit 1; }
+fi
+if [[ $CACHE == 1 ]]; then
+    wait_ready switchyard_cache "${URL[switchyard_cache]}" "$CACHE_PID" || { show_logs; exit 1; }
+    wait_ready nginx_cache "${URL[nginx_cache]}" "$NGX_PID" || { show_logs; exit 1; }
+fi
+if [[ $ACCESS_LOG == 1 ]]; then
+    wait_ready switchyard_log "${URL[switchyard_log]}" "$LOG_PID" || { show_logs; exit 1; }
 fi
 
 # The process(es) whose CPU counts for a target: the proxy; for the direct
@@ -322,7 +404,9 @@ cpu_pids() {
         direct) echo "$UP_PID" ;;
         switchyard) echo "$GW_PID" ;;
         switchyard_limits) echo "$LIM_PID" ;;
-        nginx) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
+        switchyard_cache) echo "$CACHE_PID" ;;
+        switchyard_log) echo "$LOG_PID" ;;
+        nginx | nginx_cache) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
     esac
 }
 
@@ -399,7 +483,7 @@ for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for target in "${TARGETS[@]}"; do
             # shellcheck disable=SC2086
-            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID 2>/dev/null || { show_logs; die "a server died"; }
+            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID 2>/dev/null || { show_logs; die "a server died"; }
             run_one "$round" "$conns" "$target"
         done
         awk -F'\t' -v r="$round" -v c="$conns" '
@@ -412,6 +496,14 @@ for round in $(seq "$ROUNDS"); do
                     printf "      round %s, %s conns: switchyard with limits / without: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
                         r, c, rps["switchyard_limits"] / rps["switchyard"], p99["switchyard_limits"] / p99["switchyard"],
                         cpu["switchyard_limits"] / cpu["switchyard"]
+                if (("switchyard_cache") in rps)
+                    printf "      round %s, %s conns: cache hits: switchyard cached/uncached throughput %.2f, switchyard_cache/nginx_cache throughput %.2f, cpu/req %.2f\n",
+                        r, c, rps["switchyard_cache"] / rps["switchyard"], rps["switchyard_cache"] / rps["nginx_cache"],
+                        cpu["switchyard_cache"] / cpu["nginx_cache"]
+                if (("switchyard_log") in rps)
+                    printf "      round %s, %s conns: access log on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
+                        r, c, rps["switchyard_log"] / rps["switchyard"], p99["switchyard_log"] / p99["switchyard"],
+                        cpu["switchyard_log"] / cpu["switchyard"]
             }' "$RUNS" | tee -a "$OUT"
     done
 done
@@ -459,6 +551,46 @@ done
                     }
                     printf "  %3s conns: throughput %.3f  p99 %.2f  cpu/req %.2f   (req/s with limits %.0f, without %.0f)\n",
                         c, median(t, rounds), median(p, rounds), median(u, rounds), median(lr, rounds), median(sr, rounds)
+                }' "$RUNS"
+        done
+    fi
+    if [[ $CACHE == 1 ]]; then
+        echo
+        echo "cache hits (median over $ROUNDS rounds; targets: cached/uncached >= 3, switchyard_cache/nginx_cache >= 1.0):"
+        for conns in $CONNS; do
+            awk -F'\t' -v c="$conns" '
+                function median(a, n,    i, j, t) {
+                    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+                    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+                }
+                $2 == c { rps[$1, $3] = $4; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
+                END {
+                    for (r = 1; r <= rounds; r++) {
+                        h[r] = rps[r, "switchyard_cache"] / rps[r, "switchyard"]; n[r] = rps[r, "switchyard_cache"] / rps[r, "nginx_cache"]
+                        u[r] = cpu[r, "switchyard_cache"] / cpu[r, "nginx_cache"]
+                        cr[r] = rps[r, "switchyard_cache"]; nr[r] = rps[r, "nginx_cache"]
+                    }
+                    printf "  %3s conns: cached/uncached %.2f  switchyard_cache/nginx_cache %.2f  cpu/req %.2f   (req/s switchyard_cache %.0f, nginx_cache %.0f)\n",
+                        c, median(h, rounds), median(n, rounds), median(u, rounds), median(cr, rounds), median(nr, rounds)
+                }' "$RUNS"
+        done
+    fi
+    if [[ $ACCESS_LOG == 1 ]]; then
+        echo
+        echo "access log on vs off (switchyard_log/switchyard, median over $ROUNDS rounds; target throughput >= 0.95):"
+        for conns in $CONNS; do
+            awk -F'\t' -v c="$conns" '
+                function median(a, n,    i, j, t) {
+                    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+                    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+                }
+                $2 == c { rps[$1, $3] = $4; p99[$1, $3] = $6; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
+                END {
+                    for (r = 1; r <= rounds; r++) {
+                        t[r] = rps[r, "switchyard_log"] / rps[r, "switchyard"]; p[r] = p99[r, "switchyard_log"] / p99[r, "switchyard"]
+                        u[r] = cpu[r, "switchyard_log"] / cpu[r, "switchyard"]
+                    }
+                    printf "  %3s conns: throughput %.3f  p99 %.2f  cpu/req %.2f\n", c, median(t, rounds), median(p, rounds), median(u, rounds)
                 }' "$RUNS"
         done
     fi
