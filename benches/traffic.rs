@@ -10,7 +10,9 @@
 //! * `traffic/limiter_hot_key_1_thread`: `Limiter::check` on one key.
 //! * `traffic/limiter_hot_key_2_threads`: the same key checked from two
 //!   threads at once; the time is per check as one thread sees it while
-//!   the other hammers the same DashMap entry.
+//!   the other hammers the same DashMap entry (shard lock + state word).
+//! * `traffic/limiter_route_key_2_threads`: the same for a `key = "route"`
+//!   budget, a direct limiter (one atomic word, no map).
 //! * `traffic/limits_check_ip_and_client`: `Limits::check` for a route with
 //!   a per-IP and a per-client policy (key hashing, trusted-proxy test,
 //!   two limiter checks), as the pipeline runs it.
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, header};
 use switchyard::config::{self, Origin};
-use switchyard::limit::Registry;
+use switchyard::limit::{Limiter, Registry};
 use switchyard::split;
 use switchyard::table::RoutingTable;
 use switchyard::upstream::Upstream;
@@ -157,6 +159,28 @@ fn table() -> RoutingTable {
     table
 }
 
+/// `iters` checks of one key on this thread while another thread checks
+/// the same key as often; the time this thread took.
+fn contended(limiter: &Limiter, iters: u64) -> Duration {
+    let start = Barrier::new(2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            start.wait();
+            for _ in 0..iters {
+                let _ = black_box(limiter.check(black_box(42)));
+            }
+        });
+        start.wait();
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            let _ = black_box(limiter.check(black_box(42)));
+        }
+        let elapsed = t0.elapsed();
+        other.join().expect("contender");
+        elapsed
+    })
+}
+
 fn traffic(c: &mut Criterion) {
     let table = table();
     let route = &table.routes[0];
@@ -182,25 +206,11 @@ fn traffic(c: &mut Criterion) {
         b.iter(|| hot.check(black_box(42)))
     });
     g.bench_function("limiter_hot_key_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = Barrier::new(2);
-            std::thread::scope(|s| {
-                let other = s.spawn(|| {
-                    start.wait();
-                    for _ in 0..iters {
-                        let _ = black_box(hot.check(black_box(42)));
-                    }
-                });
-                start.wait();
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    let _ = black_box(hot.check(black_box(42)));
-                }
-                let elapsed = t0.elapsed();
-                other.join().expect("contender");
-                elapsed
-            })
-        })
+        b.iter_custom(|iters| contended(&hot, iters))
+    });
+    let budget = registry.direct_limiter("route", 1_000_000_000, 0, Duration::from_secs(1));
+    g.bench_function("limiter_route_key_2_threads", |b| {
+        b.iter_custom(|iters| contended(&budget, iters))
     });
 
     let peer: IpAddr = "203.0.113.7".parse().unwrap();

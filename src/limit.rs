@@ -29,6 +29,7 @@ use std::time::Duration;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
@@ -70,10 +71,20 @@ type Governor = RateLimiter<
     StateInformationMiddleware,
 >;
 
+/// One budget for everyone (`key = "route"`): a single atomic, no map and
+/// no shard lock, however many workers hit it at once.
+type DirectGovernor =
+    RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+enum Store {
+    Keyed(Governor),
+    Direct(DirectGovernor),
+}
+
 /// One governor limiter for one effective quota: `requests` per `window`
 /// sustained, `requests + burst` at once for a fresh key.
 pub struct Limiter {
-    governor: Governor,
+    store: Store,
     clock: DefaultClock,
     /// Requests per window (after the season multiplier).
     pub requests: u32,
@@ -89,15 +100,25 @@ impl std::fmt::Debug for Limiter {
             .field("requests", &self.requests)
             .field("burst", &self.burst)
             .field("window", &self.window)
-            .field("keys", &self.governor.len())
+            .field("keys", &self.keys())
             .finish()
     }
 }
 
 impl Limiter {
-    /// A limiter allowing `requests` per `window` plus `burst`
-    /// (`requests >= 1`, `window >= 1 s`, validated).
+    /// A keyed limiter allowing each key `requests` per `window` plus
+    /// `burst` (`requests >= 1`, `window >= 1 s`, validated).
     pub fn new(requests: u32, burst: u32, window: Duration) -> Limiter {
+        Limiter::build(requests, burst, window, false)
+    }
+
+    /// Like [`Limiter::new`] with a single budget; [`Limiter::check`]
+    /// ignores its key.
+    pub fn direct(requests: u32, burst: u32, window: Duration) -> Limiter {
+        Limiter::build(requests, burst, window, true)
+    }
+
+    fn build(requests: u32, burst: u32, window: Duration, direct: bool) -> Limiter {
         let period = window / requests.max(1);
         let capacity =
             NonZeroU32::new(requests.saturating_add(burst).max(1)).expect("at least one");
@@ -105,13 +126,21 @@ impl Limiter {
             .expect("a window of at least a second over at most 1e9 requests is positive")
             .allow_burst(capacity);
         let clock = DefaultClock::default();
-        let governor: Governor = RateLimiter::new(
-            quota,
-            DashMapStateStore::with_hasher(Default::default()),
-            clock.clone(),
-        );
+        let store = if direct {
+            Store::Direct(RateLimiter::new(
+                quota,
+                InMemoryState::default(),
+                clock.clone(),
+            ))
+        } else {
+            Store::Keyed(RateLimiter::new(
+                quota,
+                DashMapStateStore::with_hasher(Default::default()),
+                clock.clone(),
+            ))
+        };
         Limiter {
-            governor,
+            store,
             clock,
             requests,
             burst,
@@ -123,7 +152,11 @@ impl Limiter {
     /// once) or `Err(wait)` until one will be.
     #[inline]
     pub fn check(&self, key: u64) -> Result<u32, Duration> {
-        match self.governor.check_key(&key) {
+        let decision = match &self.store {
+            Store::Keyed(g) => g.check_key(&key),
+            Store::Direct(g) => g.check(),
+        };
+        match decision {
             Ok(snapshot) => Ok(snapshot.remaining_burst_capacity()),
             Err(not_until) => Err(not_until.wait_time_from(self.clock.now())),
         }
@@ -131,13 +164,18 @@ impl Limiter {
 
     /// Keys currently tracked.
     pub fn keys(&self) -> usize {
-        self.governor.len()
+        match &self.store {
+            Store::Keyed(g) => g.len(),
+            Store::Direct(_) => 0,
+        }
     }
 
     /// Drops keys indistinguishable from fresh ones and gives the memory back.
     pub fn evict_idle(&self) {
-        self.governor.retain_recent();
-        self.governor.shrink_to_fit();
+        if let Store::Keyed(g) = &self.store {
+            g.retain_recent();
+            g.shrink_to_fit();
+        }
     }
 
     /// Seconds until `remaining` cells have grown back to the full capacity.
@@ -222,11 +260,26 @@ impl Registry {
         burst: u32,
         window: Duration,
     ) -> Arc<Limiter> {
+        self.shared(canonical, || Limiter::new(requests, burst, window))
+    }
+
+    /// [`Registry::limiter`] for a single budget ([`Limiter::direct`]).
+    pub fn direct_limiter(
+        &self,
+        canonical: &str,
+        requests: u32,
+        burst: u32,
+        window: Duration,
+    ) -> Arc<Limiter> {
+        self.shared(canonical, || Limiter::direct(requests, burst, window))
+    }
+
+    fn shared(&self, canonical: &str, build: impl FnOnce() -> Limiter) -> Arc<Limiter> {
         let mut map = self.limiters.lock().expect("limiter registry poisoned");
         if let Some(l) = map.get(canonical).and_then(Weak::upgrade) {
             return l;
         }
-        let l = Arc::new(Limiter::new(requests, burst, window));
+        let l = Arc::new(build());
         map.insert(canonical.to_string(), Arc::downgrade(&l));
         l
     }
@@ -283,28 +336,44 @@ pub struct Policy {
     pub name: Arc<str>,
     /// What it counts by.
     pub key: LimitKey,
-    /// `[0]` is the base quota; others are season-multiplied ones.
+    /// Requests per window of each quota variant: `[0]` is the base quota,
+    /// others are season-multiplied ones.
+    requests: Vec<u32>,
+    burst: u32,
+    window: Duration,
+    /// The keyed limiter of each variant (empty for `route` policies, whose
+    /// single budgets live in each route's [`RouteLimits`]).
     variants: Vec<Arc<Limiter>>,
-    /// Season rule id -> index into `variants`.
+    /// Season rule id -> variant.
     by_rule: Box<[u8]>,
 }
 
 impl Policy {
-    /// The limiter in force under `rule`.
+    /// The quota variant in force under `rule`.
     #[inline]
-    fn limiter(&self, rule: Option<RuleId>) -> &Limiter {
-        let v = rule.map_or(0, |r| self.by_rule[r as usize]);
-        &self.variants[v as usize]
+    fn variant(&self, rule: Option<RuleId>) -> usize {
+        rule.map_or(0, |r| self.by_rule[r as usize] as usize)
+    }
+
+    /// The canonical form limiters are shared by across tables.
+    fn canonical(&self, requests: u32, route: Option<&str>) -> String {
+        format!(
+            "{}\u{0}{:?}\u{0}{}\u{0}{requests}\u{0}{}\u{0}{}",
+            self.name,
+            self.key,
+            route.unwrap_or(""),
+            self.window.as_secs(),
+            self.burst
+        )
     }
 
     /// `"name";q=..;w=..` for the variant in force under `rule`.
     fn policy_item(&self, rule: Option<RuleId>) -> String {
-        let l = self.limiter(rule);
         format!(
             "\"{}\";q={};w={}",
             self.name,
-            l.requests,
-            l.window.as_secs()
+            self.requests[self.variant(rule)],
+            self.window.as_secs()
         )
     }
 }
@@ -323,6 +392,9 @@ pub struct Limits {
 pub struct RouteLimits {
     /// Indexes into the table's policies.
     policies: Box<[u16]>,
+    /// Per policy (same order): the route's own single budgets of a
+    /// `route` policy, one per quota variant; empty for other keys.
+    direct: Box<[Box<[Arc<Limiter>]>]>,
     /// Key of `key = "route"` policies.
     route_key: u64,
     /// Per policy (same order): `switchyard_rate_limited_total{route, policy}`.
@@ -368,37 +440,38 @@ impl Limits {
             .policies
             .iter()
             .map(|p| {
-                let mut variants: Vec<Arc<Limiter>> = Vec::new();
-                let mut requests_of: Vec<u32> = Vec::new();
-                let mut variant = |requests: u32| -> u8 {
-                    if let Some(i) = requests_of.iter().position(|&r| r == requests) {
-                        return i as u8;
-                    }
-                    let canonical = format!(
-                        "{}\u{0}{:?}\u{0}{requests}\u{0}{}\u{0}{}",
-                        p.name, p.key, p.window_secs, p.burst
-                    );
-                    variants.push(registry.limiter(
-                        &canonical,
-                        requests,
-                        p.burst,
-                        Duration::from_secs(u64::from(p.window_secs)),
-                    ));
-                    requests_of.push(requests);
-                    (variants.len() - 1) as u8
-                };
-                variant(p.requests);
+                let mut requests = vec![p.requests];
                 let by_rule = calendar
                     .rules
                     .iter()
-                    .map(|r| variant(multiplied(p.requests, r.multiplier)))
+                    .map(|r| {
+                        let n = multiplied(p.requests, r.multiplier);
+                        let v = requests.iter().position(|&x| x == n).unwrap_or_else(|| {
+                            requests.push(n);
+                            requests.len() - 1
+                        });
+                        v as u8
+                    })
                     .collect();
-                Policy {
+                let mut policy = Policy {
                     name: p.name.as_str().into(),
                     key: p.key,
-                    variants,
+                    requests,
+                    burst: p.burst,
+                    window: Duration::from_secs(u64::from(p.window_secs)),
+                    variants: Vec::new(),
                     by_rule,
+                };
+                if p.key != LimitKey::Route {
+                    policy.variants = policy
+                        .requests
+                        .iter()
+                        .map(|&n| {
+                            registry.limiter(&policy.canonical(n, None), n, p.burst, policy.window)
+                        })
+                        .collect();
                 }
+                policy
             })
             .collect();
         Limits {
@@ -445,6 +518,26 @@ impl Limits {
                         .with_label_values(&[route.name.as_str(), &*self.policies[i as usize].name])
                 })
                 .collect(),
+            direct: ids
+                .iter()
+                .map(|&i| {
+                    let p = &self.policies[i as usize];
+                    if p.key != LimitKey::Route {
+                        return Box::default();
+                    }
+                    p.requests
+                        .iter()
+                        .map(|&n| {
+                            registry.direct_limiter(
+                                &p.canonical(n, Some(&route.name)),
+                                n,
+                                p.burst,
+                                p.window,
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
             policies: ids.into(),
             route_key: key_hash(&self.keys, LimitKey::Route, route.name.as_bytes()),
             policy_header,
@@ -468,16 +561,21 @@ impl Limits {
         // One key per kind, computed once.
         let mut keys: [Option<Option<u64>>; 4] = [None; 4];
         let mut denied: Option<(usize, Duration)> = None;
-        let mut tightest: Option<(usize, u32)> = None;
+        let mut tightest: Option<(usize, u32, &Limiter)> = None;
         for (i, &p) in route.policies.iter().enumerate() {
             let policy = &self.policies[p as usize];
             let key = *keys[policy.key as usize]
                 .get_or_insert_with(|| self.key_of(policy.key, route, headers, peer, detection));
             let Some(key) = key else { continue };
-            match policy.limiter(rule).check(key) {
+            let v = policy.variant(rule);
+            let limiter = match policy.key {
+                LimitKey::Route => &route.direct[i][v],
+                _ => &policy.variants[v],
+            };
+            match limiter.check(key) {
                 Ok(remaining) => {
-                    if tightest.is_none_or(|(_, r)| remaining < r) {
-                        tightest = Some((i, remaining));
+                    if tightest.is_none_or(|(_, r, _)| remaining < r) {
+                        tightest = Some((i, remaining, limiter));
                     }
                 }
                 Err(wait) => {
@@ -504,9 +602,9 @@ impl Limits {
             }));
         }
         match tightest {
-            Some((i, remaining)) if self.headers_on_allowed => {
+            Some((i, remaining, limiter)) if self.headers_on_allowed => {
                 let policy = &self.policies[route.policies[i] as usize];
-                let reset = policy.limiter(rule).reset_secs(remaining);
+                let reset = limiter.reset_secs(remaining);
                 let limit = format!("\"{}\";r={remaining};t={reset}", policy.name);
                 Ok(Some(RateLimitHeaders {
                     policy: policy_header(),

@@ -14,6 +14,7 @@
 //! region's zone, so DST days (23 or 25 hours) and local midnight are exact.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -43,6 +44,30 @@ pub const MAX_RULES: usize = 254;
 pub const MAX_MULTIPLIER: f64 = 1000.0;
 
 const NONE: u8 = u8::MAX;
+
+/// FNV-1a for the region-header lookup: the map is built once from the
+/// table and only read, so a request cannot grow a collision chain; header
+/// values are a few bytes, where SipHash's setup dominates.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
 
 /// One compiled season rule: when it matches (in its region's local time)
 /// and what it selects.
@@ -107,7 +132,7 @@ pub struct Calendar {
     pub seasons: Vec<Arc<str>>,
     header: Option<HeaderName>,
     /// Lower-cased header value (a `region_map` key or a region name) -> region.
-    by_value: HashMap<Box<str>, RegionId>,
+    by_value: HashMap<Box<str>, RegionId, BuildHasherDefault<Fnv>>,
     home: RegionId,
 }
 
@@ -186,7 +211,7 @@ impl Calendar {
                 .position(|r| *r.name == *name)
                 .expect("validated region") as RegionId
         };
-        let mut by_value: HashMap<Box<str>, RegionId> = regions
+        let mut by_value: HashMap<Box<str>, RegionId, BuildHasherDefault<Fnv>> = regions
             .iter()
             .enumerate()
             .map(|(i, r)| (r.name.to_ascii_lowercase().into(), i as RegionId))
