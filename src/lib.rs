@@ -101,14 +101,7 @@ pub async fn serve_with(
     });
     let terminator = tls.as_ref().map(|t| t.1.clone());
     let plane = Plane::start(doc, origin, admin, &shutdown, options, terminator).await;
-    let drained = serve_worker(
-        proxy,
-        tls,
-        plane.gateway.clone(),
-        plane.conn.clone(),
-        shutdown,
-    )
-    .await;
+    let drained = serve_worker(proxy, tls, plane.gateway.clone(), plane.conns(), shutdown).await;
     plane.stop().await;
     drained
 }
@@ -118,14 +111,14 @@ async fn serve_worker(
     plain: TcpListener,
     tls: Option<(TcpListener, Arc<tls::TlsTerminator>)>,
     gateway: Arc<Gateway>,
-    conn: server::ConnSettings,
+    (conn, tls_conn): (server::ConnSettings, server::ConnSettings),
     shutdown: CancellationToken,
 ) -> bool {
     let plain_done = server::serve(plain, gateway.clone(), conn.clone(), shutdown.clone());
     match tls {
         None => plain_done.await,
         Some((listener, terminator)) => {
-            let tls_done = server::serve_tls(listener, terminator, gateway, conn, shutdown);
+            let tls_done = server::serve_tls(listener, terminator, gateway, tls_conn, shutdown);
             let (a, b) = tokio::join!(plain_done, tls_done);
             a && b
         }
@@ -183,7 +176,7 @@ pub async fn serve_per_core(
     let mut done = Vec::with_capacity(workers.len());
     for (i, (rt, listener, tls)) in workers.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (gateway, conn, stop) = (plane.gateway.clone(), plane.conn.clone(), shutdown.clone());
+        let (gateway, conn, stop) = (plane.gateway.clone(), plane.conns(), shutdown.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("switchyard-{}", i + 1))
             .spawn(move || {
@@ -197,14 +190,8 @@ pub async fn serve_per_core(
         }
         done.push(rx);
     }
-    let mut drained = serve_worker(
-        own,
-        own_tls,
-        plane.gateway.clone(),
-        plane.conn.clone(),
-        shutdown,
-    )
-    .await;
+    let mut drained =
+        serve_worker(own, own_tls, plane.gateway.clone(), plane.conns(), shutdown).await;
     for rx in done {
         // A worker that panicked drops its sender: count it as not drained.
         drained &= rx.await.unwrap_or(false);
@@ -217,6 +204,8 @@ pub async fn serve_per_core(
 struct Plane {
     gateway: Arc<Gateway>,
     conn: server::ConnSettings,
+    /// The TLS listener's: same settings, its own counters.
+    tls_conn: server::ConnSettings,
     admin: tokio::task::JoinHandle<bool>,
     watcher: tokio::task::JoinHandle<()>,
     tls_watcher: Option<tokio::task::JoinHandle<()>>,
@@ -226,6 +215,11 @@ struct Plane {
 }
 
 impl Plane {
+    /// The plain and TLS listeners' connection settings.
+    fn conns(&self) -> (server::ConnSettings, server::ConnSettings) {
+        (self.conn.clone(), self.tls_conn.clone())
+    }
+
     async fn start(
         doc: Document,
         origin: String,
@@ -290,15 +284,18 @@ impl Plane {
             control.tables.clone(),
             shutdown.clone(),
         ));
+        let tls_conn = conn.for_another_listener();
         let admin = tokio::spawn(server::serve(
             admin,
             admin_handler,
-            conn.clone(),
+            // Its own counters: shedding proxy traffic never blinds probes.
+            conn.for_another_listener(),
             shutdown.clone(),
         ));
         Plane {
             gateway,
             conn,
+            tls_conn,
             admin,
             watcher,
             tls_watcher,

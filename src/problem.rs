@@ -54,6 +54,14 @@ pub enum GatewayError {
     /// No routing table has been loaded yet.
     #[error("no routing table loaded")]
     NotReady,
+    /// A listener limit is reached; the request is shed.
+    #[error("overloaded: {limit} limit of {max} reached on this listener")]
+    Overloaded {
+        /// Which limit: `connections` or `requests in flight`.
+        limit: &'static str,
+        /// Its configured value.
+        max: usize,
+    },
     /// The request breaks a framing or hygiene rule.
     #[error("bad request: {reason}")]
     BadRequest {
@@ -124,7 +132,7 @@ impl GatewayError {
             Self::VersionRestricted { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -153,6 +161,7 @@ impl GatewayError {
             Self::RateLimited(_) => "rate-limited",
             Self::NoRoute => "no-route",
             Self::NotReady => "not-ready",
+            Self::Overloaded { .. } => "overloaded",
             Self::BadRequest { .. } => "bad-request",
             Self::HeadersTooLarge { .. } => "headers-too-large",
             Self::UriTooLong { .. } => "uri-too-long",
@@ -234,6 +243,7 @@ impl GatewayError {
             }
             Self::NoRoute
             | Self::NotReady
+            | Self::Overloaded { .. }
             | Self::BadRequest { .. }
             | Self::HeadersTooLarge { .. }
             | Self::UriTooLong { .. }

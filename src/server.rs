@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
@@ -54,6 +55,89 @@ pub struct ConnSettings {
     pub max_buf_size: usize,
     /// How long in-flight requests may run after shutdown starts.
     pub grace: Duration,
+    /// HTTP/2 concurrent streams per connection.
+    pub h2_max_streams: u32,
+    /// This listener's connection and in-flight counters (shared by every
+    /// worker serving it; [`ConnSettings::for_another_listener`] gives a
+    /// listener its own).
+    pub admission: Arc<Admission>,
+}
+
+impl ConnSettings {
+    /// The same settings with fresh counters, for another listener.
+    pub fn for_another_listener(&self) -> ConnSettings {
+        ConnSettings {
+            admission: Arc::new(Admission::new(
+                self.admission.max_connections,
+                self.admission.max_inflight,
+            )),
+            ..self.clone()
+        }
+    }
+}
+
+/// Per-listener load shedding: open connections and requests in flight,
+/// each against its limit (0 = none). One relaxed atomic add and subtract
+/// per request; no lock.
+#[derive(Debug)]
+pub struct Admission {
+    max_connections: usize,
+    max_inflight: usize,
+    connections: AtomicUsize,
+    inflight: AtomicUsize,
+}
+
+impl Admission {
+    /// Counters at zero with these limits.
+    pub fn new(max_connections: usize, max_inflight: usize) -> Admission {
+        Admission {
+            max_connections,
+            max_inflight,
+            connections: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Open connections now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    fn connection(self: &Arc<Self>) -> (Slot, bool) {
+        let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = self.max_connections != 0 && n > self.max_connections;
+        (Slot(self.clone(), Counter::Connections), over)
+    }
+
+    fn request(self: &Arc<Self>) -> (Slot, bool) {
+        let n = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = self.max_inflight != 0 && n > self.max_inflight;
+        (Slot(self.clone(), Counter::Inflight), over)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Counter {
+    Connections,
+    Inflight,
+}
+
+/// Gives its count back when dropped.
+struct Slot(Arc<Admission>, Counter);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let c = match self.1 {
+            Counter::Connections => &self.0.connections,
+            Counter::Inflight => &self.0.inflight,
+        };
+        c.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl From<&ServerSettings> for ConnSettings {
@@ -64,6 +148,8 @@ impl From<&ServerSettings> for ConnSettings {
             // pipeline answers 431 as problem+json instead of hyper's bare 431.
             max_buf_size: (s.max_header_bytes * 2).max(8192),
             grace: Duration::from_millis(s.grace_period_ms),
+            h2_max_streams: s.h2_max_concurrent_streams,
+            admission: Arc::new(Admission::new(s.max_connections, s.max_requests_in_flight)),
         }
     }
 }
@@ -77,7 +163,7 @@ fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(settings.h2_max_streams)
         .max_header_list_size(settings.max_buf_size as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
@@ -133,12 +219,19 @@ async fn serve_inner<H: Handler>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let (slot, shed) = settings.admission.connection();
+        if shed {
+            tracing::debug!(%peer, "connection limit reached: shedding");
+        }
         let conn = Conn {
             builder: builder.clone(),
             handler: handler.clone(),
             peer,
             max_head: settings.max_buf_size,
             hard_stop: hard_stop.clone(),
+            admission: settings.admission.clone(),
+            slot,
+            shed,
         };
         match &tls {
             None => conn.serve(stream, None, graceful.watcher()),
@@ -187,6 +280,12 @@ struct Conn<H> {
     peer: SocketAddr,
     max_head: usize,
     hard_stop: CancellationToken,
+    admission: Arc<Admission>,
+    /// Held for the connection's life.
+    slot: Slot,
+    /// Over the connection limit: every request gets 503 and the
+    /// connection closes after the first answer.
+    shed: bool,
 }
 
 impl<H: Handler> Conn<H> {
@@ -200,6 +299,9 @@ impl<H: Handler> Conn<H> {
             peer,
             max_head,
             hard_stop,
+            admission,
+            slot,
+            shed,
         } = self;
         // hyper drops or merges a conflicting Content-Length before the
         // handler sees the head, so framing is checked on the raw bytes
@@ -212,7 +314,22 @@ impl<H: Handler> Conn<H> {
             if let Some(info) = &tls {
                 req.extensions_mut().insert(info.clone());
             }
+            let (request_slot, over) = admission.request();
+            let overload = if shed {
+                Some(GatewayError::Overloaded {
+                    limit: "connections",
+                    max: admission.max_connections,
+                })
+            } else if over {
+                Some(GatewayError::Overloaded {
+                    limit: "requests in flight",
+                    max: admission.max_inflight,
+                })
+            } else {
+                None
+            };
             async move {
+                let _request_slot = request_slot;
                 if let Some(v) = violation {
                     let mut resp =
                         GatewayError::BadRequest { reason: v.reason() }.to_response(None);
@@ -220,10 +337,19 @@ impl<H: Handler> Conn<H> {
                         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                     return Ok(resp);
                 }
+                if let Some(e) = overload {
+                    let mut resp = e.to_response(None);
+                    if shed {
+                        resp.headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return Ok(resp);
+                }
                 Ok::<_, Infallible>(handler.call(req, peer).await)
             }
         });
         tokio::spawn(async move {
+            let _slot = slot;
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let conn = watcher.watch(conn.into_owned());
             tokio::select! {

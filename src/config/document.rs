@@ -87,6 +87,14 @@ pub struct ServerSettings {
     pub metrics_top_clients: usize,
     /// TLS termination on a second listener (`[server.tls]`); unset = plain HTTP only.
     pub tls: Option<TlsSettings>,
+    /// Open client connections per listener (plain and TLS each); past it a
+    /// new connection gets one 503 and is closed. 0 = no limit. Default 20000.
+    pub max_connections: usize,
+    /// Requests being handled per listener; past it a request gets 503 with
+    /// `Retry-After`. 0 = no limit. Default 10000.
+    pub max_requests_in_flight: usize,
+    /// HTTP/2 streams one client connection may have open at once. Default 256.
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// `[server.tls]`: a TLS listener beside the plain one, serving the same
@@ -172,6 +180,9 @@ impl Default for ServerSettings {
             tls: None,
             cache_max_bytes: 64 * 1024 * 1024,
             metrics_top_clients: 20,
+            max_connections: 20_000,
+            max_requests_in_flight: 10_000,
+            h2_max_concurrent_streams: 256,
         }
     }
 }
