@@ -83,6 +83,15 @@ impl Body {
         }
     }
 
+    /// A copy, if this body can be sent twice (buffered or empty; a
+    /// streamed body can be read only once).
+    pub fn try_clone(&self) -> Option<Body> {
+        match self {
+            Body::Full { data } => Some(Body::Full { data: data.clone() }),
+            Body::Stream { .. } => None,
+        }
+    }
+
     /// The same body, failing with [`BodyError::TooLarge`] past `limit`
     /// bytes (a buffered body is not checked: it is ours).
     pub fn capped(mut self, cap: u64) -> Body {

@@ -488,15 +488,16 @@ impl Gateway {
             pool: pool_entry.pool.name.clone(),
             source,
         };
-        // This pool's endpoint, or its failover pool's when none is available.
-        let (serving_pool, endpoint) = pool_entry
-            .pool
-            .pick()
-            .ok_or_else(|| upstream_failed(UpstreamError::NoEndpoint))?;
         ctx.pool = Some(pool_id);
-        ctx.endpoint = Some(endpoint.clone());
         let sent = Instant::now();
-        let resp = Upstream::forward_to(serving_pool, endpoint, upstream_req, route.timeouts).await;
+        let resp = forward_with_retries(
+            &pool_entry.pool,
+            route,
+            upstream_req,
+            &method,
+            &mut ctx.endpoint,
+        )
+        .await;
         let waited = sent.elapsed();
         ctx.upstream_time = Some(waited);
         table.metrics.upstream(pool_id, waited);
@@ -1067,6 +1068,83 @@ fn plain_body(body: Option<Incoming>, no_body: bool, limit: u64) -> Body {
     match body {
         Some(body) if !no_body => Body::limited(body, limit),
         _ => Body::empty(),
+    }
+}
+
+/// Sends `req` to an endpoint of `pool` (or of its failover pool), trying
+/// again per the route's retry policy: a request that never left goes to
+/// another endpoint whatever its method; an idempotent one whose body can be
+/// sent again also after a timeout, a broken exchange or a retryable
+/// status. All tries together stay within the route's timeout, and each
+/// retry needs room in the route's budget. `endpoint` ends as the endpoint
+/// of the last try.
+async fn forward_with_retries(
+    pool: &crate::upstream::Pool,
+    route: &crate::table::Route,
+    mut req: Request<Body>,
+    method: &http::Method,
+    endpoint: &mut Option<Arc<Endpoint>>,
+) -> Result<Response<Body>, UpstreamError> {
+    let policy = &route.retry;
+    let mut attempts = policy.enter();
+    let replayable = crate::upstream::retry::idempotent(method);
+    let deadline = Instant::now() + route.timeouts.response;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        // This pool's endpoint, or its failover pool's when none is
+        // available; a retry moves away from the endpoint that just failed.
+        let picked = match endpoint.as_deref() {
+            Some(last) if tries > 1 => pool.pick_other(last),
+            _ => pool.pick(),
+        };
+        let (serving, ep) = picked.ok_or(UpstreamError::NoEndpoint)?;
+        *endpoint = Some(ep.clone());
+        let more = tries < policy.attempts;
+        let spare = if more && replayable {
+            req.body().try_clone().map(|body| {
+                let mut copy = Request::new(body);
+                *copy.method_mut() = req.method().clone();
+                *copy.uri_mut() = req.uri().clone();
+                *copy.version_mut() = req.version();
+                *copy.headers_mut() = req.headers().clone();
+                copy
+            })
+        } else {
+            None
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeouts = crate::upstream::Timeouts {
+            connect: route.timeouts.connect.min(left),
+            response: policy.per_try.map_or(left, |t| t.min(left)),
+        };
+        let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
+            more && Instant::now() < deadline && attempts.try_retry()
+        };
+        match Upstream::forward_once(serving, ep, req, timeouts).await {
+            Ok(resp) if policy.retry_status(resp.status()) && spare.is_some() => {
+                if !again(&mut attempts) {
+                    return Ok(resp);
+                }
+                tracing::debug!(endpoint = %ep.authority, status = %resp.status(), try_ = tries, "retrying");
+                req = spare.expect("checked");
+            }
+            Ok(resp) => return Ok(resp),
+            Err(failed) => {
+                let next = match (failed.unsent, spare) {
+                    (Some(unsent), _) => Some(unsent),
+                    (None, Some(spare)) if failed.error.is_endpoint_fault() => Some(spare),
+                    _ => None,
+                };
+                match next {
+                    Some(next) if again(&mut attempts) => {
+                        tracing::debug!(endpoint = %ep.authority, error = %failed.error, try_ = tries, "retrying");
+                        req = next;
+                    }
+                    _ => return Err(failed.error),
+                }
+            }
+        }
     }
 }
 

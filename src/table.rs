@@ -65,6 +65,8 @@ pub struct Route {
     pub translate_limits: crate::translate::Limits,
     /// Response cache rules; `None` = not cached.
     pub cache: Option<crate::cache::RouteCache>,
+    /// Retry policy and its budget counters.
+    pub retry: crate::upstream::retry::RetryPolicy,
 }
 
 /// A compiled pool plus the version it serves.
@@ -278,6 +280,7 @@ impl RoutingTable {
                         max_depth: r.translate_max_depth,
                     },
                     cache: r.cache.as_ref().map(crate::cache::RouteCache::compile),
+                    retry: (&r.retry).into(),
                 }
             })
             .collect();

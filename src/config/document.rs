@@ -486,6 +486,42 @@ pub struct RouteDoc {
     /// Response cache for this route's GET and HEAD requests; absent = not
     /// cached (the default).
     pub cache: Option<CacheDoc>,
+    /// Retries of failed upstream exchanges (`[routes.retry]`); on with its
+    /// defaults (one retry, budgeted).
+    #[serde(default)]
+    pub retry: RetryDoc,
+}
+
+/// `[routes.retry]`: see the README's "Retries" section for when a request
+/// is tried again.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryDoc {
+    /// Tries in all, the first included; 1 = never retry. Default 2.
+    pub attempts: u32,
+    /// Timeout of each try, in ms; 0 = the route's `timeout_ms`, which always
+    /// bounds all tries together. Default 0.
+    pub per_try_timeout_ms: u64,
+    /// Upstream statuses worth another try (idempotent requests only).
+    /// Default `[502, 503, 504]`.
+    pub retry_statuses: Vec<u16>,
+    /// Retries in progress may not exceed this percentage of the route's
+    /// requests in progress. Default 20.
+    pub budget_percent: u32,
+    /// ... plus this many, so a quiet route can still retry. Default 3.
+    pub min_retries: u32,
+}
+
+impl Default for RetryDoc {
+    fn default() -> Self {
+        RetryDoc {
+            attempts: 2,
+            per_try_timeout_ms: 0,
+            retry_statuses: vec![502, 503, 504],
+            budget_percent: 20,
+            min_retries: 3,
+        }
+    }
 }
 
 /// A route's response-cache rules (`[routes.cache]`).

@@ -325,6 +325,32 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
         }
     }
 
+    for (i, r) in doc.routes.iter().enumerate() {
+        let path = format!("routes[{i}].retry");
+        let rt = &r.retry;
+        if !(1..=5).contains(&rt.attempts) {
+            err(
+                format!("{path}.attempts"),
+                format!("must be between 1 and 5, got {}", rt.attempts),
+            );
+        }
+        if rt.budget_percent > 100 {
+            err(
+                format!("{path}.budget_percent"),
+                format!("must be at most 100, got {}", rt.budget_percent),
+            );
+        }
+        for (j, code) in rt.retry_statuses.iter().enumerate() {
+            // 4xx are the client's (a 429 retried is a 429 amplified).
+            if !(500..=599).contains(code) {
+                err(
+                    format!("{path}.retry_statuses[{j}]"),
+                    format!("{code} is not a 5xx status"),
+                );
+            }
+        }
+    }
+
     // pins
     for (client, version) in &doc.pins {
         if !known(version) {

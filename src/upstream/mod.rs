@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use crate::body::{Body, BodyError};
 
 pub mod health;
+pub mod retry;
 
 /// Idle connections older than this are dropped at checkout: 90 s, longer
 /// than typical upstream keep-alive timeouts would race; a request that
@@ -243,6 +244,28 @@ impl Pool {
         f.choose().map(|ep| (f, ep))
     }
 
+    /// For a retry: an available endpoint other than `not` (scanning from
+    /// a random start), else one of the failover pool, else [`Pool::pick`].
+    pub fn pick_other(&self, not: &Endpoint) -> Option<(&Pool, &Arc<Endpoint>)> {
+        let mut now = None;
+        let n = self.endpoints.len();
+        if n > 1 {
+            let start = fastrand::usize(..n);
+            let other = (0..n)
+                .map(|i| &self.endpoints[(start + i) % n])
+                .find(|e| !std::ptr::eq(&***e, not) && e.health.available(&mut now));
+            if let Some(e) = other {
+                return Some((self, e));
+            }
+        }
+        if let Some(f) = self.failover.as_deref()
+            && let Some(e) = f.choose()
+        {
+            return Some((f, e));
+        }
+        self.pick()
+    }
+
     /// Whether this pool or its failover has an available endpoint.
     pub fn serving(&self) -> bool {
         self.pick().is_some()
@@ -315,9 +338,23 @@ impl Upstream {
     pub async fn forward_to(
         pool: &Pool,
         ep: &Endpoint,
-        mut req: Request<Body>,
+        req: Request<Body>,
         timeouts: Timeouts,
     ) -> Result<Response<Body>, UpstreamError> {
+        Self::forward_once(pool, ep, req, timeouts)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// [`Upstream::forward_to`], giving the request back when it provably
+    /// never left (no connection could be made), so a retry can send it
+    /// elsewhere even with a streamed body.
+    pub async fn forward_once(
+        pool: &Pool,
+        ep: &Endpoint,
+        mut req: Request<Body>,
+        timeouts: Timeouts,
+    ) -> Result<Response<Body>, Failed> {
         let client_authority = req.uri().authority().cloned();
         // Origin form: the connection is to the endpoint already.
         let pq = req
@@ -348,17 +385,46 @@ impl Upstream {
         let result =
             match tokio::time::timeout(timeouts.response, exchange(ep, req, timeouts)).await {
                 Ok(result) => result,
-                Err(_) => Err(UpstreamError::Timeout {
-                    endpoint: ep.authority.clone(),
-                    after: timeouts.response,
+                Err(_) => Err(Failed {
+                    error: UpstreamError::Timeout {
+                        endpoint: ep.authority.clone(),
+                        after: timeouts.response,
+                    },
+                    unsent: None,
                 }),
             };
         let failed = match &result {
             Ok(resp) => resp.status().is_server_error(),
-            Err(e) => e.is_endpoint_fault(),
+            Err(f) => f.error.is_endpoint_fault(),
         };
         health::record(pool, ep, failed);
         result
+    }
+}
+
+/// A failed exchange, with the request if it was never sent.
+pub struct Failed {
+    /// Why.
+    pub error: UpstreamError,
+    /// The request, when no byte of it left (connect failed or timed out).
+    pub unsent: Option<Request<Body>>,
+}
+
+impl std::fmt::Debug for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failed")
+            .field("error", &self.error)
+            .field("unsent", &self.unsent.is_some())
+            .finish()
+    }
+}
+
+impl Failed {
+    fn sent(error: UpstreamError) -> Failed {
+        Failed {
+            error,
+            unsent: None,
+        }
     }
 }
 
@@ -366,21 +432,30 @@ async fn exchange(
     ep: &Endpoint,
     req: Request<Body>,
     timeouts: Timeouts,
-) -> Result<Response<Body>, UpstreamError> {
+) -> Result<Response<Body>, Failed> {
+    let fresh = |req: Request<Body>| async move {
+        match connect(ep, timeouts.connect).await {
+            Ok(sender) => Ok((sender, req)),
+            Err(error) => Err(Failed {
+                error,
+                unsent: Some(req),
+            }),
+        }
+    };
     let (mut sender, req) = match checkout(&ep.authority) {
         Some(mut sender) => match sender.try_send_request(req).await {
             Ok(resp) => return Ok(respond(resp, sender, ep)),
             Err(mut e) => match e.take_message() {
                 // Never started: closed while idle. Once more, on a new one.
-                Some(req) => (connect(ep, timeouts.connect).await?, req),
-                None => return Err(classify(e.into_error(), ep)),
+                Some(req) => fresh(req).await?,
+                None => return Err(Failed::sent(classify(e.into_error(), ep))),
             },
         },
-        None => (connect(ep, timeouts.connect).await?, req),
+        None => fresh(req).await?,
     };
     match sender.send_request(req).await {
         Ok(resp) => Ok(respond(resp, sender, ep)),
-        Err(e) => Err(classify(e, ep)),
+        Err(e) => Err(Failed::sent(classify(e, ep))),
     }
 }
 
