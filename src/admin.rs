@@ -17,6 +17,10 @@ use crate::pipeline::health;
 use crate::server::Handler;
 use crate::table::TableHandle;
 
+/// Env var holding the bearer token for `/admin/*` (wins over
+/// `server.admin_token`; read outside clap, so deployment checks name it here).
+pub const ADMIN_TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
+
 /// Admin API handler.
 #[derive(Debug)]
 pub struct Admin {

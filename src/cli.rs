@@ -1,4 +1,4 @@
-//! Command line: `run`, `validate`, `demo` (and the hidden `demo-upstream`
+//! Command line: `run`, `validate`, `demo`, `healthcheck` (and the hidden `demo-upstream`
 //! used by `benches/load.sh`). Process settings come from the document's
 //! `[server]` table, overridden by `SWITCHYARD_*` env vars and flags.
 
@@ -114,6 +114,20 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: PinAction,
+    },
+    /// GET a health URL and exit 0 if it answers 2xx in time, else 1 (for
+    /// container health checks in images without curl or a shell).
+    Healthcheck {
+        /// Plain `http://host:port/path` URL.
+        #[arg(
+            long,
+            env = "SWITCHYARD_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:9901/health/ready"
+        )]
+        url: String,
+        /// Connect + response deadline, ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// A demo upstream alone (for benchmarks).
     #[command(hide = true)]
@@ -404,6 +418,19 @@ pub fn plan(command: Command) -> anyhow::Result<Plan> {
             };
             Ok(Plan::Exit(translate(&doc, &args, &body)))
         }
+        Command::Healthcheck { url, timeout_ms } => {
+            match healthcheck(&url, std::time::Duration::from_millis(timeout_ms)) {
+                Ok(status) if (200..300).contains(&status) => Ok(Plan::Exit(0)),
+                Ok(status) => {
+                    eprintln!("healthcheck: {url}: status {status}");
+                    Ok(Plan::Exit(1))
+                }
+                Err(e) => {
+                    eprintln!("healthcheck: {url}: {e}");
+                    Ok(Plan::Exit(1))
+                }
+            }
+        }
         Command::Config { redis, action } => {
             Ok(Plan::Control(Box::new(ControlCmd::Config(redis, action))))
         }
@@ -491,6 +518,61 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `switchyard healthcheck`: one HTTP/1.1 `GET` of a plain
+/// `http://host[:port]/path` URL with `Connection: close`, all within
+/// `timeout`. Returns the response status. Blocking std I/O: no runtime for
+/// a probe that runs every few seconds.
+pub fn healthcheck(url: &str, timeout: std::time::Duration) -> anyhow::Result<u16> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let deadline = std::time::Instant::now() + timeout;
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported")?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    let target = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = target
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .with_context(|| format!("no address for {authority}"))?;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .context("timed out")
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, left()?)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_write_timeout(Some(left()?))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: switchyard-healthcheck\r\nConnection: close\r\n\r\n"
+    )
+    .context("sending the request")?;
+    // Only the status line matters.
+    let mut head = Vec::with_capacity(128);
+    let mut buf = [0u8; 512];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        stream.set_read_timeout(Some(left()?))?;
+        let n = stream.read(&mut buf).context("reading the response")?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    line.strip_prefix("HTTP/1.")
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response: {line:?}"))
 }
 
 /// `switchyard translate` arguments.

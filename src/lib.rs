@@ -253,7 +253,7 @@ impl Plane {
             &doc.server,
             control.metrics.requests.clone(),
         ));
-        let token = std::env::var("SWITCHYARD_ADMIN_TOKEN")
+        let token = std::env::var(admin::ADMIN_TOKEN_ENV)
             .ok()
             .filter(|t| !t.is_empty())
             .or(doc.server.admin_token.clone());

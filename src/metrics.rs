@@ -1,8 +1,8 @@
 //! Request metrics (Prometheus): traffic by route, client version, target
 //! version, detection source and status class; request and upstream
 //! latency; in-flight requests; translation and upstream errors; response
-//! cache outcomes and size; upstream endpoint in-flight counts; and version
-//! usage by client (top N plus `other`).
+//! cache outcomes and size; upstream endpoints' in-flight counts and
+//! availability; and version usage by client (top N plus `other`).
 //!
 //! Owns the metric families (registered in the gateway's own registry, next
 //! to the control plane's, so several gateways in one process never
@@ -21,7 +21,8 @@
 //! in it, once per table, rather than all at compile time: resolving every
 //! combination up front would export versions x targets x sources x classes
 //! zero series per route (thousands for a 50-route table) that nobody reads.
-//! Only combinations that actually occur ever appear in `/metrics`.
+//! Only combinations that actually occur ever appear in `/metrics`, and a
+//! table without a route, version or pool drops its series.
 //!
 //! # Client usage, bounded
 //! `switchyard_client_requests{client}` and
@@ -35,6 +36,7 @@
 //! Rate limits by policy, canary overrides and the active season per region
 //! live with their owners (`limit::Registry`), registered in the same registry.
 
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -94,6 +96,7 @@ pub struct RequestMetrics {
     cache_entries: IntGauge,
     version_info: IntGaugeVec,
     endpoint_in_flight: IntGaugeVec,
+    endpoint_available: IntGaugeVec,
     client_requests: IntGaugeVec,
     client_version: IntGaugeVec,
     unmatched: [IntCounter; CLASSES],
@@ -104,6 +107,20 @@ pub struct RequestMetrics {
     hasher: std::hash::RandomState,
     /// Every version name any table had; clients store index + 1.
     version_names: Mutex<Vec<Arc<str>>>,
+    /// Label sets resolved so far, so that a table without a route,
+    /// version or pool also drops its series.
+    resolved: Mutex<Resolved>,
+}
+
+/// Series created for some table (cold paths only lock this).
+#[derive(Debug, Default)]
+struct Resolved {
+    requests: HashSet<[Box<str>; 5]>,
+    durations: HashSet<[Box<str>; 2]>,
+    /// Pools with an upstream histogram, routes with cache counters, as
+    /// of the last table.
+    pools: HashSet<Box<str>>,
+    cached_routes: HashSet<Box<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -230,6 +247,12 @@ impl RequestMetrics {
                 "Requests sent to an upstream endpoint and not yet answered",
                 &["pool", "endpoint"],
             ),
+            endpoint_available: gauge_vec(
+                r,
+                "switchyard_upstream_endpoint_available",
+                "1 while an upstream endpoint may take requests; 0 while its health check fails or it is ejected",
+                &["pool", "endpoint"],
+            ),
             client_requests: gauge_vec(
                 r,
                 "switchyard_client_requests",
@@ -248,6 +271,7 @@ impl RequestMetrics {
             clients_overflow: AtomicU64::new(0),
             hasher: std::hash::RandomState::new(),
             version_names: Mutex::new(Vec::new()),
+            resolved: Mutex::default(),
         }
     }
 
@@ -259,6 +283,7 @@ impl RequestMetrics {
 
     /// Label handles for a freshly compiled table (off the request path).
     pub fn compile(self: &Arc<Self>, table: &RoutingTable) -> TableMetrics {
+        self.forget_stale(table);
         // The table about to be published describes the live versions.
         self.version_info.reset();
         for v in &table.versions {
@@ -285,25 +310,37 @@ impl RequestMetrics {
                 .collect()
         };
         let nversions = table.versions.len();
-        // Versions some pool speaks: the possible targets of any split.
-        let mut targets: Vec<VersionId> = table.pools.iter().map(|p| p.version).collect();
-        targets.sort_unstable();
-        targets.dedup();
-        let targets: Arc<[VersionId]> = targets.into();
         let routes = table
             .routes
             .iter()
             .map(|r| {
-                // Rows: per client version (then "unknown"), target "none"
-                // and then each pool version. A served version's split only
-                // picks some of them, but the split's shape is its own.
-                let first_row = (0..=nversions)
-                    .map(|v| (v * (1 + targets.len())) as u32)
-                    .collect();
-                let rows = (nversions + 1) * (1 + targets.len());
+                // Rows per client version (then "unknown"): target "none",
+                // then each version its split profiles or a canary override
+                // can pick.
+                let mut first_row = Vec::with_capacity(nversions + 1);
+                let mut targets = Vec::with_capacity(nversions + 1);
+                let mut rows = 0;
+                for v in 0..=nversions {
+                    let mut t: Vec<VersionId> = r
+                        .splits
+                        .get(v)
+                        .and_then(Option::as_ref)
+                        .map(|p| {
+                            p.pools()
+                                .iter()
+                                .map(|&pool| table.pools[pool as usize].version)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    t.sort_unstable();
+                    t.dedup();
+                    first_row.push(rows as u32);
+                    rows += 1 + t.len();
+                    targets.push(t.into_boxed_slice());
+                }
                 RouteSlots {
                     first_row,
-                    targets: targets.clone(),
+                    targets,
                     requests: (0..rows * SOURCES * CLASSES)
                         .map(|_| OnceLock::new())
                         .collect(),
@@ -328,6 +365,76 @@ impl RequestMetrics {
                 version_ix,
             }),
         }
+    }
+
+    /// Drops the series of routes, versions and pools `table` no longer
+    /// has (requests still running on the old table count into handles
+    /// that are no longer exported: a few at most).
+    fn forget_stale(&self, table: &RoutingTable) {
+        let routes: HashSet<&str> = table.routes.iter().map(|r| &*r.name).collect();
+        let versions: HashSet<&str> = table
+            .versions
+            .iter()
+            .map(|v| &*v.name)
+            .chain([UNKNOWN, NONE])
+            .collect();
+        let pools: HashSet<&str> = table.pools.iter().map(|p| &*p.pool.name).collect();
+        let cached: HashSet<&str> = table
+            .routes
+            .iter()
+            .filter(|r| r.cache.is_some())
+            .map(|r| &*r.name)
+            .collect();
+        let mut r = self.resolved.lock().expect("resolved series poisoned");
+        r.requests.retain(|l| {
+            let keep =
+                routes.contains(&*l[0]) && versions.contains(&*l[1]) && versions.contains(&*l[2]);
+            if !keep {
+                let _ = self
+                    .requests
+                    .remove_label_values(&l.each_ref().map(|v| &**v));
+            }
+            keep
+        });
+        r.durations.retain(|l| {
+            let keep = routes.contains(&*l[0]) && versions.contains(&*l[1]);
+            if !keep {
+                let _ = self
+                    .duration
+                    .remove_label_values(&l.each_ref().map(|v| &**v));
+            }
+            keep
+        });
+        for pool in r.pools.iter().filter(|p| !pools.contains(&***p)) {
+            let _ = self.upstream_duration.remove_label_values(&[&**pool]);
+        }
+        for route in r.cached_routes.iter().filter(|c| !cached.contains(&***c)) {
+            for result in ["hit", "miss", "stale"] {
+                let _ = self.cache_requests.remove_label_values(&[&**route, result]);
+            }
+        }
+        r.pools = pools.into_iter().map(Into::into).collect();
+        r.cached_routes = cached.into_iter().map(Into::into).collect();
+    }
+
+    /// The request counter for `labels`, remembered for [`Self::forget_stale`].
+    fn resolve_request(&self, labels: [&str; 5]) -> IntCounter {
+        self.resolved
+            .lock()
+            .expect("resolved series poisoned")
+            .requests
+            .insert(labels.map(Into::into));
+        self.requests.with_label_values(&labels)
+    }
+
+    /// The duration histogram for `labels`, remembered likewise.
+    fn resolve_duration(&self, labels: [&str; 2]) -> Histogram {
+        self.resolved
+            .lock()
+            .expect("resolved series poisoned")
+            .durations
+            .insert(labels.map(Into::into));
+        self.duration.with_label_values(&labels)
     }
 
     /// Counts a request that matched no route (or came before any table).
@@ -385,12 +492,18 @@ impl RequestMetrics {
         self.cache_bytes.set(cache.0 as i64);
         self.cache_entries.set(cache.1 as i64);
         self.endpoint_in_flight.reset();
+        self.endpoint_available.reset();
         if let Some(t) = table {
+            let mut now = None;
             for p in &t.pools {
                 for e in &p.pool.endpoints {
+                    let labels = [&*p.pool.name, e.authority.as_str()];
                     self.endpoint_in_flight
-                        .with_label_values(&[&*p.pool.name, e.authority.as_str()])
+                        .with_label_values(&labels)
                         .set(i64::from(e.inflight()));
+                    self.endpoint_available
+                        .with_label_values(&labels)
+                        .set(i64::from(e.health.available(&mut now)));
                 }
             }
         }
@@ -466,8 +579,8 @@ struct Slots {
 struct RouteSlots {
     /// First row of each client version (index `versions.len()`: unknown).
     first_row: Vec<u32>,
-    /// Versions a split can pick (those some pool speaks).
-    targets: Arc<[VersionId]>,
+    /// Per client version (then unknown): the target versions it can get.
+    targets: Vec<Box<[VersionId]>>,
     /// `[row][source][class]`, resolved on first use.
     requests: Box<[OnceLock<IntCounter>]>,
     /// Request duration by client version (then unknown).
@@ -502,15 +615,12 @@ impl TableMetrics {
         let row = r.first_row[client_ix] as usize
             + match o.target {
                 None => 0,
-                Some(t) => match r.targets.iter().position(|&x| x == t) {
+                Some(t) => match r.targets[client_ix].iter().position(|&x| x == t) {
                     Some(i) => 1 + i,
                     // Not a target the split can pick (cannot happen with one
                     // table): count it without a slot.
                     None => {
-                        s.owner
-                            .requests
-                            .with_label_values(&self.labels(table, o))
-                            .inc();
+                        s.owner.resolve_request(self.labels(table, o)).inc();
                         return;
                     }
                 },
@@ -518,14 +628,13 @@ impl TableMetrics {
         let source = o.source.map_or(SOURCES - 1, |s| s as usize);
         let i = (row * SOURCES + source) * CLASSES + class(o.status);
         r.requests[i]
-            .get_or_init(|| s.owner.requests.with_label_values(&self.labels(table, o)))
+            .get_or_init(|| s.owner.resolve_request(self.labels(table, o)))
             .inc();
         r.duration[client_ix]
             .get_or_init(|| {
                 let route = &*table.routes[o.route as usize].name;
                 s.owner
-                    .duration
-                    .with_label_values(&[route, version_label(table, o.client)])
+                    .resolve_duration([route, version_label(table, o.client)])
             })
             .observe(o.elapsed.as_secs_f64());
     }

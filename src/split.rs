@@ -106,6 +106,11 @@ pub struct Profiles {
 }
 
 impl Profiles {
+    /// Every pool a profile or a canary override can pick.
+    pub fn pools(&self) -> &[PoolId] {
+        &self.pools
+    }
+
     /// Builds the profiles from the default `(pool, weight)` list (at least
     /// one pool) and per-season lists; `seasons` is the calendar's number of
     /// season names.

@@ -434,3 +434,75 @@ async fn run_with_several_workers_spreads_connections_and_reuses_upstream_ones()
         "{conns} upstream connections for 60 requests over 3 workers"
     );
 }
+
+/// `switchyard healthcheck` (the Docker image's HEALTHCHECK: no curl or
+/// shell in the runtime image): exit 0 for a 2xx from the admin listener,
+/// 1 for another status, a closed port or a listener that never answers.
+#[test]
+fn healthcheck_exits_0_only_for_a_2xx_in_time() {
+    let mut demo = Proc::spawn(switchyard(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
+    let admin: SocketAddr = demo.wait_for(false, |line| {
+        let rest = line.split("admin on http://").nth(1)?;
+        rest.split([',', ' ']).next()?.parse().ok()
+    });
+    let check = |url: &str, timeout_ms: &str| {
+        let started = Instant::now();
+        let out = switchyard(&["healthcheck", "--url", url, "--timeout-ms", timeout_ms])
+            .output()
+            .expect("run switchyard healthcheck");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            started.elapsed(),
+        )
+    };
+
+    for path in ["/health/ready", "/health/live"] {
+        let (code, stderr, _) = check(&format!("http://{admin}{path}"), "2000");
+        assert_eq!(code, Some(0), "{path}: {stderr}");
+    }
+    let (code, stderr, _) = check(&format!("http://{admin}/health/nope"), "2000");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("status 404"), "{stderr}");
+
+    // The default URL is the admin listener's default address.
+    let cmd = <switchyard::cli::Cli as clap::CommandFactory>::command();
+    let hc = cmd
+        .find_subcommand("healthcheck")
+        .expect("healthcheck subcommand");
+    let url = hc
+        .get_arguments()
+        .find(|a| a.get_id() == "url")
+        .expect("--url");
+    let default = url.get_default_values()[0].to_string_lossy().into_owned();
+    let settings = switchyard::config::ServerSettings::default();
+    assert_eq!(
+        default,
+        format!("http://{}/health/ready", settings.admin_listen)
+    );
+    demo.terminate();
+
+    // Nothing listening: refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let (code, stderr, _) = check(&format!("http://{closed_addr}/health/ready"), "2000");
+    assert_eq!(code, Some(1), "{stderr}");
+
+    // A listener that accepts and never answers: the deadline holds.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let (code, stderr, took) = check(&format!("http://{silent_addr}/health/ready"), "300");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    drop(silent);
+
+    let (code, stderr, _) = check("https://127.0.0.1:9901/health/ready", "300");
+    assert_eq!(code, Some(1), "{stderr}");
+}

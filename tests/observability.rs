@@ -119,6 +119,13 @@ async fn metrics_count_requests_by_route_versions_source_and_status_class() {
         ),
         Some(0.0)
     );
+    assert_eq!(
+        m.value(
+            "switchyard_upstream_endpoint_available",
+            &[("pool", "v2"), ("endpoint", &v2.endpoint())]
+        ),
+        Some(1.0)
+    );
     // The control plane's metrics share the registry.
     assert_eq!(m.value("switchyard_config_revision", &[]), Some(0.0));
 
@@ -387,3 +394,57 @@ async fn k8s_rules_and_dashboard_use_exported_metric_names() {
 /// Metric families registered by the rate-limit and season code, which this
 /// test's table does not configure.
 const ISSUE_5_METRICS: &[&str] = &["switchyard_season_active", "switchyard_rate_limited_total"];
+
+#[tokio::test]
+async fn a_reload_drops_the_series_of_removed_routes_and_keeps_the_rest() {
+    let (v1, v2) = (Upstream::spawn("v1").await, Upstream::spawn("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("table.toml");
+    let with_b = two_versions(&v1, &v2)
+        .route("b", "/b", "v2", "[routes.cache]\nttl_ms = 60000")
+        .toml();
+    std::fs::write(&file, &with_b).unwrap();
+    let gw = TestGateway::start_with(
+        with_b.as_str(),
+        switchyard::ServeOptions {
+            file: Some(file.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    gw.get("/api/x").send().await;
+    gw.get("/b/x").send().await;
+    let m = gw.metrics().await;
+    assert_eq!(m.sum(REQUESTS, &[("route", "b")]), 1.0);
+    assert!(
+        m.value(
+            "switchyard_cache_requests_total",
+            &[("route", "b"), ("result", "miss")]
+        )
+        .is_some()
+    );
+
+    std::fs::write(&file, two_versions(&v1, &v2).toml()).unwrap();
+    let r = gw.admin_post("/admin/reload").send().await;
+    assert_eq!(r.json()["reload"]["result"], "applied");
+    let m = gw.metrics().await;
+    assert!(m.samples(REQUESTS, &[("route", "b")]).is_empty(), "{}", m.0);
+    assert!(
+        m.samples(
+            "switchyard_request_duration_seconds_count",
+            &[("route", "b")]
+        )
+        .is_empty()
+    );
+    assert!(
+        m.samples("switchyard_cache_requests_total", &[("route", "b")])
+            .is_empty()
+    );
+    assert_eq!(
+        m.sum(REQUESTS, &[("route", "api")]),
+        1.0,
+        "kept, with its count"
+    );
+    gw.get("/api/x").send().await;
+    assert_eq!(gw.metrics().await.sum(REQUESTS, &[("route", "api")]), 2.0);
+}
