@@ -551,10 +551,11 @@ fn wedding_season_overlay_patches_the_base() {
     }
 }
 
-/// The probes and the scrape path, asked of a gateway serving the
-/// bootstrap table (TLS and Redis left out: no certificate or Redis here).
+/// The probes, the scrape path and the source series of the HPA's
+/// request-rate metric, asked of a gateway serving the bootstrap table (TLS
+/// and Redis left out: no certificate or Redis here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8s_probe_paths_are_answered_by_the_admin_listener() {
+async fn k8s_probe_paths_and_the_hpa_series_are_served_by_the_gateway() {
     let k = base();
     let (mut doc, _) = k8s_settings(&k);
     doc.server.tls = None;
@@ -572,6 +573,26 @@ async fn k8s_probe_paths_are_answered_by_the_admin_listener() {
         let resp = gw.admin_get(&path).send().await;
         assert_eq!(resp.status(), 200, "{path}");
     }
+
+    // The HPA's request-rate metric comes from a counter the gateway
+    // exports (prometheus-adapter's seriesQuery in hpa.yaml).
+    let hpa = read("k8s/base/hpa.yaml");
+    let series = hpa
+        .split("seriesQuery: '")
+        .nth(1)
+        .and_then(|q| q.split('{').next())
+        .expect("seriesQuery in hpa.yaml");
+    let resp = gw
+        .get("/api/orders")
+        .header("x-api-version", "v9")
+        .send()
+        .await;
+    assert_eq!(resp.status(), 400, "an unknown version is still counted");
+    let exported = gw.metrics().await.names();
+    assert!(
+        exported.contains(series),
+        "{series} is not exported: {exported:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
