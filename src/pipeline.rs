@@ -1131,17 +1131,24 @@ async fn forward_with_retries(
             }
             Ok(resp) => return Ok(resp),
             Err(failed) => {
+                // A request that never left did no work upstream, so trying
+                // it elsewhere amplifies nothing: bounded by `attempts` and
+                // the deadline, not by the budget.
                 let next = match (failed.unsent, spare) {
-                    (Some(unsent), _) => Some(unsent),
-                    (None, Some(spare)) if failed.error.is_endpoint_fault() => Some(spare),
+                    (Some(unsent), _) if more && Instant::now() < deadline => Some(unsent),
+                    (None, Some(spare))
+                        if failed.error.is_endpoint_fault() && again(&mut attempts) =>
+                    {
+                        Some(spare)
+                    }
                     _ => None,
                 };
                 match next {
-                    Some(next) if again(&mut attempts) => {
+                    Some(next) => {
                         tracing::debug!(endpoint = %ep.authority, error = %failed.error, try_ = tries, "retrying");
                         req = next;
                     }
-                    _ => return Err(failed.error),
+                    None => return Err(failed.error),
                 }
             }
         }

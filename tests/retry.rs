@@ -111,7 +111,7 @@ async fn a_request_that_never_left_is_retried_whatever_its_method() {
 async fn attempts_and_the_budget_bound_the_tries() {
     let bad = Upstream::spawn("bad").await;
     bad.reply(Method::GET, "/api/x", Reply::json(502, "{}"));
-    // Three tries each while the budget has room (floor of 3, one request
+    // Three tries each while the budget has room (floor of 10, one request
     // at a time).
     let gw = TestGateway::start(gateway_text(
         &[bad.endpoint()],

@@ -508,7 +508,7 @@ pub struct RetryDoc {
     /// Retries in progress may not exceed this percentage of the route's
     /// requests in progress. Default 20.
     pub budget_percent: u32,
-    /// ... plus this many, so a quiet route can still retry. Default 3.
+    /// ... plus this many, so a quiet route can still retry. Default 10.
     pub min_retries: u32,
 }
 
@@ -519,7 +519,7 @@ impl Default for RetryDoc {
             per_try_timeout_ms: 0,
             retry_statuses: vec![502, 503, 504],
             budget_percent: 20,
-            min_retries: 3,
+            min_retries: 10,
         }
     }
 }
