@@ -310,7 +310,12 @@ fi
 # upstream blocks with keep-alive; access log off (switchyard logs nothing
 # per request at the default level either).
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
+# Started as root, nginx's workers would run as nobody and could not write
+# proxy_cache files under our 0700 temp dir: keep them as the invoking user.
+NGX_USER=""
+[[ $(id -u) == 0 ]] && NGX_USER="user root root;"
 cat >"$TMP/nginx/nginx.conf" <<EOF
+$NGX_USER
 daemon off;
 worker_processes $NGINX_WORKERS;
 pid $TMP/nginx/nginx.pid;
