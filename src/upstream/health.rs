@@ -258,6 +258,14 @@ fn apply(ep: &Endpoint, check: &Check, pool: &str, ok: Result<(), String>) {
             let streak = h.streak.load(Ordering::Relaxed).max(0) + 1;
             h.streak.store(streak, Ordering::Relaxed);
             if streak >= check.healthy_threshold && !h.up.swap(true, Ordering::Relaxed) {
+                // Back by the checks' verdict: a passive ejection from the
+                // outage ends too (as Envoy's
+                // successful_active_health_check_uneject_host does).
+                let now = now_ms();
+                if h.ejected(now) {
+                    h.ejected_until.store(now, Ordering::Relaxed);
+                }
+                h.failures.store(0, Ordering::Relaxed);
                 tracing::info!(pool, endpoint = %ep.authority, "endpoint healthy again");
             }
         }
