@@ -117,18 +117,16 @@ impl TlsTerminator {
     /// current one stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         // Stamps first: a file rewritten while we read it is seen again.
-        let fresh = stamps(&self.settings);
+        // Kept even when the build fails: retry on the next change, not on
+        // every poll.
+        *self.stamps.lock().expect("tls stamps poisoned") = stamps(&self.settings);
         match build(&self.settings, &self.provider) {
             Ok(config) => {
                 self.config.store(Arc::new(config));
-                *self.stamps.lock().expect("tls stamps poisoned") = fresh;
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
-                // Remember the stamps anyway: retry on the next change, not
-                // on every poll.
-                *self.stamps.lock().expect("tls stamps poisoned") = fresh;
                 self.failed_reloads.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }

@@ -1029,3 +1029,30 @@ impl Metrics {
             .collect()
     }
 }
+
+/// `v1` (deprecated) and `v2` (current), one pool each, `/api` defaulting to
+/// `v2`; `v2` renames `/name` to `/full_name`, and `/legacy` sends `v1`
+/// clients to the `v2` pool (so its bodies are translated).
+pub fn two_versions(v1: &Upstream, v2: &Upstream) -> Table {
+    table()
+        .version(
+            "v1",
+            "deprecated",
+            r#"deprecated_at = "2026-01-01T00:00:00Z"
+successor = "v2""#,
+        )
+        .version(
+            "v2",
+            "current",
+            r#"changes = [{ op = "rename", from = "/name", to = "/full_name" }]"#,
+        )
+        .pool("v1", "v1", v1)
+        .pool("v2", "v2", v2)
+        .route("api", "/api", "v2", "")
+        .route(
+            "legacy",
+            "/legacy",
+            "v2",
+            "[routes.split]\nv1 = [{ pool = \"v2\", weight = 100 }]",
+        )
+}
