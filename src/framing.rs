@@ -120,7 +120,7 @@ impl Scanner {
                         self.state = State::ChunkEnd;
                     }
                 }
-                State::ChunkEnd => match data.iter().position(|&b| b == b'\n') {
+                State::ChunkEnd => match memchr::memchr(b'\n', data) {
                     Some(i) => {
                         data = &data[i + 1..];
                         self.state = State::ChunkSize;
@@ -137,7 +137,7 @@ impl Scanner {
                         _ => *at_line_start = false,
                     }
                 }
-                State::ChunkSize => match data.iter().position(|&b| b == b'\n') {
+                State::ChunkSize => match memchr::memchr(b'\n', data) {
                     Some(i) => {
                         self.line.extend_from_slice(&data[..i]);
                         data = &data[i + 1..];
@@ -215,30 +215,39 @@ impl Scanner {
 /// Inspects a complete head: its framing violation, if any, and the state
 /// that skips its body.
 fn inspect(head: &[u8]) -> (State, Option<Violation>) {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    if lines.next().is_some_and(|l| l.starts_with(b"PRI * HTTP/2")) {
+    if head.starts_with(b"PRI * HTTP/2") {
         return (State::Off, None);
     }
     let (mut lengths, mut length, mut chunked, mut te) = (0, None, false, false);
-    for line in lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
+    // Line starts found with memchr (vectorised); only lines that begin
+    // like one of the two names are looked at further.
+    let mut start = memchr::memchr(b'\n', head).map_or(head.len(), |i| i + 1);
+    while start < head.len() {
+        let end = memchr::memchr(b'\n', &head[start..]).map_or(head.len(), |i| start + i);
+        let line = &head[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        start = end + 1;
+        let name_is = |name: &[u8]| {
+            line.len() > name.len()
+                && line[name.len()] == b':'
+                && line[..name.len()].eq_ignore_ascii_case(name)
         };
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        if name.eq_ignore_ascii_case(b"content-length") {
-            lengths += 1;
-            length = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = true;
-            // Like hyper: the last line's last coding decides.
-            chunked = value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|c| trim(c).eq_ignore_ascii_case(b"chunked"));
+        match line.first() {
+            Some(b'c' | b'C') if name_is(b"content-length") => {
+                lengths += 1;
+                length = std::str::from_utf8(trim(&line[15..]))
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+            }
+            Some(b't' | b'T') if name_is(b"transfer-encoding") => {
+                te = true;
+                // Like hyper: the last line's last coding decides.
+                chunked = trim(&line[18..])
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|c| trim(c).eq_ignore_ascii_case(b"chunked"));
+            }
+            _ => {}
         }
     }
     if lengths > 0 && te {
@@ -262,7 +271,7 @@ fn inspect(head: &[u8]) -> (State, Option<Violation>) {
 /// End (exclusive) of the first empty line at or after `from`: `\n\n` or `\n\r\n`.
 fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+    while let Some(off) = memchr::memchr(b'\n', &buf[i..]) {
         let nl = i + off;
         match (buf.get(nl + 1), buf.get(nl + 2)) {
             (Some(b'\n'), _) => return Some(nl + 2),

@@ -5,6 +5,7 @@
 //! One `Gateway::handle` call per request; it always answers, and failures
 //! become problem+json in exactly one place (`finish`).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -806,6 +807,26 @@ impl Gateway {
             // miss below stores a new one instead of finding this one.
             self.cache.invalidate(&key).await;
         }
+        // The miss (moka's coalescing around a whole `forward`) is a future
+        // several times the size of a hit's: boxed, so a hit, and `run`
+        // which holds either, stay small (hyper moves the request's future
+        // into place, and every byte of it is copied per request).
+        Box::pin(self.cache_miss(ctx, rc, hop, req, peer, key, now)).await
+    }
+
+    /// A cache miss: one forward per key at a time, its response stored when
+    /// the route's rules allow; the other requests waiting on it share it.
+    #[allow(clippy::too_many_arguments)]
+    async fn cache_miss(
+        &self,
+        ctx: &mut RequestContext,
+        rc: &RouteCache,
+        hop: Hop<'_>,
+        req: Request<Option<Incoming>>,
+        peer: SocketAddr,
+        key: Key,
+        now: Instant,
+    ) -> Result<Response<Body>, GatewayError> {
         let authorized = req.headers().contains_key(header::AUTHORIZATION);
         let mut pending = Some(req);
         let miss = async {
@@ -1166,6 +1187,13 @@ fn body_is_empty(b: &Incoming) -> bool {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the few names present
+    // (standard names compare as enum tags) costs less than hashing all
+    // eight for `remove`. `Connection` is one of them, so a message without
+    // any has no Connection-named headers either.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     // Headers named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
@@ -1193,21 +1221,16 @@ fn prepare_upstream_headers(
 ) {
     strip_hop_by_hop(h);
     // x-forwarded-for: append the peer to whatever chain the client sent.
-    let ip = peer.ip().to_string();
-    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if h.get_all(X_FORWARDED_FOR).iter().count() == 1 => format!("{prev}, {ip}"),
-        Some(_) => {
-            let mut all: Vec<&str> = h
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            all.push(&ip);
-            all.join(", ")
+    // One buffer: the client's chain (every line, in order), then the peer.
+    let mut xff = String::with_capacity(48);
+    for prev in h.get_all(X_FORWARDED_FOR) {
+        if let Ok(prev) = prev.to_str() {
+            xff.push_str(prev);
+            xff.push_str(", ");
         }
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    }
+    let _ = write!(xff, "{}", peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         h.insert(X_FORWARDED_FOR, v);
     }
     let proto = if https { "https" } else { "http" };

@@ -17,7 +17,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as _;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,10 @@ impl UpstreamError {
 pub struct Endpoint {
     /// `host:port`.
     pub authority: Authority,
+    /// Unique per process and stable across reloads (the registry hands a
+    /// reloaded table the same `Endpoint`): this thread's idle connections
+    /// are found by it, with no hashing of the authority.
+    id: u64,
     /// `Host` value for `host_header = "endpoint"`.
     pub host_value: HeaderValue,
     inflight: AtomicU32,
@@ -305,8 +310,10 @@ impl Upstream {
         let mut eps = self.endpoints.lock().expect("upstream registry poisoned");
         eps.entry(addr.to_string())
             .or_insert_with(|| {
+                static NEXT_ID: AtomicU64 = AtomicU64::new(0);
                 Arc::new(Endpoint {
                     authority: addr.parse().expect("validated endpoint"),
+                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                     host_value: HeaderValue::from_str(addr).expect("validated endpoint"),
                     inflight: AtomicU32::new(0),
                     health: health::Health::default(),
@@ -442,16 +449,19 @@ async fn exchange(
             }),
         }
     };
-    let (mut sender, req) = match checkout(&ep.authority) {
+    let (mut sender, req) = match checkout(ep.id) {
         Some(mut sender) => match sender.try_send_request(req).await {
             Ok(resp) => return Ok(respond(resp, sender, ep)),
             Err(mut e) => match e.take_message() {
                 // Never started: closed while idle. Once more, on a new one.
-                Some(req) => fresh(req).await?,
+                Some(req) => Box::pin(fresh(req)).await?,
                 None => return Err(Failed::sent(classify(e.into_error(), ep))),
             },
         },
-        None => fresh(req).await?,
+        // Boxed: connecting (TCP, handshake, spawning the connection task)
+        // is a large future needed once per connection, and every byte of
+        // this one is copied as the request's future is put in place.
+        None => Box::pin(fresh(req)).await?,
     };
     match sender.send_request(req).await {
         Ok(resp) => Ok(respond(resp, sender, ep)),
@@ -466,7 +476,7 @@ fn respond(
 ) -> Response<Body> {
     let reuse = Reuse {
         sender,
-        endpoint: ep.authority.clone(),
+        endpoint: ep.id,
     };
     resp.map(|body| Body::upstream(body, reuse))
 }
@@ -512,7 +522,7 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, 
 #[derive(Debug)]
 pub struct Reuse {
     sender: SendRequest<Body>,
-    endpoint: Authority,
+    endpoint: u64,
 }
 
 struct Idle {
@@ -522,7 +532,29 @@ struct Idle {
 
 thread_local! {
     /// This thread's idle connections by endpoint, oldest first.
-    static IDLE: RefCell<HashMap<Authority, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<u64, Vec<Idle>, BuildHasherDefault<IdHasher>>> =
+        RefCell::new(HashMap::default());
+}
+
+/// Hashes an endpoint id: one multiply (Fibonacci hashing) spreads the
+/// small sequential ids over the table's control bits.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl Reuse {
@@ -549,9 +581,9 @@ impl Reuse {
 /// The most recently idled ready connection to `endpoint`, if any. Drops
 /// closed ones and those idle longer than [`IDLE_TIMEOUT`]; leaves ones
 /// that are open but not ready yet (still settling after their response).
-fn checkout(endpoint: &Authority) -> Option<SendRequest<Body>> {
+fn checkout(endpoint: u64) -> Option<SendRequest<Body>> {
     IDLE.with_borrow_mut(|pool| {
-        let list = pool.get_mut(endpoint)?;
+        let list = pool.get_mut(&endpoint)?;
         let now = Instant::now();
         let mut i = list.len();
         while i > 0 {
