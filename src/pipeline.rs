@@ -1191,7 +1191,20 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     // (standard names compare as enum tags) costs less than hashing all
     // eight for `remove`. `Connection` is one of them, so a message without
     // any has no Connection-named headers either.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    let hop = |k: &HeaderName| {
+        matches!(
+            k.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "proxy-authorization"
+        )
+    };
+    if !h.keys().any(hop) {
         return;
     }
     // Headers named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
@@ -1212,6 +1225,25 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The peer's address as a header value. A connection's requests come from
+/// one peer, so the last one formatted on this thread is kept (a
+/// reference-counted clone instead of formatting per request).
+fn peer_value(ip: std::net::IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((seen, v)) if *seen == ip => v.clone(),
+        _ => {
+            let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+                .expect("an IP address is a valid header value");
+            *last = Some((ip, v.clone()));
+            v
+        }
+    })
+}
+
 fn prepare_upstream_headers(
     h: &mut HeaderMap,
     version: Version,
@@ -1220,17 +1252,24 @@ fn prepare_upstream_headers(
     request_id: Option<&HeaderValue>,
 ) {
     strip_hop_by_hop(h);
+    // Room for the headers added below, so the map grows at most once.
+    h.reserve(5);
     // x-forwarded-for: append the peer to whatever chain the client sent.
-    // One buffer: the client's chain (every line, in order), then the peer.
-    let mut xff = String::with_capacity(48);
-    for prev in h.get_all(X_FORWARDED_FOR) {
-        if let Ok(prev) = prev.to_str() {
-            xff.push_str(prev);
-            xff.push_str(", ");
+    let xff = if h.contains_key(X_FORWARDED_FOR) {
+        // One buffer: the client's chain (every line, in order), then the peer.
+        let mut xff = String::with_capacity(64);
+        for prev in h.get_all(X_FORWARDED_FOR) {
+            if let Ok(prev) = prev.to_str() {
+                xff.push_str(prev);
+                xff.push_str(", ");
+            }
         }
-    }
-    let _ = write!(xff, "{}", peer.ip());
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        let _ = write!(xff, "{}", peer.ip());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).ok()
+    } else {
+        Some(peer_value(peer.ip()))
+    };
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
     let proto = if https { "https" } else { "http" };

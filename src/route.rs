@@ -164,12 +164,16 @@ fn needs_work(path: &str) -> bool {
     if b.first() != Some(&b'/') {
         return true;
     }
-    b.contains(&b'%')
-        || path.contains("//")
-        || path.contains("/./")
-        || path.contains("/../")
-        || path.ends_with("/.")
-        || path.ends_with("/..")
+    // One pass (this runs on every request): an escape, or a '/' starting
+    // an empty, "." or ".." segment.
+    b.iter().enumerate().any(|(i, &c)| match c {
+        b'%' => true,
+        b'/' => matches!(
+            &b[i + 1..],
+            [b'/', ..] | [b'.'] | [b'.', b'.'] | [b'.', b'/', ..] | [b'.', b'.', b'/', ..]
+        ),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
