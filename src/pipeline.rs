@@ -40,6 +40,8 @@ pub struct Admission {
     max_uri_bytes: usize,
     underscore: UnderscoreHeaders,
     health_on_proxy: bool,
+    /// Longest wait for the next piece of a request body.
+    body_read_timeout: Duration,
 }
 
 impl From<&ServerSettings> for Admission {
@@ -50,6 +52,7 @@ impl From<&ServerSettings> for Admission {
             max_uri_bytes: s.max_uri_bytes,
             underscore: s.underscore_headers,
             health_on_proxy: s.health_on_proxy,
+            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
         }
     }
 }
@@ -420,7 +423,9 @@ impl Gateway {
                             limit: limits.max_bytes,
                         }));
                     }
-                    let body = body.map_or_else(Body::empty, Body::stream);
+                    let body = body.map_or_else(Body::empty, |b| {
+                        Body::request(b, u64::MAX, self.admission.body_read_timeout)
+                    });
                     let bytes =
                         collect_limited(body, limits.max_bytes)
                             .await
@@ -431,6 +436,7 @@ impl Gateway {
                                 BodyError::Stream(_) => GatewayError::BadRequest {
                                     reason: "request body stream failed",
                                 },
+                                BodyError::Timeout { after } => GatewayError::BodyTimeout { after },
                             })?;
                     // An empty body (e.g. chunked with no data) is no body.
                     let value = if bytes.is_empty() {
@@ -462,11 +468,21 @@ impl Gateway {
                         set_body_headers(&mut parts.headers, bytes.len());
                         Body::full(bytes)
                     }
-                    (None, Some(b)) => plain_body(b, no_body, route.max_body_bytes),
+                    (None, Some(b)) => plain_body(
+                        b,
+                        no_body,
+                        route.max_body_bytes,
+                        self.admission.body_read_timeout,
+                    ),
                     (None, None) => Body::empty(),
                 }
             }
-            _ => plain_body(body, no_body, route.max_body_bytes),
+            _ => plain_body(
+                body,
+                no_body,
+                route.max_body_bytes,
+                self.admission.body_read_timeout,
+            ),
         };
         if let Some(p) = new_path {
             let pq = match &query {
@@ -543,11 +559,13 @@ impl Gateway {
                                 BodyError::TooLarge { limit } => {
                                     fail(TranslateError::TooLarge { limit })
                                 }
-                                BodyError::Stream(_) => fail(TranslateError::InvalidJson {
-                                    line: 0,
-                                    column: 0,
-                                    reason: "the upstream's body stream failed".into(),
-                                }),
+                                BodyError::Stream(_) | BodyError::Timeout { .. } => {
+                                    fail(TranslateError::InvalidJson {
+                                        line: 0,
+                                        column: 0,
+                                        reason: "the upstream's body stream failed".into(),
+                                    })
+                                }
                             })?;
                     // An empty body (a 201 with `Content-Length: 0`) is no body.
                     let value = if bytes.is_empty() {
@@ -1063,10 +1081,10 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// The request body as forwarded untranslated: nothing, or a stream
-/// capped at the route's limit.
-fn plain_body(body: Option<Incoming>, no_body: bool, limit: u64) -> Body {
+/// capped at the route's limit and bounded by the body read timeout.
+fn plain_body(body: Option<Incoming>, no_body: bool, limit: u64, read_timeout: Duration) -> Body {
     match body {
-        Some(body) if !no_body => Body::limited(body, limit),
+        Some(body) if !no_body => Body::request(body, limit, read_timeout),
         _ => Body::empty(),
     }
 }

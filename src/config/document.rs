@@ -95,6 +95,15 @@ pub struct ServerSettings {
     pub max_requests_in_flight: usize,
     /// HTTP/2 streams one client connection may have open at once. Default 256.
     pub h2_max_concurrent_streams: u32,
+    /// A client connection with no request in flight (HTTP/1.1 keep-alive
+    /// between requests, h2 with no open stream) for this long is closed
+    /// (h2: GOAWAY), in ms; 0 = never. The TLS listener may set its own.
+    /// Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Longest wait for the next piece of a request body, in ms; a client
+    /// that stops sending mid-body gets 408 and the upstream request is
+    /// aborted. Default 30000.
+    pub body_read_timeout_ms: u64,
 }
 
 /// `[server.tls]`: a TLS listener beside the plain one, serving the same
@@ -122,6 +131,10 @@ pub struct TlsSettings {
     /// Time allowed for a TLS handshake, in ms. Default 10000.
     #[serde(default = "default_tls_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// This listener's idle timeout, in ms (0 = never); unset = the plain
+    /// listener's `idle_timeout_ms`.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 fn default_tls_reload_poll_ms() -> u64 {
@@ -183,6 +196,12 @@ impl Default for ServerSettings {
             max_connections: 20_000,
             max_requests_in_flight: 10_000,
             h2_max_concurrent_streams: 256,
+            // 60 s: above the 30 s h2 ping interval and common client pool
+            // idle times (which then close first, with no race).
+            idle_timeout_ms: 60_000,
+            // 30 s between body reads, like nginx's client_body_timeout
+            // (60 s) halved: our partners' uploads are small.
+            body_read_timeout_ms: 30_000,
         }
     }
 }

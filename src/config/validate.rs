@@ -43,6 +43,12 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
             "must be greater than 0".into(),
         );
     }
+    if s.body_read_timeout_ms == 0 {
+        err(
+            "server.body_read_timeout_ms".into(),
+            "must be greater than 0".into(),
+        );
+    }
     if let Some(tls) = &s.tls {
         if tls.listen.parse::<SocketAddr>().is_err() {
             err(

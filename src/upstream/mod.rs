@@ -82,6 +82,13 @@ pub enum UpstreamError {
     /// request was aborted.
     #[error("request body stream from the client failed")]
     RequestBodyAborted,
+    /// The client stopped sending its request body mid-way for longer than
+    /// the body read timeout; the upstream request was aborted.
+    #[error("the client sent no request body data for {after:?}")]
+    RequestBodyTimeout {
+        /// The body read timeout.
+        after: Duration,
+    },
     /// The upstream broke the exchange (reset, malformed response).
     #[error("{endpoint} failed mid-exchange")]
     Protocol {
@@ -115,6 +122,7 @@ impl UpstreamError {
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyAborted => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -141,6 +149,7 @@ impl UpstreamError {
             Self::Protocol { .. } | Self::ResponseBody { .. } => "upstream-protocol-error",
             Self::RequestBodyTooLarge { .. } => "body-too-large",
             Self::RequestBodyAborted => "request-body-aborted",
+            Self::RequestBodyTimeout { .. } => "request-body-timeout",
         }
     }
 }
@@ -581,6 +590,9 @@ fn classify(e: hyper::Error, ep: &Endpoint) -> UpstreamError {
                 return UpstreamError::RequestBodyTooLarge { limit: *limit };
             }
             Some(BodyError::Stream(_)) => return UpstreamError::RequestBodyAborted,
+            Some(BodyError::Timeout { after }) => {
+                return UpstreamError::RequestBodyTimeout { after: *after };
+            }
             None => {}
         }
         cause = c.source();
