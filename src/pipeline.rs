@@ -329,6 +329,7 @@ impl Gateway {
             && (req.method() == Method::GET || req.method() == Method::HEAD)
             && content_length(req.headers()).is_none_or(|n| n == 0)
             && req.body().as_ref().is_none_or(body_is_empty)
+            && !req.headers().contains_key(header::UPGRADE)
         {
             return self.cached(ctx, rc, hop, req, peer).await;
         }
@@ -395,6 +396,16 @@ impl Gateway {
         let query = new_path.as_ref().and(req.uri().query()).map(str::to_string);
         let (mut parts, body) = req.into_parts();
         let https = parts.extensions.get::<crate::tls::TlsInfo>().is_some();
+        // An HTTP/1.1 WebSocket handshake keeps its Upgrade (hop-by-hop,
+        // stripped below) and gives up the client side of the tunnel.
+        let websocket = parts.version == Version::HTTP_11
+            && parts
+                .headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let client_upgrade = websocket
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
         prepare_upstream_headers(
             &mut parts.headers,
             parts.version,
@@ -402,6 +413,12 @@ impl Gateway {
             https,
             ctx.request_id.as_ref(),
         );
+        if client_upgrade.is_some() {
+            parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+        }
         if let Some(trace) = &ctx.trace {
             trace.propagate(&mut parts.headers);
         }
@@ -522,6 +539,18 @@ impl Gateway {
         // respond (translate the response down to the client's version)
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) else {
+                // A 101 nobody asked for (or that cannot be tunnelled).
+                return Err(upstream_failed(UpstreamError::UnexpectedUpgrade));
+            };
+            parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+            tunnel(client, upstream, ctx.endpoint.clone());
+        }
         parts
             .headers
             .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
@@ -1171,6 +1200,37 @@ async fn forward_with_retries(
             }
         }
     }
+}
+
+static WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// Once the 101 has gone out and both sides have upgraded, copies bytes
+/// both ways until either side closes (on the current worker's runtime).
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    endpoint: Option<Arc<Endpoint>>,
+) {
+    tokio::spawn(async move {
+        let (client, upstream) = tokio::join!(client, upstream);
+        let endpoint = endpoint.as_ref().map(|e| e.authority.as_str());
+        match (client, upstream) {
+            (Ok(client), Ok(upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    Ok((up, down)) => {
+                        tracing::debug!(endpoint, up, down, "WebSocket tunnel closed")
+                    }
+                    Err(e) => tracing::debug!(endpoint, error = %e, "WebSocket tunnel broke"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(endpoint, error = %e, "WebSocket upgrade failed");
+            }
+        }
+    });
 }
 
 /// Buffers a body up to `limit` bytes.

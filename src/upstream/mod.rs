@@ -98,6 +98,10 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// The upstream switched protocols (101) for a request that was not a
+    /// WebSocket handshake the gateway can tunnel.
+    #[error("upstream switched protocols unasked")]
+    UnexpectedUpgrade,
     /// A response body the gateway had to read whole (to cache it) broke off.
     #[error("{endpoint} sent a broken response body")]
     ResponseBody {
@@ -116,9 +120,10 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect { .. } | Self::Protocol { .. } | Self::ResponseBody { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::Connect { .. }
+            | Self::Protocol { .. }
+            | Self::ResponseBody { .. }
+            | Self::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyAborted => StatusCode::BAD_REQUEST,
@@ -150,6 +155,7 @@ impl UpstreamError {
             Self::RequestBodyTooLarge { .. } => "body-too-large",
             Self::RequestBodyAborted => "request-body-aborted",
             Self::RequestBodyTimeout { .. } => "request-body-timeout",
+            Self::UnexpectedUpgrade => "upstream-unexpected-upgrade",
         }
     }
 }
@@ -473,6 +479,10 @@ fn respond(
     sender: SendRequest<Body>,
     ep: &Endpoint,
 ) -> Response<Body> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Upgraded: the connection now belongs to the tunnel, never the pool.
+        return resp.map(Body::stream);
+    }
     let reuse = Reuse {
         sender,
         endpoint: ep.authority.clone(),
@@ -508,7 +518,8 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, 
         .map_err(|e| classify(e, ep))?;
     let endpoint = ep.authority.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        // With upgrades: a 101 hands the connection to a WebSocket tunnel.
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
         }
     });
