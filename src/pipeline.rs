@@ -1269,7 +1269,15 @@ fn prepare_upstream_headers(
     https: bool,
     request_id: Option<&HeaderValue>,
 ) {
+    // `TE: trailers` says the client takes trailers (gRPC requires it);
+    // the gateway forwards them, so it may say the same upstream.
+    let trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(h);
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // x-forwarded-for: append the peer to whatever chain the client sent.
     let ip = peer.ip().to_string();
     let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -360,6 +360,45 @@ pub struct PoolDoc {
     /// Passive outlier ejection (`[pools.outlier]`); on with its defaults.
     #[serde(default)]
     pub outlier: OutlierDoc,
+    /// How the gateway talks to the endpoints: `http1`, `h2` (HTTP/2 over
+    /// TLS, by ALPN; needs `tls`) or `h2c` (HTTP/2 cleartext, prior
+    /// knowledge). An HTTP/2 pool keeps one multiplexed connection per
+    /// endpoint per worker. Default `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (`[pools.tls]`); unset = cleartext.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsDoc>,
+}
+
+/// The protocol a pool's endpoints speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (over TLS too, with `tls`).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 over cleartext TCP, prior knowledge.
+    H2c,
+}
+
+/// `[pools.tls]`: how endpoint certificates are checked, and the client
+/// certificate the gateway presents (mTLS). Files are PEM, read when the
+/// table is compiled (relative paths are from the working directory).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsDoc {
+    /// CAs that sign the endpoints' certificates; unset = the system's roots.
+    pub ca_file: Option<String>,
+    /// Name sent as SNI and checked against the endpoint certificates;
+    /// unset = each endpoint's host.
+    pub server_name: Option<String>,
+    /// Client certificate chain for mTLS, leaf first (with `client_key`).
+    pub client_cert: Option<String>,
+    /// Private key of `client_cert`.
+    pub client_key: Option<String>,
 }
 
 /// `[pools.health]`: each endpoint is probed with `GET path` on its own

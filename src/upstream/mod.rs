@@ -24,13 +24,18 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BodyError};
 
 pub mod health;
 pub mod retry;
+pub mod transport;
+
+pub use transport::Transport;
 
 /// Idle connections older than this are dropped at checkout: 90 s, longer
 /// than typical upstream keep-alive timeouts would race; a request that
@@ -214,6 +219,8 @@ pub struct Pool {
     pub check: Option<health::Check>,
     /// Takes the traffic while no endpoint here is available (one hop).
     pub failover: Option<Arc<Pool>>,
+    /// TLS and/or HTTP/2 to the endpoints; None = plain HTTP/1.1.
+    pub transport: Option<Arc<Transport>>,
 }
 
 impl Pool {
@@ -295,6 +302,7 @@ impl Pool {
             outlier: self.outlier,
             check: self.check.clone(),
             failover: None,
+            transport: self.transport.clone(),
         }
     }
 }
@@ -377,8 +385,8 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
-        // Upstreams speak HTTP/1.1 here whatever the client used.
+        *req.uri_mut() = Uri::from(pq.clone());
+        // HTTP/1.1 to the upstream whatever the client used (HTTP/2 pools below).
         *req.version_mut() = http::Version::HTTP_11;
         // HTTP/1.1 needs a Host: without one of the client's, the endpoint's.
         let host = match &pool.host {
@@ -394,11 +402,24 @@ impl Upstream {
         if let Some(v) = host {
             req.headers_mut().insert(http::header::HOST, v);
         }
+        let transport = pool.transport.as_deref();
+        if let Some(t) = transport.filter(|t| t.multiplexed()) {
+            // HTTP/2: absolute URI; the Host becomes :authority.
+            let authority = req
+                .headers_mut()
+                .remove(http::header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| ep.authority.clone());
+            *req.uri_mut() = h2_uri(t, authority, pq);
+            *req.version_mut() = http::Version::HTTP_2;
+        }
 
         ep.inflight.fetch_add(1, Ordering::Relaxed);
         let _guard = InflightGuard(ep);
         let result =
-            match tokio::time::timeout(timeouts.response, exchange(ep, req, timeouts)).await {
+            match tokio::time::timeout(timeouts.response, exchange(ep, transport, req, timeouts))
+                .await
+            {
                 Ok(result) => result,
                 Err(_) => Err(Failed {
                     error: UpstreamError::Timeout {
@@ -443,13 +464,26 @@ impl Failed {
     }
 }
 
+fn h2_uri(t: &Transport, authority: Authority, pq: PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(t.scheme());
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+}
+
 async fn exchange(
     ep: &Endpoint,
+    transport: Option<&Transport>,
     req: Request<Body>,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, Failed> {
+    if let Some(t) = transport.filter(|t| t.multiplexed()) {
+        return exchange_h2(ep, t, req, timeouts).await;
+    }
+    let id = transport.map_or(0, |t| t.id);
     let fresh = |req: Request<Body>| async move {
-        match connect(ep, timeouts.connect).await {
+        match connect_h1(ep, transport, timeouts.connect).await {
             Ok(sender) => Ok((sender, req)),
             Err(error) => Err(Failed {
                 error,
@@ -457,9 +491,9 @@ async fn exchange(
             }),
         }
     };
-    let (mut sender, req) = match checkout(&ep.authority) {
+    let (mut sender, req) = match checkout(&ep.authority, id) {
         Some(mut sender) => match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(respond(resp, sender, ep)),
+            Ok(resp) => return Ok(respond(resp, sender, ep, id)),
             Err(mut e) => match e.take_message() {
                 // Never started: closed while idle. Once more, on a new one.
                 Some(req) => fresh(req).await?,
@@ -469,7 +503,57 @@ async fn exchange(
         None => fresh(req).await?,
     };
     match sender.send_request(req).await {
-        Ok(resp) => Ok(respond(resp, sender, ep)),
+        Ok(resp) => Ok(respond(resp, sender, ep, id)),
+        Err(e) => Err(Failed::sent(classify(e, ep))),
+    }
+}
+
+thread_local! {
+    /// This thread's HTTP/2 connections, one per endpoint and transport.
+    static H2: RefCell<HashMap<(Authority, u64), http2::SendRequest<Body>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Sends on this thread's HTTP/2 connection to `ep` (made if there is none
+/// or it has closed). Streams multiplex; the connection is never checked
+/// out, so the response body carries no [`Reuse`].
+async fn exchange_h2(
+    ep: &Endpoint,
+    t: &Transport,
+    req: Request<Body>,
+    timeouts: Timeouts,
+) -> Result<Response<Body>, Failed> {
+    let key = (ep.authority.clone(), t.id);
+    let shared = H2.with_borrow(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
+    let mut sender = match shared {
+        Some(s) => s,
+        None => match connect(ep, Some(t), timeouts.connect).await {
+            Ok(Sender::H2(s)) => {
+                H2.with_borrow_mut(|m| m.insert(key.clone(), s.clone()));
+                s
+            }
+            Ok(Sender::H1(_)) => unreachable!("a multiplexed transport connects with h2"),
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        },
+    };
+    if sender.ready().await.is_err() {
+        // Closed between the check and now: nothing was sent.
+        H2.with_borrow_mut(|m| m.remove(&key));
+        return Err(Failed {
+            error: UpstreamError::Connect {
+                endpoint: ep.authority.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            },
+            unsent: Some(req),
+        });
+    }
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(resp.map(Body::stream)),
         Err(e) => Err(Failed::sent(classify(e, ep))),
     }
 }
@@ -478,6 +562,7 @@ fn respond(
     resp: Response<hyper::body::Incoming>,
     sender: SendRequest<Body>,
     ep: &Endpoint,
+    transport: u64,
 ) -> Response<Body> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // Upgraded: the connection now belongs to the tunnel, never the pool.
@@ -486,14 +571,121 @@ fn respond(
     let reuse = Reuse {
         sender,
         endpoint: ep.authority.clone(),
+        transport,
     };
     resp.map(|body| Body::upstream(body, reuse))
 }
 
+/// A new connection's request sender.
+pub(crate) enum Sender {
+    /// HTTP/1.1: one request at a time, pooled when idle.
+    H1(SendRequest<Body>),
+    /// HTTP/2: cloneable, multiplexed.
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    /// Sends one request (its URI and version already fit the protocol).
+    pub(crate) async fn send(
+        &mut self,
+        req: Request<Body>,
+    ) -> hyper::Result<Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// An HTTP/1.1 connection to `ep` (over TLS if the transport says so).
+async fn connect_h1(
+    ep: &Endpoint,
+    transport: Option<&Transport>,
+    timeout: Duration,
+) -> Result<SendRequest<Body>, UpstreamError> {
+    match connect(ep, transport, timeout).await? {
+        Sender::H1(s) => Ok(s),
+        Sender::H2(_) => unreachable!("only multiplexed transports connect with h2"),
+    }
+}
+
 /// A new connection to `ep`: TCP connect within `timeout`, `TCP_NODELAY`,
-/// keep-alive probes after 60 s idle, an HTTP/1.1 handshake, and the
+/// keep-alive probes after 60 s idle, TLS (handshake within `timeout`
+/// too) if the transport has it, an HTTP/1.1 or HTTP/2 handshake, and the
 /// connection's task spawned on the current runtime.
-async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, UpstreamError> {
+pub(crate) async fn connect(
+    ep: &Endpoint,
+    transport: Option<&Transport>,
+    timeout: Duration,
+) -> Result<Sender, UpstreamError> {
+    let stream = tcp(ep, timeout).await?;
+    let h2 = transport.is_some_and(Transport::multiplexed);
+    match transport.and_then(|t| t.tls.as_ref()) {
+        None => handshake(stream, ep, h2).await,
+        Some(Err(reason)) => Err(UpstreamError::Connect {
+            endpoint: ep.authority.clone(),
+            source: std::io::Error::other(reason.to_string()),
+        }),
+        Some(Ok(tls)) => {
+            let name = match &tls.server_name {
+                Some(n) => n.clone(),
+                None => rustls::pki_types::ServerName::try_from(ep.authority.host().to_string())
+                    .map_err(|e| UpstreamError::Connect {
+                        endpoint: ep.authority.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                    })?,
+            };
+            let stream =
+                match tokio::time::timeout(timeout, tls.connector.connect(name, stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(source)) => {
+                        return Err(UpstreamError::Connect {
+                            endpoint: ep.authority.clone(),
+                            source,
+                        });
+                    }
+                    Err(_) => {
+                        return Err(UpstreamError::ConnectTimeout {
+                            endpoint: ep.authority.clone(),
+                            after: timeout,
+                        });
+                    }
+                };
+            handshake(stream, ep, h2).await
+        }
+    }
+}
+
+async fn handshake<IO>(io: IO, ep: &Endpoint, h2: bool) -> Result<Sender, UpstreamError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let endpoint = ep.authority.clone();
+    if h2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| classify(e, ep))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| classify(e, ep))?;
+    tokio::spawn(async move {
+        // With upgrades: a 101 hands the connection to a WebSocket tunnel.
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Sender::H1(sender))
+}
+
+/// TCP connect within `timeout`, `TCP_NODELAY`, keep-alive probes after 60 s idle.
+async fn tcp(ep: &Endpoint, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     let stream =
         match tokio::time::timeout(timeout, TcpStream::connect(ep.authority.as_str())).await {
             Ok(Ok(stream)) => stream,
@@ -513,17 +705,7 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, 
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream)
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| classify(e, ep))?;
-    let endpoint = ep.authority.clone();
-    tokio::spawn(async move {
-        // With upgrades: a 101 hands the connection to a WebSocket tunnel.
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(stream)
 }
 
 /// An upstream connection whose response body is still being read; see
@@ -533,11 +715,14 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, 
 pub struct Reuse {
     sender: SendRequest<Body>,
     endpoint: Authority,
+    /// The pool transport's id; 0 for plain HTTP/1.1.
+    transport: u64,
 }
 
 struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
+    transport: u64,
 }
 
 thread_local! {
@@ -555,6 +740,7 @@ impl Reuse {
         let idle = Idle {
             sender: self.sender,
             since: Instant::now(),
+            transport: self.transport,
         };
         IDLE.with_borrow_mut(|pool| match pool.get_mut(&self.endpoint) {
             Some(list) if list.len() >= MAX_IDLE_PER_ENDPOINT => {}
@@ -569,7 +755,8 @@ impl Reuse {
 /// The most recently idled ready connection to `endpoint`, if any. Drops
 /// closed ones and those idle longer than [`IDLE_TIMEOUT`]; leaves ones
 /// that are open but not ready yet (still settling after their response).
-fn checkout(endpoint: &Authority) -> Option<SendRequest<Body>> {
+/// Only connections made with transport `transport` (0: plain) qualify.
+fn checkout(endpoint: &Authority, transport: u64) -> Option<SendRequest<Body>> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(endpoint)?;
         let now = Instant::now();
@@ -584,7 +771,7 @@ fn checkout(endpoint: &Authority) -> Option<SendRequest<Body>> {
             }
             if idle.sender.is_closed() {
                 list.remove(i);
-            } else if idle.sender.is_ready() {
+            } else if idle.transport == transport && idle.sender.is_ready() {
                 return Some(list.remove(i).sender);
             }
         }
