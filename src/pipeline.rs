@@ -396,16 +396,31 @@ impl Gateway {
         let query = new_path.as_ref().and(req.uri().query()).map(str::to_string);
         let (mut parts, body) = req.into_parts();
         let https = parts.extensions.get::<crate::tls::TlsInfo>().is_some();
-        // An HTTP/1.1 WebSocket handshake keeps its Upgrade (hop-by-hop,
-        // stripped below) and gives up the client side of the tunnel.
-        let websocket = parts.version == Version::HTTP_11
-            && parts
+        // A WebSocket handshake gives up the client side of the tunnel:
+        // HTTP/1.1 `Upgrade: websocket` keeps its Upgrade (hop-by-hop,
+        // stripped below); an h2 extended CONNECT (RFC 8441) goes upstream
+        // as an HTTP/1.1 handshake.
+        let websocket = if parts.version == Version::HTTP_11 {
+            parts
                 .headers
                 .get(header::UPGRADE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        let client_upgrade = websocket
-            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-            .flatten();
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+                .then_some(Handshake::Upgrade)
+        } else if parts.method == Method::CONNECT
+            && parts
+                .extensions
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+        {
+            Some(Handshake::ExtendedConnect)
+        } else {
+            None
+        };
+        let client_upgrade = websocket.and_then(|kind| {
+            let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+            let busy = parts.extensions.remove::<crate::server::Busy>();
+            Some((kind, on, busy))
+        });
         prepare_upstream_headers(
             &mut parts.headers,
             parts.version,
@@ -413,11 +428,18 @@ impl Gateway {
             https,
             ctx.request_id.as_ref(),
         );
-        if client_upgrade.is_some() {
+        if let Some((kind, ..)) = &client_upgrade {
             parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
             parts
                 .headers
                 .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+            if *kind == Handshake::ExtendedConnect {
+                parts.method = Method::GET;
+                parts.extensions.remove::<hyper::ext::Protocol>();
+                parts
+                    .headers
+                    .insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+            }
         }
         if let Some(trace) = &ctx.trace {
             trace.propagate(&mut parts.headers);
@@ -541,15 +563,33 @@ impl Gateway {
         strip_hop_by_hop(&mut parts.headers);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-            let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) else {
+            let (Some((kind, client, busy)), Some(upstream)) = (client_upgrade, upstream_upgrade)
+            else {
                 // A 101 nobody asked for (or that cannot be tunnelled).
                 return Err(upstream_failed(UpstreamError::UnexpectedUpgrade));
             };
-            parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
-            parts
-                .headers
-                .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
-            tunnel(client, upstream, ctx.endpoint.clone());
+            match kind {
+                Handshake::Upgrade => {
+                    parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+                }
+                // RFC 8441: a 200 opens the stream as the tunnel.
+                Handshake::ExtendedConnect => {
+                    parts.status = StatusCode::OK;
+                    parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
+            }
+            tunnel(client, upstream, ctx.endpoint.clone(), busy);
+        } else if parts.status.is_success()
+            && matches!(client_upgrade, Some((Handshake::ExtendedConnect, ..)))
+        {
+            // A 2xx to the CONNECT would open a tunnel the upstream never agreed to.
+            return Err(upstream_failed(UpstreamError::NoUpgrade {
+                status: parts.status,
+            }));
         }
         parts
             .headers
@@ -1205,14 +1245,47 @@ async fn forward_with_retries(
 static WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 
-/// Once the 101 has gone out and both sides have upgraded, copies bytes
-/// both ways until either side closes (on the current worker's runtime).
+/// How a client asked for a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// HTTP/1.1 `Upgrade: websocket`, answered 101.
+    Upgrade,
+    /// HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441),
+    /// answered 200.
+    ExtendedConnect,
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64.
+fn websocket_key() -> HeaderValue {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let n = fastrand::u128(..).to_be_bytes();
+    let mut out = [b'='; 24];
+    for (i, chunk) in n.chunks(3).enumerate() {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for j in 0..=chunk.len() {
+            out[i * 4 + j] = B64[((v >> (18 - 6 * j)) & 63) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).expect("base64 is a valid header value")
+}
+
+/// Once the 101 (or, for an h2 client, the 200) has gone out and both
+/// sides have upgraded, copies bytes both ways until either side closes
+/// (on the current worker's runtime). `busy` keeps an h2 client
+/// connection from counting as idle meanwhile.
 fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     endpoint: Option<Arc<Endpoint>>,
+    busy: Option<crate::server::Busy>,
 ) {
     tokio::spawn(async move {
+        let _busy = busy;
         let (client, upstream) = tokio::join!(client, upstream);
         let endpoint = endpoint.as_ref().map(|e| e.authority.as_str());
         match (client, upstream) {

@@ -213,6 +213,21 @@ impl Activity {
 /// One request in flight; ends when dropped with its response body.
 struct Active(Arc<Activity>);
 
+impl Clone for Active {
+    fn clone(&self) -> Active {
+        self.0.active.fetch_add(1, Ordering::Relaxed);
+        Active(self.0.clone())
+    }
+}
+
+/// Keeps an h2 connection from counting as idle while a tunnel opened by
+/// one of its CONNECT streams (WebSocket, RFC 8441) is open: a request
+/// extension of CONNECT requests, which the tunnel holds.
+#[derive(Clone)]
+pub struct Busy {
+    _active: Active,
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
@@ -258,6 +273,8 @@ fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
+        // RFC 8441: WebSockets over h2 (extended CONNECT).
+        .enable_connect_protocol()
         .max_concurrent_streams(settings.h2_max_streams)
         .max_header_list_size(settings.max_buf_size as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
@@ -425,6 +442,11 @@ impl<H: Handler> Conn<H> {
                 req.extensions_mut().insert(info.clone());
             }
             let active = track.as_ref().map(Activity::begin);
+            if req.method() == http::Method::CONNECT
+                && let Some(a) = &active
+            {
+                req.extensions_mut().insert(Busy { _active: a.clone() });
+            }
             let (request_slot, over) = admission.request();
             let overload = if shed {
                 Some(GatewayError::Overloaded {

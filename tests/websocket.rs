@@ -81,8 +81,13 @@ impl EchoUpstream {
 }
 
 async fn gateway(v1: &EchoUpstream, v2: &EchoUpstream) -> TestGateway {
+    gateway_with(v1, v2, "idle_timeout_ms = 60000").await
+}
+
+async fn gateway_with(v1: &EchoUpstream, v2: &EchoUpstream, server: &str) -> TestGateway {
     TestGateway::start(
         table()
+            .server(server)
             .version("v1", "stable", "")
             .version("v2", "current", "")
             .pool_at("v1", "v1", &v1.addr.to_string(), "")
@@ -206,4 +211,113 @@ async fn an_upstream_that_declines_the_upgrade_answers_as_usual() {
         .exchange(b"GET /api/y HTTP/1.1\r\nhost: a.example\r\n\r\n")
         .await;
     assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn an_h2_client_gets_a_websocket_by_extended_connect() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (v1, v2) = (
+        EchoUpstream::spawn("v1").await,
+        EchoUpstream::spawn("v2").await,
+    );
+    // Idle timeout shorter than the conversation: the open tunnel keeps
+    // the h2 connection busy.
+    let gw = gateway_with(&v1, &v2, "idle_timeout_ms = 200").await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(stream))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // One exchange first, so the gateway's SETTINGS (extended CONNECT
+    // allowed) have arrived.
+    let live = http::Request::get(format!("http://{}/health/live", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
+
+    let mut req = http::Request::connect(format!("http://{}/ws/chat", gw.addr))
+        .header("sec-websocket-version", "13")
+        .header("x-api-version", "v1")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender.send_request(req).await.expect("CONNECT answered");
+    assert_eq!(resp.status(), 200, "RFC 8441: 200 opens the tunnel");
+    assert_eq!(resp.headers()["x-api-version-served"], "v1");
+    let upgraded = hyper::upgrade::on(resp).await.expect("h2 stream upgraded");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    for i in 0..2 {
+        ws.send(Message::text(format!("over h2 {i}")))
+            .await
+            .unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => assert_eq!(t.as_str(), format!("v1: over h2 {i}")),
+            other => panic!("expected text, got {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        v1.handshakes(),
+        vec![("/ws/chat".to_string(), Some("v1".to_string()))]
+    );
+    // The h2 connection still carries ordinary requests beside the tunnel.
+    let live = http::Request::get(format!("http://{}/health/live", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_extended_connect_the_upstream_answers_without_101_gets_502() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::spawn("plain").await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool("v1", "v1", &up)
+            .route("api", "/api/", "v1", ""),
+    )
+    .await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(stream))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let live = http::Request::get(format!("http://{}/health/live", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
+    let mut req = http::Request::connect(format!("http://{}/api/chat", gw.addr))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender.send_request(req).await.expect("CONNECT answered");
+    assert_eq!(resp.status(), 502);
+    let got = up.last();
+    assert_eq!(
+        got.method,
+        http::Method::GET,
+        "sent upstream as an HTTP/1.1 handshake"
+    );
+    assert_eq!(got.header("upgrade"), Some("websocket"));
+    assert_eq!(got.header("sec-websocket-key").map(str::len), Some(24));
 }

@@ -107,6 +107,13 @@ pub enum UpstreamError {
     /// WebSocket handshake the gateway can tunnel.
     #[error("upstream switched protocols unasked")]
     UnexpectedUpgrade,
+    /// The upstream answered a WebSocket handshake from an HTTP/2 client
+    /// with a success that is not 101: no tunnel to open.
+    #[error("upstream answered the WebSocket handshake with {status}, not 101")]
+    NoUpgrade {
+        /// What it answered.
+        status: StatusCode,
+    },
     /// A response body the gateway had to read whole (to cache it) broke off.
     #[error("{endpoint} sent a broken response body")]
     ResponseBody {
@@ -128,7 +135,8 @@ impl UpstreamError {
             Self::Connect { .. }
             | Self::Protocol { .. }
             | Self::ResponseBody { .. }
-            | Self::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
+            | Self::UnexpectedUpgrade
+            | Self::NoUpgrade { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyAborted => StatusCode::BAD_REQUEST,
@@ -161,6 +169,7 @@ impl UpstreamError {
             Self::RequestBodyAborted => "request-body-aborted",
             Self::RequestBodyTimeout { .. } => "request-body-timeout",
             Self::UnexpectedUpgrade => "upstream-unexpected-upgrade",
+            Self::NoUpgrade { .. } => "upstream-refused-websocket",
         }
     }
 }
