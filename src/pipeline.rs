@@ -421,13 +421,26 @@ impl Gateway {
             let busy = parts.extensions.remove::<crate::server::Busy>();
             Some((kind, on, busy))
         });
-        prepare_upstream_headers(
+        let te_trailers = prepare_upstream_headers(
             &mut parts.headers,
             parts.version,
             peer,
             https,
             ctx.request_id.as_ref(),
         );
+        // The gateway forwards trailers, so an HTTP/2 upstream may hear the
+        // client's `TE: trailers` (gRPC servers insist on it).
+        if te_trailers
+            && pool_entry
+                .pool
+                .transport
+                .as_deref()
+                .is_some_and(crate::upstream::Transport::multiplexed)
+        {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if let Some((kind, ..)) = &client_upgrade {
             parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
             parts
@@ -1335,22 +1348,20 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Strips hop-by-hop headers and sets the forwarding ones; returns whether
+/// the client sent `TE: trailers`.
 fn prepare_upstream_headers(
     h: &mut HeaderMap,
     version: Version,
     peer: SocketAddr,
     https: bool,
     request_id: Option<&HeaderValue>,
-) {
-    // `TE: trailers` says the client takes trailers (gRPC requires it);
-    // the gateway forwards them, so it may say the same upstream.
+) -> bool {
+    // `TE: trailers` says the client takes trailers (gRPC requires it).
     let trailers = h
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(h);
-    if trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
     // x-forwarded-for: append the peer to whatever chain the client sent.
     let ip = peer.ip().to_string();
     let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -1385,6 +1396,7 @@ fn prepare_upstream_headers(
     if let Some(id) = request_id {
         h.insert(X_REQUEST_ID, id.clone());
     }
+    trailers
 }
 
 /// `/health/live` and `/health/ready`, shared by both listeners.

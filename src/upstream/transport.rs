@@ -70,7 +70,7 @@ impl Transport {
     }
 
     /// HTTP/2: one shared connection per endpoint per worker.
-    pub(crate) fn multiplexed(&self) -> bool {
+    pub fn multiplexed(&self) -> bool {
         self.protocol != UpstreamProtocol::Http1
     }
 
