@@ -671,7 +671,13 @@ where
 {
     let endpoint = ep.authority.clone();
     if h2 {
-        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        // Pinged every 30 s (20 s to answer, hyper's default) even while
+        // idle: the one shared connection must not sit dead in the map.
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| classify(e, ep))?;
         tokio::spawn(async move {
