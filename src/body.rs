@@ -4,8 +4,10 @@
 //! for bodies. An upstream response body carries its connection's
 //! [`Reuse`] and hands the connection back to the pool when it ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -25,6 +27,48 @@ pub enum BodyError {
         /// The cap, in bytes.
         limit: u64,
     },
+    /// The peer sent nothing for longer than the read timeout mid-body.
+    #[error("no body data for {after:?}")]
+    Timeout {
+        /// The read timeout.
+        after: Duration,
+    },
+}
+
+/// The read timeout of a client's request body: the longest wait for its
+/// next frame. The timer exists only once a read has had to wait (a body
+/// that arrives with its head never arms one).
+#[derive(Debug)]
+pub struct ReadTimeout {
+    after: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data arrived since the timer was last armed.
+    progress: bool,
+}
+
+impl ReadTimeout {
+    fn new(after: Duration) -> ReadTimeout {
+        ReadTimeout {
+            after,
+            timer: None,
+            progress: false,
+        }
+    }
+
+    /// The read is pending: arm (or re-arm after progress) and check the timer.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if self.progress {
+                    t.as_mut().reset(tokio::time::Instant::now() + self.after);
+                }
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.after))),
+        };
+        self.progress = false;
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -33,7 +77,8 @@ pin_project_lite::pin_project! {
     pub enum Body {
         /// Streamed from a peer; errors once more than `limit` bytes arrive.
         /// `reuse`, if any, goes back to the upstream pool at end of stream.
-        Stream { #[pin] inner: Incoming, limit: u64, seen: u64, reuse: Option<Reuse> },
+        /// `timeout`, if any, bounds each wait for the next frame.
+        Stream { #[pin] inner: Incoming, limit: u64, seen: u64, reuse: Option<Reuse>, timeout: Option<ReadTimeout> },
         /// Fully buffered.
         Full { data: Option<Bytes> },
     }
@@ -65,6 +110,19 @@ impl Body {
             limit,
             seen: 0,
             reuse: None,
+            timeout: None,
+        }
+    }
+
+    /// A client's request body: capped at `limit` bytes, and failing with
+    /// [`BodyError::Timeout`] when no frame arrives for `read_timeout`.
+    pub fn request(inner: Incoming, limit: u64, read_timeout: Duration) -> Body {
+        Body::Stream {
+            inner,
+            limit,
+            seen: 0,
+            reuse: None,
+            timeout: Some(ReadTimeout::new(read_timeout)),
         }
     }
 
@@ -80,6 +138,7 @@ impl Body {
             limit: u64::MAX,
             seen: 0,
             reuse: Some(reuse),
+            timeout: None,
         }
     }
 
@@ -116,8 +175,12 @@ impl HttpBody for Body {
                 limit,
                 seen,
                 reuse,
+                timeout,
             } => match inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(t) = timeout {
+                        t.progress = true;
+                    }
                     if let Some(data) = frame.data_ref() {
                         *seen += data.len() as u64;
                         if *seen > *limit {
@@ -145,7 +208,14 @@ impl HttpBody for Body {
                     }
                     Poll::Ready(None)
                 }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    if let Some(t) = timeout
+                        && t.poll_expired(cx)
+                    {
+                        return Poll::Ready(Some(Err(BodyError::Timeout { after: t.after })));
+                    }
+                    Poll::Pending
+                }
             },
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }

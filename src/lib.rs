@@ -247,6 +247,10 @@ impl Plane {
             options.clock,
         ));
         let conn = server::ConnSettings::from(&doc.server);
+        let mut tls_conn = conn.for_another_listener();
+        if let Some(ms) = doc.server.tls.as_ref().and_then(|t| t.idle_timeout_ms) {
+            tls_conn.idle_timeout = server::idle(ms);
+        }
         let gateway = Arc::new(Gateway::new(
             tables.clone(),
             upstream,
@@ -284,7 +288,6 @@ impl Plane {
             control.tables.clone(),
             shutdown.clone(),
         ));
-        let tls_conn = conn.for_another_listener();
         let admin = tokio::spawn(server::serve(
             admin,
             admin_handler,

@@ -41,6 +41,8 @@ pub struct Admission {
     max_uri_bytes: usize,
     underscore: UnderscoreHeaders,
     health_on_proxy: bool,
+    /// Longest wait for the next piece of a request body.
+    body_read_timeout: Duration,
 }
 
 impl From<&ServerSettings> for Admission {
@@ -51,6 +53,7 @@ impl From<&ServerSettings> for Admission {
             max_uri_bytes: s.max_uri_bytes,
             underscore: s.underscore_headers,
             health_on_proxy: s.health_on_proxy,
+            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
         }
     }
 }
@@ -327,6 +330,7 @@ impl Gateway {
             && (req.method() == Method::GET || req.method() == Method::HEAD)
             && content_length(req.headers()).is_none_or(|n| n == 0)
             && req.body().as_ref().is_none_or(body_is_empty)
+            && !req.headers().contains_key(header::UPGRADE)
         {
             return self.cached(ctx, rc, hop, req, peer).await;
         }
@@ -393,13 +397,64 @@ impl Gateway {
         let query = new_path.as_ref().and(req.uri().query()).map(str::to_string);
         let (mut parts, body) = req.into_parts();
         let https = parts.extensions.get::<crate::tls::TlsInfo>().is_some();
-        prepare_upstream_headers(
+        // A WebSocket handshake gives up the client side of the tunnel:
+        // HTTP/1.1 `Upgrade: websocket` keeps its Upgrade (hop-by-hop,
+        // stripped below); an h2 extended CONNECT (RFC 8441) goes upstream
+        // as an HTTP/1.1 handshake.
+        let websocket = if parts.version == Version::HTTP_11 {
+            parts
+                .headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+                .then_some(Handshake::Upgrade)
+        } else if parts.method == Method::CONNECT
+            && parts
+                .extensions
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+        {
+            Some(Handshake::ExtendedConnect)
+        } else {
+            None
+        };
+        let client_upgrade = websocket.and_then(|kind| {
+            let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+            let busy = parts.extensions.remove::<crate::server::Busy>();
+            Some((kind, on, busy))
+        });
+        let te_trailers = prepare_upstream_headers(
             &mut parts.headers,
             parts.version,
             peer,
             https,
             ctx.request_id.as_ref(),
         );
+        // The gateway forwards trailers, so an HTTP/2 upstream may hear the
+        // client's `TE: trailers` (gRPC servers insist on it).
+        if te_trailers
+            && pool_entry
+                .pool
+                .transport
+                .as_deref()
+                .is_some_and(crate::upstream::Transport::multiplexed)
+        {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some((kind, ..)) = &client_upgrade {
+            parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+            if *kind == Handshake::ExtendedConnect {
+                parts.method = Method::GET;
+                parts.extensions.remove::<hyper::ext::Protocol>();
+                parts
+                    .headers
+                    .insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+            }
+        }
         if let Some(trace) = &ctx.trace {
             trace.propagate(&mut parts.headers);
         }
@@ -421,7 +476,9 @@ impl Gateway {
                             limit: limits.max_bytes,
                         }));
                     }
-                    let body = body.map_or_else(Body::empty, Body::stream);
+                    let body = body.map_or_else(Body::empty, |b| {
+                        Body::request(b, u64::MAX, self.admission.body_read_timeout)
+                    });
                     let bytes =
                         collect_limited(body, limits.max_bytes)
                             .await
@@ -432,6 +489,7 @@ impl Gateway {
                                 BodyError::Stream(_) => GatewayError::BadRequest {
                                     reason: "request body stream failed",
                                 },
+                                BodyError::Timeout { after } => GatewayError::BodyTimeout { after },
                             })?;
                     // An empty body (e.g. chunked with no data) is no body.
                     let value = if bytes.is_empty() {
@@ -463,11 +521,21 @@ impl Gateway {
                         set_body_headers(&mut parts.headers, bytes.len());
                         Body::full(bytes)
                     }
-                    (None, Some(b)) => plain_body(b, no_body, route.max_body_bytes),
+                    (None, Some(b)) => plain_body(
+                        b,
+                        no_body,
+                        route.max_body_bytes,
+                        self.admission.body_read_timeout,
+                    ),
                     (None, None) => Body::empty(),
                 }
             }
-            _ => plain_body(body, no_body, route.max_body_bytes),
+            _ => plain_body(
+                body,
+                no_body,
+                route.max_body_bytes,
+                self.admission.body_read_timeout,
+            ),
         };
         if let Some(p) = new_path {
             let pq = match &query {
@@ -507,6 +575,36 @@ impl Gateway {
         // respond (translate the response down to the client's version)
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            let (Some((kind, client, busy)), Some(upstream)) = (client_upgrade, upstream_upgrade)
+            else {
+                // A 101 nobody asked for (or that cannot be tunnelled).
+                return Err(upstream_failed(UpstreamError::UnexpectedUpgrade));
+            };
+            match kind {
+                Handshake::Upgrade => {
+                    parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+                }
+                // RFC 8441: a 200 opens the stream as the tunnel.
+                Handshake::ExtendedConnect => {
+                    parts.status = StatusCode::OK;
+                    parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
+            }
+            tunnel(client, upstream, ctx.endpoint.clone(), busy);
+        } else if parts.status.is_success()
+            && matches!(client_upgrade, Some((Handshake::ExtendedConnect, ..)))
+        {
+            // A 2xx to the CONNECT would open a tunnel the upstream never agreed to.
+            return Err(upstream_failed(UpstreamError::NoUpgrade {
+                status: parts.status,
+            }));
+        }
         parts
             .headers
             .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
@@ -544,11 +642,13 @@ impl Gateway {
                                 BodyError::TooLarge { limit } => {
                                     fail(TranslateError::TooLarge { limit })
                                 }
-                                BodyError::Stream(_) => fail(TranslateError::InvalidJson {
-                                    line: 0,
-                                    column: 0,
-                                    reason: "the upstream's body stream failed".into(),
-                                }),
+                                BodyError::Stream(_) | BodyError::Timeout { .. } => {
+                                    fail(TranslateError::InvalidJson {
+                                        line: 0,
+                                        column: 0,
+                                        reason: "the upstream's body stream failed".into(),
+                                    })
+                                }
                             })?;
                     // An empty body (a 201 with `Content-Length: 0`) is no body.
                     let value = if bytes.is_empty() {
@@ -1084,10 +1184,10 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// The request body as forwarded untranslated: nothing, or a stream
-/// capped at the route's limit.
-fn plain_body(body: Option<Incoming>, no_body: bool, limit: u64) -> Body {
+/// capped at the route's limit and bounded by the body read timeout.
+fn plain_body(body: Option<Incoming>, no_body: bool, limit: u64, read_timeout: Duration) -> Body {
     match body {
-        Some(body) if !no_body => Body::limited(body, limit),
+        Some(body) if !no_body => Body::request(body, limit, read_timeout),
         _ => Body::empty(),
     }
 }
@@ -1176,6 +1276,70 @@ async fn forward_with_retries(
     }
 }
 
+static WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// How a client asked for a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// HTTP/1.1 `Upgrade: websocket`, answered 101.
+    Upgrade,
+    /// HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441),
+    /// answered 200.
+    ExtendedConnect,
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64.
+fn websocket_key() -> HeaderValue {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let n = fastrand::u128(..).to_be_bytes();
+    let mut out = [b'='; 24];
+    for (i, chunk) in n.chunks(3).enumerate() {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for j in 0..=chunk.len() {
+            out[i * 4 + j] = B64[((v >> (18 - 6 * j)) & 63) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).expect("base64 is a valid header value")
+}
+
+/// Once the 101 (or, for an h2 client, the 200) has gone out and both
+/// sides have upgraded, copies bytes both ways until either side closes
+/// (on the current worker's runtime). `busy` keeps an h2 client
+/// connection from counting as idle meanwhile.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    endpoint: Option<Arc<Endpoint>>,
+    busy: Option<crate::server::Busy>,
+) {
+    tokio::spawn(async move {
+        let _busy = busy;
+        let (client, upstream) = tokio::join!(client, upstream);
+        let endpoint = endpoint.as_ref().map(|e| e.authority.as_str());
+        match (client, upstream) {
+            (Ok(client), Ok(upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    Ok((up, down)) => {
+                        tracing::debug!(endpoint, up, down, "WebSocket tunnel closed")
+                    }
+                    Err(e) => tracing::debug!(endpoint, error = %e, "WebSocket tunnel broke"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(endpoint, error = %e, "WebSocket upgrade failed");
+            }
+        }
+    });
+}
+
 /// Buffers a body up to `limit` bytes.
 async fn collect_limited(body: Body, limit: u64) -> Result<bytes::Bytes, BodyError> {
     use http_body_util::BodyExt;
@@ -1244,13 +1408,19 @@ fn peer_value(ip: std::net::IpAddr) -> HeaderValue {
     })
 }
 
+/// Strips hop-by-hop headers and sets the forwarding ones; returns whether
+/// the client sent `TE: trailers`.
 fn prepare_upstream_headers(
     h: &mut HeaderMap,
     version: Version,
     peer: SocketAddr,
     https: bool,
     request_id: Option<&HeaderValue>,
-) {
+) -> bool {
+    // `TE: trailers` says the client takes trailers (gRPC requires it).
+    let trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(h);
     // Room for the headers added below, so the map grows at most once.
     h.reserve(5);
@@ -1288,6 +1458,7 @@ fn prepare_upstream_headers(
     if let Some(id) = request_id {
         h.insert(X_REQUEST_ID, id.clone());
     }
+    trailers
 }
 
 /// `/health/live` and `/health/ready`, shared by both listeners.

@@ -88,6 +88,13 @@ pub enum GatewayError {
         /// Configured limit.
         limit: u64,
     },
+    /// The client stopped sending its request body mid-way (while the
+    /// gateway buffered it).
+    #[error("no request body data for {after:?}")]
+    BodyTimeout {
+        /// The body read timeout.
+        after: std::time::Duration,
+    },
     /// The request body could not be translated to the target version
     /// (invalid JSON, duplicate key, too deep, too large, or a change refused it).
     #[error("request cannot be translated from {from} to {to}: {source}")]
@@ -136,6 +143,7 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RequestTranslation {
                 source: TranslateError::TooLarge { .. },
                 ..
@@ -166,6 +174,7 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => "headers-too-large",
             Self::UriTooLong { .. } => "uri-too-long",
             Self::BodyTooLarge { .. } => "body-too-large",
+            Self::BodyTimeout { .. } => "request-body-timeout",
             Self::RequestTranslation {
                 source: TranslateError::TooLarge { .. },
                 ..
@@ -247,7 +256,8 @@ impl GatewayError {
             | Self::BadRequest { .. }
             | Self::HeadersTooLarge { .. }
             | Self::UriTooLong { .. }
-            | Self::BodyTooLarge { .. } => {}
+            | Self::BodyTooLarge { .. }
+            | Self::BodyTimeout { .. } => {}
         }
         let mut resp = Response::new(Body::full(body.to_string()));
         *resp.status_mut() = status;
@@ -259,6 +269,11 @@ impl GatewayError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(id) = request_id {
             h.insert(crate::headers::X_REQUEST_ID, id.clone());
+        }
+        // The rest of a stalled body may still arrive: this connection
+        // cannot carry another request.
+        if status == StatusCode::REQUEST_TIMEOUT {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

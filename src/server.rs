@@ -1,13 +1,21 @@
 //! Listeners: accept loop, hyper-util's auto builder (HTTP/1.1 and h2c on
 //! one port), hyper's timers (so the header-read timeout is really armed),
-//! and graceful shutdown: stop accepting, let in-flight requests finish up
-//! to the grace period, then return.
+//! the idle timeout, and graceful shutdown: stop accepting, let in-flight
+//! requests finish up to the grace period, then return.
+//!
+//! Idle: a connection counts its requests from head to the end of the
+//! response body (the body is dropped then); one with none for the idle
+//! timeout is shut down gracefully (HTTP/1.1: closed; h2: GOAWAY). hyper's
+//! header-read timeout only starts at a request's first byte, so without
+//! this a keep-alive connection could sit open forever.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
@@ -15,10 +23,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::config::ServerSettings;
@@ -57,6 +65,9 @@ pub struct ConnSettings {
     pub grace: Duration,
     /// HTTP/2 concurrent streams per connection.
     pub h2_max_streams: u32,
+    /// Close a connection with no request in flight for this long (None:
+    /// never).
+    pub idle_timeout: Option<Duration>,
     /// This listener's connection and in-flight counters (shared by every
     /// worker serving it; [`ConnSettings::for_another_listener`] gives a
     /// listener its own).
@@ -67,6 +78,7 @@ impl ConnSettings {
     /// The same settings with fresh counters, for another listener.
     pub fn for_another_listener(&self) -> ConnSettings {
         ConnSettings {
+            idle_timeout: self.idle_timeout,
             admission: Arc::new(Admission::new(
                 self.admission.max_connections,
                 self.admission.max_inflight,
@@ -149,8 +161,106 @@ impl From<&ServerSettings> for ConnSettings {
             max_buf_size: (s.max_header_bytes * 2).max(8192),
             grace: Duration::from_millis(s.grace_period_ms),
             h2_max_streams: s.h2_max_concurrent_streams,
+            idle_timeout: idle(s.idle_timeout_ms),
             admission: Arc::new(Admission::new(s.max_connections, s.max_requests_in_flight)),
         }
+    }
+}
+
+/// An idle timeout setting in ms as a duration (0: none).
+pub fn idle(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+/// A connection's requests: started so far, and in flight (head received,
+/// response body not yet finished). Touched by its own tasks only, so the
+/// atomics are uncontended.
+#[derive(Debug, Default)]
+struct Activity {
+    started: AtomicU64,
+    active: AtomicUsize,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Active {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    /// Resolves once no request has been in flight or started for
+    /// `timeout` (checked every quarter of it, so within 1.25 x `timeout`).
+    async fn idle_for(&self, timeout: Duration) {
+        let step = (timeout / 4).max(Duration::from_millis(1));
+        let mut seen = self.started.load(Ordering::Relaxed);
+        let mut quiet = Duration::ZERO;
+        loop {
+            tokio::time::sleep(step).await;
+            let started = self.started.load(Ordering::Relaxed);
+            if started != seen || self.active.load(Ordering::Relaxed) > 0 {
+                seen = started;
+                quiet = Duration::ZERO;
+                continue;
+            }
+            quiet += step;
+            if quiet >= timeout {
+                return;
+            }
+        }
+    }
+}
+
+/// One request in flight; ends when dropped with its response body.
+struct Active(Arc<Activity>);
+
+impl Clone for Active {
+    fn clone(&self) -> Active {
+        self.0.active.fetch_add(1, Ordering::Relaxed);
+        Active(self.0.clone())
+    }
+}
+
+/// Keeps an h2 connection from counting as idle while a tunnel opened by
+/// one of its CONNECT streams (WebSocket, RFC 8441) is open: a request
+/// extension of CONNECT requests, which the tunnel holds.
+#[derive(Clone)]
+pub struct Busy {
+    _active: Active,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its request's [`Active`] until hyper
+    /// drops it (written out, or the stream was reset).
+    pub struct Tracked {
+        #[pin]
+        body: Body,
+        active: Option<Active>,
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -163,6 +273,8 @@ fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
+        // RFC 8441: WebSockets over h2 (extended CONNECT).
+        .enable_connect_protocol()
         .max_concurrent_streams(settings.h2_max_streams)
         .max_header_list_size(settings.max_buf_size as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
@@ -202,7 +314,9 @@ async fn serve_inner<H: Handler>(
     shutdown: CancellationToken,
 ) -> bool {
     let builder = builder(&settings);
-    let graceful = GracefulShutdown::new();
+    // Connections (and TLS handshakes) in flight: the drain waits for them.
+    let tracker = TaskTracker::new();
+    let draining = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -229,19 +343,21 @@ async fn serve_inner<H: Handler>(
             peer,
             max_head: settings.max_buf_size,
             hard_stop: hard_stop.clone(),
+            draining: draining.clone(),
+            tracker: tracker.clone(),
+            idle_timeout: settings.idle_timeout,
             admission: settings.admission.clone(),
             slot,
             shed,
         };
         match &tls {
-            None => conn.serve(stream, None, graceful.watcher()),
+            None => conn.serve(stream, None),
             Some(tls) => {
                 let (acceptor, timeout) = (tls.acceptor(), tls.handshake_timeout());
-                let watcher = graceful.watcher();
                 // The handshake counts as in flight: a drain waits for it
                 // (bounded by its timeout) rather than cutting it.
                 let stop = hard_stop.clone();
-                tokio::spawn(async move {
+                tracker.spawn(async move {
                     let handshake = tokio::select! {
                         r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
                         _ = stop.cancelled() => return,
@@ -253,7 +369,7 @@ async fn serve_inner<H: Handler>(
                                 server_name: session.server_name().map(Arc::from),
                                 client_certificate: session.peer_certificates().is_some(),
                             };
-                            conn.serve(stream, Some(info), watcher);
+                            conn.serve(stream, Some(info));
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
@@ -263,8 +379,10 @@ async fn serve_inner<H: Handler>(
         }
     }
     drop(listener);
+    draining.cancel();
+    tracker.close();
     tokio::select! {
-        _ = graceful.shutdown() => true,
+        _ = tracker.wait() => true,
         _ = tokio::time::sleep(settings.grace) => {
             tracing::warn!(grace = ?settings.grace, "grace period over; closing remaining connections");
             hard_stop.cancel();
@@ -280,6 +398,10 @@ struct Conn<H> {
     peer: SocketAddr,
     max_head: usize,
     hard_stop: CancellationToken,
+    /// Cancelled when the listener starts draining.
+    draining: CancellationToken,
+    tracker: TaskTracker,
+    idle_timeout: Option<Duration>,
     admission: Arc<Admission>,
     /// Held for the connection's life.
     slot: Slot,
@@ -289,7 +411,7 @@ struct Conn<H> {
 }
 
 impl<H: Handler> Conn<H> {
-    fn serve<IO>(self, stream: IO, tls: Option<TlsInfo>, watcher: Watcher)
+    fn serve<IO>(self, stream: IO, tls: Option<TlsInfo>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -299,10 +421,15 @@ impl<H: Handler> Conn<H> {
             peer,
             max_head,
             hard_stop,
+            draining,
+            tracker,
+            idle_timeout,
             admission,
             slot,
             shed,
         } = self;
+        let activity = Arc::new(Activity::default());
+        let track = idle_timeout.is_some().then(|| activity.clone());
         // hyper drops or merges a conflicting Content-Length before the
         // handler sees the head, so framing is checked on the raw bytes
         // (after decryption, for TLS).
@@ -313,6 +440,12 @@ impl<H: Handler> Conn<H> {
             let violation = verdict.next_request();
             if let Some(info) = &tls {
                 req.extensions_mut().insert(info.clone());
+            }
+            let active = track.as_ref().map(Activity::begin);
+            if req.method() == http::Method::CONNECT
+                && let Some(a) = &active
+            {
+                req.extensions_mut().insert(Busy { _active: a.clone() });
             }
             let (request_slot, over) = admission.request();
             let overload = if shed {
@@ -330,34 +463,57 @@ impl<H: Handler> Conn<H> {
             };
             async move {
                 let _request_slot = request_slot;
-                if let Some(v) = violation {
+                let resp = if let Some(v) = violation {
                     let mut resp =
                         GatewayError::BadRequest { reason: v.reason() }.to_response(None);
                     resp.headers_mut()
                         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    return Ok(resp);
-                }
-                if let Some(e) = overload {
+                    resp
+                } else if let Some(e) = overload {
                     let mut resp = e.to_response(None);
                     if shed {
                         resp.headers_mut()
                             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                     }
-                    return Ok(resp);
-                }
-                Ok::<_, Infallible>(handler.call(req, peer).await)
+                    resp
+                } else {
+                    handler.call(req, peer).await
+                };
+                Ok::<_, Infallible>(resp.map(|body| Tracked { body, active }))
             }
         });
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let _slot = slot;
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let conn = watcher.watch(conn.into_owned());
-            tokio::select! {
-                result = conn => if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                // Past the grace period: dropping the connection closes it.
-                _ = hard_stop.cancelled() => {}
+            tokio::pin!(conn);
+            let idle = async {
+                match idle_timeout {
+                    Some(t) => activity.idle_for(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(idle);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = draining.cancelled(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = &mut idle, if !closing => {
+                        tracing::debug!(%peer, "idle connection: closing");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    // Past the grace period: dropping the connection closes it.
+                    _ = hard_stop.cancelled() => break,
+                }
             }
         });
     }

@@ -174,7 +174,8 @@ impl RoutingTable {
         let mut pools: Vec<PoolEntry> = doc
             .pools
             .iter()
-            .map(|p| PoolEntry {
+            .enumerate()
+            .map(|(i, p)| PoolEntry {
                 version: vid[p.version.as_str()],
                 pool: Pool {
                     name: p.name.as_str().into(),
@@ -189,6 +190,11 @@ impl RoutingTable {
                     outlier: Some((&p.outlier).into()),
                     check: p.health.as_ref().map(Into::into),
                     failover: None,
+                    transport: crate::upstream::Transport::compile(
+                        p.protocol,
+                        p.tls.as_ref(),
+                        &format!("pools[{i}]"),
+                    ),
                 },
             })
             .collect();

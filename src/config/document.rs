@@ -95,6 +95,15 @@ pub struct ServerSettings {
     pub max_requests_in_flight: usize,
     /// HTTP/2 streams one client connection may have open at once. Default 256.
     pub h2_max_concurrent_streams: u32,
+    /// A client connection with no request in flight (HTTP/1.1 keep-alive
+    /// between requests, h2 with no open stream) for this long is closed
+    /// (h2: GOAWAY), in ms; 0 = never. The TLS listener may set its own.
+    /// Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Longest wait for the next piece of a request body, in ms; a client
+    /// that stops sending mid-body gets 408 and the upstream request is
+    /// aborted. Default 30000.
+    pub body_read_timeout_ms: u64,
 }
 
 /// `[server.tls]`: a TLS listener beside the plain one, serving the same
@@ -122,6 +131,10 @@ pub struct TlsSettings {
     /// Time allowed for a TLS handshake, in ms. Default 10000.
     #[serde(default = "default_tls_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// This listener's idle timeout, in ms (0 = never); unset = the plain
+    /// listener's `idle_timeout_ms`.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 fn default_tls_reload_poll_ms() -> u64 {
@@ -183,6 +196,12 @@ impl Default for ServerSettings {
             max_connections: 20_000,
             max_requests_in_flight: 10_000,
             h2_max_concurrent_streams: 256,
+            // 60 s: above the 30 s h2 ping interval and common client pool
+            // idle times (which then close first, with no race).
+            idle_timeout_ms: 60_000,
+            // 30 s between body reads, like nginx's client_body_timeout
+            // (60 s) halved: our partners' uploads are small.
+            body_read_timeout_ms: 30_000,
         }
     }
 }
@@ -341,6 +360,45 @@ pub struct PoolDoc {
     /// Passive outlier ejection (`[pools.outlier]`); on with its defaults.
     #[serde(default)]
     pub outlier: OutlierDoc,
+    /// How the gateway talks to the endpoints: `http1`, `h2` (HTTP/2 over
+    /// TLS, by ALPN; needs `tls`) or `h2c` (HTTP/2 cleartext, prior
+    /// knowledge). An HTTP/2 pool keeps one multiplexed connection per
+    /// endpoint per worker. Default `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (`[pools.tls]`); unset = cleartext.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsDoc>,
+}
+
+/// The protocol a pool's endpoints speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (over TLS too, with `tls`).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 over cleartext TCP, prior knowledge.
+    H2c,
+}
+
+/// `[pools.tls]`: how endpoint certificates are checked, and the client
+/// certificate the gateway presents (mTLS). Files are PEM, read when the
+/// table is compiled (relative paths are from the working directory).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsDoc {
+    /// CAs that sign the endpoints' certificates; unset = the system's roots.
+    pub ca_file: Option<String>,
+    /// Name sent as SNI and checked against the endpoint certificates;
+    /// unset = each endpoint's host.
+    pub server_name: Option<String>,
+    /// Client certificate chain for mTLS, leaf first (with `client_key`).
+    pub client_cert: Option<String>,
+    /// Private key of `client_cert`.
+    pub client_key: Option<String>,
 }
 
 /// `[pools.health]`: each endpoint is probed with `GET path` on its own

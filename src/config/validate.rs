@@ -43,6 +43,12 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
             "must be greater than 0".into(),
         );
     }
+    if s.body_read_timeout_ms == 0 {
+        err(
+            "server.body_read_timeout_ms".into(),
+            "must be greater than 0".into(),
+        );
+    }
     if let Some(tls) = &s.tls {
         if tls.listen.parse::<SocketAddr>().is_err() {
             err(
@@ -255,6 +261,33 @@ pub fn validate(doc: &Document) -> Result<(), Vec<ConfigError>> {
                 format!("{path}.host"),
                 format!("{h:?} is not a valid Host value"),
             );
+        }
+        match (p.protocol, &p.tls) {
+            (super::UpstreamProtocol::H2, None) => err(
+                format!("{path}.protocol"),
+                "h2 is HTTP/2 over TLS and needs [pools.tls]; use h2c for cleartext".into(),
+            ),
+            (super::UpstreamProtocol::H2c, Some(_)) => err(
+                format!("{path}.protocol"),
+                "h2c is cleartext; use h2 with [pools.tls]".into(),
+            ),
+            _ => {}
+        }
+        if let Some(tls) = &p.tls {
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                err(
+                    format!("{path}.tls"),
+                    "client_cert and client_key go together".into(),
+                );
+            }
+            if let Some(name) = &tls.server_name
+                && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+            {
+                err(
+                    format!("{path}.tls.server_name"),
+                    format!("{name:?} is not a DNS name or IP address"),
+                );
+            }
         }
     }
 

@@ -238,8 +238,9 @@ pub async fn run_checks(tables: Arc<TableHandle>, shutdown: CancellationToken) {
                     Ordering::Relaxed,
                 );
                 let (ep, check, pool_name) = (ep.clone(), check.clone(), pool.name.clone());
+                let transport = pool.transport.clone();
                 tokio::spawn(async move {
-                    let ok = probe(&ep, &check).await;
+                    let ok = probe(&ep, transport.as_deref(), &check).await;
                     apply(&ep, &check, &pool_name, ok);
                     ep.health.next_check.store(
                         now_ms() + check.interval.as_millis() as u64,
@@ -280,17 +281,26 @@ fn apply(ep: &Endpoint, check: &Check, pool: &str, ok: Result<(), String>) {
 }
 
 /// One `GET path` on a fresh connection within the check's timeout.
-async fn probe(ep: &Endpoint, check: &Check) -> Result<(), String> {
+async fn probe(
+    ep: &Endpoint,
+    transport: Option<&super::Transport>,
+    check: &Check,
+) -> Result<(), String> {
     let run = async {
-        let mut sender = super::connect(ep, check.timeout)
+        let mut sender = super::connect(ep, transport, check.timeout)
             .await
             .map_err(|e| e.to_string())?;
-        let req = Request::get(check.path.clone())
-            .header(http::header::HOST, ep.host_value.clone())
-            .header(http::header::USER_AGENT, "switchyard-health-check")
-            .body(crate::body::Body::empty())
-            .expect("valid probe request");
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let req = match transport.filter(|t| t.multiplexed()) {
+            Some(t) => Request::get(super::h2_uri(t, ep.authority.clone(), check.path.clone()))
+                .version(http::Version::HTTP_2),
+            None => {
+                Request::get(check.path.clone()).header(http::header::HOST, ep.host_value.clone())
+            }
+        }
+        .header(http::header::USER_AGENT, "switchyard-health-check")
+        .body(crate::body::Body::empty())
+        .expect("valid probe request");
+        let resp = sender.send(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let good = match check.expected {
             Some(want) => status == want,

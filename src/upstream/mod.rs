@@ -25,13 +25,18 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BodyError};
 
 pub mod health;
 pub mod retry;
+pub mod transport;
+
+pub use transport::Transport;
 
 /// Idle connections older than this are dropped at checkout: 90 s, longer
 /// than typical upstream keep-alive timeouts would race; a request that
@@ -83,6 +88,13 @@ pub enum UpstreamError {
     /// request was aborted.
     #[error("request body stream from the client failed")]
     RequestBodyAborted,
+    /// The client stopped sending its request body mid-way for longer than
+    /// the body read timeout; the upstream request was aborted.
+    #[error("the client sent no request body data for {after:?}")]
+    RequestBodyTimeout {
+        /// The body read timeout.
+        after: Duration,
+    },
     /// The upstream broke the exchange (reset, malformed response).
     #[error("{endpoint} failed mid-exchange")]
     Protocol {
@@ -91,6 +103,17 @@ pub enum UpstreamError {
         /// The cause.
         #[source]
         source: hyper::Error,
+    },
+    /// The upstream switched protocols (101) for a request that was not a
+    /// WebSocket handshake the gateway can tunnel.
+    #[error("upstream switched protocols unasked")]
+    UnexpectedUpgrade,
+    /// The upstream answered a WebSocket handshake from an HTTP/2 client
+    /// with a success that is not 101: no tunnel to open.
+    #[error("upstream answered the WebSocket handshake with {status}, not 101")]
+    NoUpgrade {
+        /// What it answered.
+        status: StatusCode,
     },
     /// A response body the gateway had to read whole (to cache it) broke off.
     #[error("{endpoint} sent a broken response body")]
@@ -110,12 +133,15 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect { .. } | Self::Protocol { .. } | Self::ResponseBody { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::Connect { .. }
+            | Self::Protocol { .. }
+            | Self::ResponseBody { .. }
+            | Self::UnexpectedUpgrade
+            | Self::NoUpgrade { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyAborted => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -142,6 +168,9 @@ impl UpstreamError {
             Self::Protocol { .. } | Self::ResponseBody { .. } => "upstream-protocol-error",
             Self::RequestBodyTooLarge { .. } => "body-too-large",
             Self::RequestBodyAborted => "request-body-aborted",
+            Self::RequestBodyTimeout { .. } => "request-body-timeout",
+            Self::UnexpectedUpgrade => "upstream-unexpected-upgrade",
+            Self::NoUpgrade { .. } => "upstream-refused-websocket",
         }
     }
 }
@@ -204,6 +233,8 @@ pub struct Pool {
     pub check: Option<health::Check>,
     /// Takes the traffic while no endpoint here is available (one hop).
     pub failover: Option<Arc<Pool>>,
+    /// TLS and/or HTTP/2 to the endpoints; None = plain HTTP/1.1.
+    pub transport: Option<Arc<Transport>>,
 }
 
 impl Pool {
@@ -285,6 +316,7 @@ impl Pool {
             outlier: self.outlier,
             check: self.check.clone(),
             failover: None,
+            transport: self.transport.clone(),
         }
     }
 }
@@ -369,8 +401,8 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
-        // Upstreams speak HTTP/1.1 here whatever the client used.
+        *req.uri_mut() = Uri::from(pq.clone());
+        // HTTP/1.1 to the upstream whatever the client used (HTTP/2 pools below).
         *req.version_mut() = http::Version::HTTP_11;
         // HTTP/1.1 needs a Host: without one of the client's, the endpoint's.
         let host = match &pool.host {
@@ -386,11 +418,24 @@ impl Upstream {
         if let Some(v) = host {
             req.headers_mut().insert(http::header::HOST, v);
         }
+        let transport = pool.transport.as_deref();
+        if let Some(t) = transport.filter(|t| t.multiplexed()) {
+            // HTTP/2: absolute URI; the Host becomes :authority.
+            let authority = req
+                .headers_mut()
+                .remove(http::header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| ep.authority.clone());
+            *req.uri_mut() = h2_uri(t, authority, pq);
+            *req.version_mut() = http::Version::HTTP_2;
+        }
 
         ep.inflight.fetch_add(1, Ordering::Relaxed);
         let _guard = InflightGuard(ep);
         let result =
-            match tokio::time::timeout(timeouts.response, exchange(ep, req, timeouts)).await {
+            match tokio::time::timeout(timeouts.response, exchange(ep, transport, req, timeouts))
+                .await
+            {
                 Ok(result) => result,
                 Err(_) => Err(Failed {
                     error: UpstreamError::Timeout {
@@ -435,13 +480,26 @@ impl Failed {
     }
 }
 
+fn h2_uri(t: &Transport, authority: Authority, pq: PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(t.scheme());
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+}
+
 async fn exchange(
     ep: &Endpoint,
+    transport: Option<&Transport>,
     req: Request<Body>,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, Failed> {
+    if let Some(t) = transport.filter(|t| t.multiplexed()) {
+        return exchange_h2(ep, t, req, timeouts).await;
+    }
+    let id = transport.map_or(0, |t| t.id);
     let fresh = |req: Request<Body>| async move {
-        match connect(ep, timeouts.connect).await {
+        match connect_h1(ep, transport, timeouts.connect).await {
             Ok(sender) => Ok((sender, req)),
             Err(error) => Err(Failed {
                 error,
@@ -449,9 +507,9 @@ async fn exchange(
             }),
         }
     };
-    let (mut sender, req) = match checkout(ep.id) {
+    let (mut sender, req) = match checkout(ep.id, id) {
         Some(mut sender) => match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(respond(resp, sender, ep)),
+            Ok(resp) => return Ok(respond(resp, sender, ep, id)),
             Err(mut e) => match e.take_message() {
                 // Never started: closed while idle. Once more, on a new one.
                 Some(req) => Box::pin(fresh(req)).await?,
@@ -464,7 +522,57 @@ async fn exchange(
         None => Box::pin(fresh(req)).await?,
     };
     match sender.send_request(req).await {
-        Ok(resp) => Ok(respond(resp, sender, ep)),
+        Ok(resp) => Ok(respond(resp, sender, ep, id)),
+        Err(e) => Err(Failed::sent(classify(e, ep))),
+    }
+}
+
+thread_local! {
+    /// This thread's HTTP/2 connections, one per endpoint and transport.
+    static H2: RefCell<HashMap<(Authority, u64), http2::SendRequest<Body>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Sends on this thread's HTTP/2 connection to `ep` (made if there is none
+/// or it has closed). Streams multiplex; the connection is never checked
+/// out, so the response body carries no [`Reuse`].
+async fn exchange_h2(
+    ep: &Endpoint,
+    t: &Transport,
+    req: Request<Body>,
+    timeouts: Timeouts,
+) -> Result<Response<Body>, Failed> {
+    let key = (ep.authority.clone(), t.id);
+    let shared = H2.with_borrow(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
+    let mut sender = match shared {
+        Some(s) => s,
+        None => match connect(ep, Some(t), timeouts.connect).await {
+            Ok(Sender::H2(s)) => {
+                H2.with_borrow_mut(|m| m.insert(key.clone(), s.clone()));
+                s
+            }
+            Ok(Sender::H1(_)) => unreachable!("a multiplexed transport connects with h2"),
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        },
+    };
+    if sender.ready().await.is_err() {
+        // Closed between the check and now: nothing was sent.
+        H2.with_borrow_mut(|m| m.remove(&key));
+        return Err(Failed {
+            error: UpstreamError::Connect {
+                endpoint: ep.authority.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            },
+            unsent: Some(req),
+        });
+    }
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(resp.map(Body::stream)),
         Err(e) => Err(Failed::sent(classify(e, ep))),
     }
 }
@@ -473,18 +581,136 @@ fn respond(
     resp: Response<hyper::body::Incoming>,
     sender: SendRequest<Body>,
     ep: &Endpoint,
+    transport: u64,
 ) -> Response<Body> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Upgraded: the connection now belongs to the tunnel, never the pool.
+        return resp.map(Body::stream);
+    }
     let reuse = Reuse {
         sender,
         endpoint: ep.id,
+        transport,
     };
     resp.map(|body| Body::upstream(body, reuse))
 }
 
+/// A new connection's request sender.
+pub(crate) enum Sender {
+    /// HTTP/1.1: one request at a time, pooled when idle.
+    H1(SendRequest<Body>),
+    /// HTTP/2: cloneable, multiplexed.
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    /// Sends one request (its URI and version already fit the protocol).
+    pub(crate) async fn send(
+        &mut self,
+        req: Request<Body>,
+    ) -> hyper::Result<Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// An HTTP/1.1 connection to `ep` (over TLS if the transport says so).
+async fn connect_h1(
+    ep: &Endpoint,
+    transport: Option<&Transport>,
+    timeout: Duration,
+) -> Result<SendRequest<Body>, UpstreamError> {
+    match connect(ep, transport, timeout).await? {
+        Sender::H1(s) => Ok(s),
+        Sender::H2(_) => unreachable!("only multiplexed transports connect with h2"),
+    }
+}
+
 /// A new connection to `ep`: TCP connect within `timeout`, `TCP_NODELAY`,
-/// keep-alive probes after 60 s idle, an HTTP/1.1 handshake, and the
+/// keep-alive probes after 60 s idle, TLS (handshake within `timeout`
+/// too) if the transport has it, an HTTP/1.1 or HTTP/2 handshake, and the
 /// connection's task spawned on the current runtime.
-async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, UpstreamError> {
+pub(crate) async fn connect(
+    ep: &Endpoint,
+    transport: Option<&Transport>,
+    timeout: Duration,
+) -> Result<Sender, UpstreamError> {
+    let stream = tcp(ep, timeout).await?;
+    let h2 = transport.is_some_and(Transport::multiplexed);
+    match transport.and_then(|t| t.tls.as_ref()) {
+        None => handshake(stream, ep, h2).await,
+        Some(Err(reason)) => Err(UpstreamError::Connect {
+            endpoint: ep.authority.clone(),
+            source: std::io::Error::other(reason.to_string()),
+        }),
+        Some(Ok(tls)) => {
+            let name = match &tls.server_name {
+                Some(n) => n.clone(),
+                None => rustls::pki_types::ServerName::try_from(ep.authority.host().to_string())
+                    .map_err(|e| UpstreamError::Connect {
+                        endpoint: ep.authority.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                    })?,
+            };
+            let stream =
+                match tokio::time::timeout(timeout, tls.connector.connect(name, stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(source)) => {
+                        return Err(UpstreamError::Connect {
+                            endpoint: ep.authority.clone(),
+                            source,
+                        });
+                    }
+                    Err(_) => {
+                        return Err(UpstreamError::ConnectTimeout {
+                            endpoint: ep.authority.clone(),
+                            after: timeout,
+                        });
+                    }
+                };
+            handshake(stream, ep, h2).await
+        }
+    }
+}
+
+async fn handshake<IO>(io: IO, ep: &Endpoint, h2: bool) -> Result<Sender, UpstreamError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let endpoint = ep.authority.clone();
+    if h2 {
+        // Pinged every 30 s (20 s to answer, hyper's default) even while
+        // idle: the one shared connection must not sit dead in the map.
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| classify(e, ep))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| classify(e, ep))?;
+    tokio::spawn(async move {
+        // With upgrades: a 101 hands the connection to a WebSocket tunnel.
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Sender::H1(sender))
+}
+
+/// TCP connect within `timeout`, `TCP_NODELAY`, keep-alive probes after 60 s idle.
+async fn tcp(ep: &Endpoint, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     let stream =
         match tokio::time::timeout(timeout, TcpStream::connect(ep.authority.as_str())).await {
             Ok(Ok(stream)) => stream,
@@ -504,16 +730,7 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, 
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream)
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| classify(e, ep))?;
-    let endpoint = ep.authority.clone();
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(stream)
 }
 
 /// An upstream connection whose response body is still being read; see
@@ -523,11 +740,14 @@ async fn connect(ep: &Endpoint, timeout: Duration) -> Result<SendRequest<Body>, 
 pub struct Reuse {
     sender: SendRequest<Body>,
     endpoint: u64,
+    /// The pool transport's id; 0 for plain HTTP/1.1.
+    transport: u64,
 }
 
 struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
+    transport: u64,
 }
 
 thread_local! {
@@ -567,6 +787,7 @@ impl Reuse {
         let idle = Idle {
             sender: self.sender,
             since: Instant::now(),
+            transport: self.transport,
         };
         IDLE.with_borrow_mut(|pool| match pool.get_mut(&self.endpoint) {
             Some(list) if list.len() >= MAX_IDLE_PER_ENDPOINT => {}
@@ -581,7 +802,8 @@ impl Reuse {
 /// The most recently idled ready connection to `endpoint`, if any. Drops
 /// closed ones and those idle longer than [`IDLE_TIMEOUT`]; leaves ones
 /// that are open but not ready yet (still settling after their response).
-fn checkout(endpoint: u64) -> Option<SendRequest<Body>> {
+/// Only connections made with transport `transport` (0: plain) qualify.
+fn checkout(endpoint: u64, transport: u64) -> Option<SendRequest<Body>> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(&endpoint)?;
         let now = Instant::now();
@@ -596,7 +818,7 @@ fn checkout(endpoint: u64) -> Option<SendRequest<Body>> {
             }
             if idle.sender.is_closed() {
                 list.remove(i);
-            } else if idle.sender.is_ready() {
+            } else if idle.transport == transport && idle.sender.is_ready() {
                 return Some(list.remove(i).sender);
             }
         }
@@ -613,6 +835,9 @@ fn classify(e: hyper::Error, ep: &Endpoint) -> UpstreamError {
                 return UpstreamError::RequestBodyTooLarge { limit: *limit };
             }
             Some(BodyError::Stream(_)) => return UpstreamError::RequestBodyAborted,
+            Some(BodyError::Timeout { after }) => {
+                return UpstreamError::RequestBodyTimeout { after: *after };
+            }
             None => {}
         }
         cause = c.source();

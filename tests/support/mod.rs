@@ -854,6 +854,27 @@ impl RawConn {
             .expect("the gateway answered in time")
     }
 
+    /// Writes raw bytes (part of a request, say) without reading.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Reads one response; fails the test after [`EXCHANGE_LIMIT`].
+    pub async fn response(&mut self) -> RawResponse {
+        tokio::time::timeout(EXCHANGE_LIMIT, self.read_response())
+            .await
+            .expect("the gateway answered in time")
+    }
+
+    /// Waits until the gateway closes the connection (end of stream or a
+    /// reset), discarding anything it sends; fails the test after
+    /// [`EXCHANGE_LIMIT`].
+    pub async fn closed(&mut self) {
+        tokio::time::timeout(EXCHANGE_LIMIT, async { while self.fill().await {} })
+            .await
+            .expect("the gateway closed the connection in time")
+    }
+
     /// Reads more bytes; `false` at end of stream.
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 4096];

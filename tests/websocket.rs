@@ -1,0 +1,323 @@
+//! WebSocket passthrough: an HTTP/1.1 `Upgrade: websocket` handshake is
+//! routed like any request (the version detected on it picks the pool),
+//! forwarded with its Upgrade kept, and after the 101 bytes flow both ways
+//! between the client and a real WebSocket upstream until one side closes.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{RawConn, TestGateway, Upstream, table};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+/// A WebSocket echo server on `127.0.0.1:0`: answers each text message with
+/// `"<name>: <text>"`, binary ones unchanged, and closes on `"bye"`.
+/// Records the path and `x-api-version` of each handshake.
+struct EchoUpstream {
+    addr: SocketAddr,
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
+}
+
+/// A handshake's path and query, and its `x-api-version`.
+type Handshake = (String, Option<String>);
+
+impl EchoUpstream {
+    async fn spawn(name: &'static str) -> EchoUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let seen = handshakes.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    // tungstenite's callback signature fixes the error type.
+                    #[allow(clippy::result_large_err)]
+                    let record = |req: &Request, resp: Response| {
+                        let version = req
+                            .headers()
+                            .get("x-api-version")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        seen.lock().unwrap().push((req.uri().to_string(), version));
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let reply = match msg {
+                            Message::Text(t) if t.as_str() == "bye" => {
+                                let _ = ws.close(None).await;
+                                break;
+                            }
+                            Message::Text(t) => Message::text(format!("{name}: {t}")),
+                            Message::Binary(b) => Message::Binary(b),
+                            Message::Close(_) => {
+                                // Sends the close reply tungstenite queued.
+                                let _ = ws.flush().await;
+                                break;
+                            }
+                            _ => continue,
+                        };
+                        if ws.send(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        EchoUpstream { addr, handshakes }
+    }
+
+    fn handshakes(&self) -> Vec<Handshake> {
+        self.handshakes.lock().unwrap().clone()
+    }
+}
+
+async fn gateway(v1: &EchoUpstream, v2: &EchoUpstream) -> TestGateway {
+    gateway_with(v1, v2, "idle_timeout_ms = 60000").await
+}
+
+async fn gateway_with(v1: &EchoUpstream, v2: &EchoUpstream, server: &str) -> TestGateway {
+    TestGateway::start(
+        table()
+            .server(server)
+            .version("v1", "stable", "")
+            .version("v2", "current", "")
+            .pool_at("v1", "v1", &v1.addr.to_string(), "")
+            .pool_at("v2", "v2", &v2.addr.to_string(), "")
+            .route("ws", "/ws/", "v2", ""),
+    )
+    .await
+}
+
+type Client = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn connect(gw: &TestGateway, path: &str, version: Option<&str>) -> (Client, http::HeaderMap) {
+    let mut req = format!("ws://{}{path}", gw.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(v) = version {
+        req.headers_mut()
+            .insert("x-api-version", v.parse().unwrap());
+    }
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("WebSocket handshake through the gateway");
+    assert_eq!(resp.status(), 101);
+    (ws, resp.headers().clone())
+}
+
+async fn next_text(ws: &mut Client) -> String {
+    match ws.next().await.expect("a message").expect("no error") {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_is_routed_by_version_and_echoes_through_the_gateway() {
+    let (v1, v2) = (
+        EchoUpstream::spawn("v1").await,
+        EchoUpstream::spawn("v2").await,
+    );
+    let gw = gateway(&v1, &v2).await;
+
+    let (mut ws, headers) = connect(&gw, "/ws/chat?room=7", Some("v1")).await;
+    assert_eq!(headers["x-api-version-served"], "v1");
+    assert_eq!(headers["x-api-version-source"], "header");
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, format!("v1: hello {i}"));
+    }
+    let blob = Bytes::from(vec![7u8; 100_000]);
+    ws.send(Message::Binary(blob.clone())).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Binary(b) => assert_eq!(b, blob),
+        other => panic!("expected binary, got {other:?}"),
+    }
+    ws.close(None).await.unwrap();
+    assert!(matches!(
+        ws.next().await,
+        Some(Ok(Message::Close(_))) | None
+    ));
+
+    assert_eq!(
+        v1.handshakes(),
+        vec![("/ws/chat?room=7".to_string(), Some("v1".to_string()))]
+    );
+    assert!(v2.handshakes().is_empty());
+
+    // No version: the route's default.
+    let (mut ws, headers) = connect(&gw, "/ws/chat", None).await;
+    assert_eq!(headers["x-api-version-served"], "v2");
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "v2: hi");
+}
+
+#[tokio::test]
+async fn the_upstream_closing_ends_the_tunnel() {
+    let (v1, v2) = (
+        EchoUpstream::spawn("v1").await,
+        EchoUpstream::spawn("v2").await,
+    );
+    let gw = gateway(&v1, &v2).await;
+    let (mut ws, _) = connect(&gw, "/ws/x", Some("v2")).await;
+    ws.send(Message::text("bye")).await.unwrap();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the client saw the upstream's close");
+}
+
+#[tokio::test]
+async fn an_upstream_that_declines_the_upgrade_answers_as_usual() {
+    let up = Upstream::spawn("plain").await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool("v1", "v1", &up)
+            .route("api", "/api/", "v1", ""),
+    )
+    .await;
+    let mut conn = RawConn::connect(gw.addr).await;
+    let resp = conn
+        .exchange(
+            b"GET /api/x HTTP/1.1\r\nhost: a.example\r\nupgrade: websocket\r\n\
+              connection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              sec-websocket-version: 13\r\n\r\n",
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    let got = up.last();
+    assert_eq!(got.header("upgrade"), Some("websocket"));
+    assert_eq!(got.header("connection"), Some("upgrade"));
+    assert_eq!(got.header("sec-websocket-version"), Some("13"));
+    // A plain request on the same connection still works.
+    let resp = conn
+        .exchange(b"GET /api/y HTTP/1.1\r\nhost: a.example\r\n\r\n")
+        .await;
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn an_h2_client_gets_a_websocket_by_extended_connect() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let (v1, v2) = (
+        EchoUpstream::spawn("v1").await,
+        EchoUpstream::spawn("v2").await,
+    );
+    // Idle timeout shorter than the conversation: the open tunnel keeps
+    // the h2 connection busy.
+    let gw = gateway_with(&v1, &v2, "idle_timeout_ms = 200").await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(stream))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // One exchange first, so the gateway's SETTINGS (extended CONNECT
+    // allowed) have arrived.
+    let live = http::Request::get(format!("http://{}/health/live", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
+
+    let mut req = http::Request::connect(format!("http://{}/ws/chat", gw.addr))
+        .header("sec-websocket-version", "13")
+        .header("x-api-version", "v1")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender.send_request(req).await.expect("CONNECT answered");
+    assert_eq!(resp.status(), 200, "RFC 8441: 200 opens the tunnel");
+    assert_eq!(resp.headers()["x-api-version-served"], "v1");
+    let upgraded = hyper::upgrade::on(resp).await.expect("h2 stream upgraded");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    for i in 0..2 {
+        ws.send(Message::text(format!("over h2 {i}")))
+            .await
+            .unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => assert_eq!(t.as_str(), format!("v1: over h2 {i}")),
+            other => panic!("expected text, got {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        v1.handshakes(),
+        vec![("/ws/chat".to_string(), Some("v1".to_string()))]
+    );
+    // The h2 connection still carries ordinary requests beside the tunnel.
+    let live = http::Request::get(format!("http://{}/health/live", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_extended_connect_the_upstream_answers_without_101_gets_502() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::spawn("plain").await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool("v1", "v1", &up)
+            .route("api", "/api/", "v1", ""),
+    )
+    .await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(stream))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let live = http::Request::get(format!("http://{}/health/live", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
+    let mut req = http::Request::connect(format!("http://{}/api/chat", gw.addr))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender.send_request(req).await.expect("CONNECT answered");
+    assert_eq!(resp.status(), 502);
+    let got = up.last();
+    assert_eq!(
+        got.method,
+        http::Method::GET,
+        "sent upstream as an HTTP/1.1 handshake"
+    );
+    assert_eq!(got.header("upgrade"), Some("websocket"));
+    assert_eq!(got.header("sec-websocket-key").map(str::len), Some(24));
+}
