@@ -7,8 +7,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let args = Cli::parse();
-    init_logging(args.log_format);
-    let code = match run(args) {
+    let log = init_logging(args.log_format);
+    let result = run(args);
+    // `exit` runs no destructors: flush the queued log lines first.
+    drop(log);
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("switchyard: {e:#}");
@@ -71,13 +74,28 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().thread_name("switchyard").build()
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs (the access log among them) go to stderr through a queue and a
+/// writer thread: a request formats its line and enqueues it, and the
+/// thread writes whatever has queued up in one buffered write, so a busy
+/// gateway pays no write(2) per request on its workers. The queue is not
+/// lossy: if the writer falls 64k lines behind, logging threads wait rather
+/// than drop lines. The guard flushes what is queued when dropped.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("switchyard-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
     }
+    guard
 }
