@@ -14,22 +14,31 @@
 //!
 //! Request path: per policy, one keyed SipHash of the key bytes (a
 //! per-process random key, so clients cannot aim at each other's buckets),
-//! one read-locked DashMap shard lookup and one CAS inside governor. No
-//! allocation unless the answer carries headers. Idle keys are dropped by
-//! [`Registry::evict_idle`] from a periodic task (`retain_recent` +
-//! `shrink_to_fit`), so memory follows the keys active in the last window.
+//! then governor's GCRA on the key's state word in our [`StateStore`]: a
+//! key this thread checked just before is found in the thread's hot-key
+//! cache and costs one CAS on its own word (two workers on one hot key
+//! share only that line); others take a read-locked DashMap shard lookup
+//! and the CAS. No allocation unless the answer carries headers or a key
+//! turns hot (its cell moves into an `Arc`, once while it stays tracked).
+//! Idle keys are dropped by [`Registry::evict_idle`] from a periodic task
+//! (`retain_recent` + `shrink_to_fit`), so memory follows the keys active
+//! in the last window.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::net::IpAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
@@ -64,12 +73,7 @@ impl Hasher for PassThrough {
     }
 }
 
-type Governor = RateLimiter<
-    u64,
-    DashMapStateStore<u64, BuildHasherDefault<PassThrough>>,
-    DefaultClock,
-    StateInformationMiddleware,
->;
+type Governor = RateLimiter<u64, KeyStore, DefaultClock, StateInformationMiddleware>;
 
 /// One budget for everyone (`key = "route"`): a single atomic, no map and
 /// no shard lock, however many workers hit it at once.
@@ -79,6 +83,221 @@ type DirectGovernor =
 enum Store {
     Keyed(Governor),
     Direct(DirectGovernor),
+}
+
+/// A key's GCRA state: governor's theoretical arrival time in nanoseconds
+/// since the limiter started (0 = never measured, [`EVICTED`] = dropped by
+/// eviction, never counted in again).
+enum Cell {
+    /// A key not (yet) hot: reached only through its shard's lock.
+    Inline(AtomicU64),
+    /// A hot key: also held by the [`HOT`] caches of the threads checking
+    /// it, which reach it without the shard lock.
+    Shared(Arc<AtomicU64>),
+}
+
+impl Cell {
+    #[inline]
+    fn tat(&self) -> &AtomicU64 {
+        match self {
+            Cell::Inline(tat) => tat,
+            Cell::Shared(tat) => tat,
+        }
+    }
+}
+
+/// State word of a cell [`KeyStore::retain_recent`] dropped.
+const EVICTED: u64 = u64::MAX;
+
+/// A cell reached through the map under its shard lock is live: eviction
+/// marks a cell and removes it under that shard's write lock.
+const LIVE: &str = "a cell in the map is not evicted";
+
+/// governor's GCRA step on one state word (the CAS loop of its
+/// `InMemoryState`); `None` when the cell was evicted meanwhile.
+#[inline]
+fn measure<T, E>(
+    tat: &AtomicU64,
+    f: &impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+) -> Option<Result<T, E>> {
+    let mut prev = tat.load(Ordering::Acquire);
+    loop {
+        if prev == EVICTED {
+            return None;
+        }
+        let (out, next) = match f(NonZeroU64::new(prev).map(|n| Nanos::from(n.get()))) {
+            Ok(step) => step,
+            Err(e) => return Some(Err(e)),
+        };
+        match tat.compare_exchange_weak(prev, next.into(), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(Ok(out)),
+            Err(now) => prev = now,
+        }
+    }
+}
+
+/// Slots of a thread's hot-key cache (direct-mapped by key).
+const HOT_SLOTS: usize = 64;
+
+/// One slot of [`HOT`]: a (limiter, key) this thread checked last, and the
+/// key's shared cell once the key is hot here.
+struct HotSlot {
+    limiter: u64,
+    key: u64,
+    tat: Option<Arc<AtomicU64>>,
+}
+
+thread_local! {
+    /// Per thread, the cells of the keys it checks again and again. A
+    /// DashMap read still takes the shard's reader count (two atomic
+    /// read-modify-writes on a line every thread checking that shard
+    /// shares); through this cache a hot key costs one CAS on its own word.
+    static HOT: RefCell<[HotSlot; HOT_SLOTS]> = const {
+        RefCell::new(
+            [const {
+                HotSlot {
+                    limiter: 0,
+                    key: 0,
+                    tat: None,
+                }
+            }; HOT_SLOTS],
+        )
+    };
+}
+
+/// Process-unique limiter ids (0 = an empty [`HotSlot`]), so a thread's
+/// cache never mistakes one limiter's key for another's.
+static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
+
+/// The keyed limiters' state store: a DashMap of per-key cells, fronted by
+/// each thread's [`HOT`] cache. A key a thread checks twice in a row
+/// becomes hot there: its cell moves into an `Arc` (allocated once per key
+/// while it stays in the map) the thread keeps, so later checks skip the
+/// map; other keys are checked in place under the shard's read lock.
+/// Eviction marks a shared cell [`EVICTED`] with a CAS that fails if a
+/// check counted in it meanwhile, so no request is counted in a dropped
+/// cell and no active key is dropped.
+struct KeyStore {
+    map: DashMap<u64, Cell, BuildHasherDefault<PassThrough>>,
+    id: u64,
+}
+
+impl Default for KeyStore {
+    fn default() -> Self {
+        KeyStore {
+            map: DashMap::with_hasher(Default::default()),
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+impl KeyStore {
+    /// The map path: in place under the shard's read lock, or under its
+    /// write lock for a new key or a promotion; with `promote`, also the
+    /// key's shared cell for the caller's cache.
+    fn measure_in_map<T, E>(
+        &self,
+        key: u64,
+        promote: bool,
+        f: &impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    ) -> (Result<T, E>, Option<Arc<AtomicU64>>) {
+        if let Some(cell) = self.map.get(&key) {
+            match &*cell {
+                Cell::Inline(tat) if !promote => return (measure(tat, f).expect(LIVE), None),
+                Cell::Inline(_) => {}
+                Cell::Shared(tat) => {
+                    return (measure(tat, f).expect(LIVE), promote.then(|| tat.clone()));
+                }
+            }
+        }
+        let mut cell = self
+            .map
+            .entry(key)
+            .or_insert_with(|| Cell::Inline(AtomicU64::new(0)));
+        if promote && let Cell::Inline(tat) = &*cell {
+            // Under the write lock: nobody else can be counting in `tat`.
+            let now = tat.load(Ordering::Acquire);
+            *cell = Cell::Shared(Arc::new(AtomicU64::new(now)));
+        }
+        let out = measure(cell.tat(), f).expect(LIVE);
+        let shared = match &*cell {
+            Cell::Shared(tat) if promote => Some(tat.clone()),
+            _ => None,
+        };
+        (out, shared)
+    }
+}
+
+impl StateStore for KeyStore {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let key = *key;
+        // Keys are keyed-SipHash outputs: their low bits are uniform.
+        let at = ((key ^ self.id.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as usize) % HOT_SLOTS;
+        let cached = HOT.try_with(|hot| {
+            let mut hot = hot.borrow_mut();
+            let slot = &mut hot[at];
+            let promote = if slot.limiter == self.id && slot.key == key {
+                if let Some(tat) = &slot.tat {
+                    if let Some(out) = measure(tat, &f) {
+                        return out;
+                    }
+                    // Evicted while idle: count in the map's new cell.
+                    slot.tat = None;
+                    false
+                } else {
+                    true
+                }
+            } else {
+                *slot = HotSlot {
+                    limiter: self.id,
+                    key,
+                    tat: None,
+                };
+                false
+            };
+            let (out, shared) = self.measure_in_map(key, promote, &f);
+            if shared.is_some() {
+                slot.tat = shared;
+            }
+            out
+        });
+        // Only while this thread's locals are being destroyed.
+        cached.unwrap_or_else(|_| self.measure_in_map(key, false, &f).0)
+    }
+}
+
+impl ShrinkableKeyedStateStore<u64> for KeyStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let drop_below = u64::from(drop_below);
+        self.map.retain(|_, cell| match cell {
+            // Under the shard's write lock nothing else reaches an inline cell.
+            Cell::Inline(tat) => tat.load(Ordering::Acquire) > drop_below,
+            Cell::Shared(tat) => {
+                let now = tat.load(Ordering::Acquire);
+                now > drop_below
+                    || tat
+                        .compare_exchange(now, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+            }
+        });
+    }
+
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 /// One governor limiter for one effective quota: `requests` per `window`
@@ -133,11 +352,7 @@ impl Limiter {
                 clock.clone(),
             ))
         } else {
-            Store::Keyed(RateLimiter::new(
-                quota,
-                DashMapStateStore::with_hasher(Default::default()),
-                clock.clone(),
-            ))
+            Store::Keyed(RateLimiter::new(quota, KeyStore::default(), clock.clone()))
         };
         Limiter {
             store,
@@ -624,8 +839,7 @@ impl Limits {
         detection: &Detection,
     ) -> Option<u64> {
         let header = |name| {
-            headers
-                .get(name)
+            crate::headers::find(headers, name)
                 .filter(|v| !v.is_empty())
                 .map(|v| key_hash(&self.keys, kind, v.as_bytes()))
         };
@@ -840,6 +1054,39 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(l.check(8), Ok(4), "another key has its own budget");
+    }
+
+    #[test]
+    fn a_hot_key_checked_from_two_threads_counts_every_request_once() {
+        let l = Limiter::new(10_000, 0, Duration::from_secs(3_600));
+        let allowed = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| (0..8_000).filter(|_| l.check(7).is_ok()).count()))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("checker"))
+                .sum::<usize>()
+        });
+        assert_eq!(allowed, 10_000);
+        assert_eq!(l.keys(), 1);
+    }
+
+    #[test]
+    fn an_evicted_hot_key_starts_fresh() {
+        // 1,000 a second: 5 checks and 20 ms idle later, the key is
+        // indistinguishable from a fresh one.
+        let l = Limiter::new(1_000, 0, Duration::from_secs(1));
+        for _ in 0..5 {
+            l.check(7).expect("within quota");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        l.evict_idle();
+        assert_eq!(l.keys(), 0, "idle hot key dropped");
+        // This thread still caches the dropped cell: the check must land in a new one.
+        assert_eq!(l.check(7), Ok(999), "a fresh key's first check");
+        assert_eq!(l.keys(), 1);
+        assert!(l.check(7).is_ok());
     }
 
     #[test]

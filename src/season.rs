@@ -239,7 +239,7 @@ impl Calendar {
     /// home region. Allocates nothing.
     pub fn region_of(&self, headers: &HeaderMap) -> RegionId {
         if let Some(h) = &self.header
-            && let Some(v) = headers.get(h)
+            && let Some(v) = crate::headers::find(headers, h)
         {
             let raw = v.as_bytes();
             let mut buf = [0u8; 64];

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounter;
 
 use crate::config::{ConfigError, Document, StickySource, WeightDoc};
+use crate::headers;
 use crate::season::SeasonId;
 use crate::version::Detection;
 
@@ -182,8 +183,7 @@ impl SplitSettings {
     /// listed client. A refusal is counted.
     pub fn override_allowed(&self, detection: &Detection, headers: &HeaderMap) -> bool {
         let allowed = self.canary_clients.is_empty()
-            || headers
-                .get(&detection.client_header)
+            || headers::find(headers, &detection.client_header)
                 .and_then(|c| c.to_str().ok())
                 .is_some_and(|c| self.canary_clients.contains(c));
         if !allowed {
@@ -216,10 +216,9 @@ pub fn pick<'t>(
     headers: &HeaderMap,
     pool_name: impl Fn(PoolId) -> &'t str,
 ) -> Picked {
-    if let Some(wanted) = headers.get(&settings.canary_header) {
+    if let Some(wanted) = headers::find(headers, &settings.canary_header) {
         let allowed = !settings.canary_clients.is_empty()
-            && headers
-                .get(&detection.client_header)
+            && headers::find(headers, &detection.client_header)
                 .and_then(|c| c.to_str().ok())
                 .is_some_and(|c| settings.canary_clients.contains(c));
         let w = wanted.as_bytes();
@@ -267,8 +266,12 @@ fn sticky_bucket(
 ) -> (u32, Option<HeaderValue>) {
     for source in settings.sticky.iter() {
         let id = match source {
-            StickySource::ClientId => headers.get(&detection.client_header).map(|v| v.as_bytes()),
-            StickySource::ApiKey => headers.get(&detection.api_key_header).map(|v| v.as_bytes()),
+            StickySource::ClientId => {
+                headers::find(headers, &detection.client_header).map(|v| v.as_bytes())
+            }
+            StickySource::ApiKey => {
+                headers::find(headers, &detection.api_key_header).map(|v| v.as_bytes())
+            }
             StickySource::Cookie => cookie(headers, &settings.cookie),
         };
         if let Some(id) = id.filter(|id| !id.is_empty()) {
