@@ -529,8 +529,8 @@ async fn exchange(
 
 thread_local! {
     /// This thread's HTTP/2 connections, one per endpoint and transport.
-    static H2: RefCell<HashMap<(Authority, u64), http2::SendRequest<Body>>> =
-        RefCell::new(HashMap::new());
+    static H2: RefCell<IdMap<(u64, u64), http2::SendRequest<Body>>> =
+        RefCell::new(HashMap::default());
 }
 
 /// Sends on this thread's HTTP/2 connection to `ep` (made if there is none
@@ -542,13 +542,14 @@ async fn exchange_h2(
     req: Request<Body>,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, Failed> {
-    let key = (ep.authority.clone(), t.id);
+    let key = (ep.id, t.id);
     let shared = H2.with_borrow(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
     let mut sender = match shared {
         Some(s) => s,
-        None => match connect(ep, Some(t), timeouts.connect).await {
+        // Boxed, as in `exchange`: a TLS handshake is a large future.
+        None => match Box::pin(connect(ep, Some(t), timeouts.connect)).await {
             Ok(Sender::H2(s)) => {
-                H2.with_borrow_mut(|m| m.insert(key.clone(), s.clone()));
+                H2.with_borrow_mut(|m| m.insert(key, s.clone()));
                 s
             }
             Ok(Sender::H1(_)) => unreachable!("a multiplexed transport connects with h2"),
@@ -752,9 +753,11 @@ struct Idle {
 
 thread_local! {
     /// This thread's idle connections by endpoint, oldest first.
-    static IDLE: RefCell<HashMap<u64, Vec<Idle>, BuildHasherDefault<IdHasher>>> =
-        RefCell::new(HashMap::default());
+    static IDLE: RefCell<IdMap<u64, Vec<Idle>>> = RefCell::new(HashMap::default());
 }
+
+/// A map keyed by endpoint (and transport) ids.
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// Hashes an endpoint id: one multiply (Fibonacci hashing) spreads the
 /// small sequential ids over the table's control bits.
@@ -773,7 +776,7 @@ impl Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = (self.0.rotate_left(8) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
