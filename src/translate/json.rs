@@ -97,6 +97,8 @@ pub fn parse_json(bytes: &[u8], limits: Limits) -> Result<Json<'_>, TranslateErr
         bytes,
         pos: 0,
         max_depth,
+        items: Vec::new(),
+        members: Vec::new(),
     };
     match p.value(1).and_then(|v| p.end().map(|()| v)) {
         Ok(v) => Ok(v),
@@ -114,6 +116,11 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     max_depth: usize,
+    /// Scratch stacks: the open arrays' elements and the open objects'
+    /// members, moved into one exactly sized vector when each one closes
+    /// (one allocation per container instead of a growing vector's several).
+    items: Vec<Json<'a>>,
+    members: Vec<(Str<'a>, Json<'a>)>,
 }
 
 impl<'a> Parser<'a> {
@@ -203,20 +210,21 @@ impl<'a> Parser<'a> {
             return Err(Refused);
         }
         self.pos += 1;
-        let mut items = Vec::new();
         self.ws();
         if self.peek() == Some(b']') {
             self.pos += 1;
-            return Ok(Json::Array(items));
+            return Ok(Json::Array(Vec::new()));
         }
+        let base = self.items.len();
         loop {
-            items.push(self.value(depth + 1)?);
+            let item = self.value(depth + 1)?;
+            self.items.push(item);
             self.ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b']') => {
                     self.pos += 1;
-                    return Ok(Json::Array(items));
+                    return Ok(Json::Array(self.items.drain(base..).collect()));
                 }
                 _ => return Err(Refused),
             }
@@ -228,7 +236,7 @@ impl<'a> Parser<'a> {
             return Err(Refused);
         }
         self.pos += 1;
-        let mut members = Vec::new();
+        let base = self.members.len();
         self.ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -246,12 +254,15 @@ impl<'a> Parser<'a> {
             }
             self.pos += 1;
             let value = self.value(depth + 1)?;
-            members.push((key, value));
+            self.members.push((key, value));
             self.ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b'}') => {
                     self.pos += 1;
+                    // Room for two more: a rename that nests adds a key.
+                    let mut members = Vec::with_capacity(self.members.len() - base + 2);
+                    members.extend(self.members.drain(base..));
                     // A repeated key is refused here; serde_json then names it.
                     return Object::from_members(members)
                         .map(Json::Object)

@@ -202,8 +202,18 @@ impl<'a> Object<'a> {
         Ok(Object { members })
     }
 
+    /// The index of `key`, or where it would go.
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.members.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        if self.members.len() <= 8 {
+            // Real objects are small: comparing for equality (lengths
+            // first) beats a binary search of three-way comparisons.
+            match self.members.iter().position(|(k, _)| k.as_str() == key) {
+                Some(i) => Ok(i),
+                None => Err(self.members.partition_point(|(k, _)| k.as_str() < key)),
+            }
+        } else {
+            self.members.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        }
     }
 
     /// Number of members.
