@@ -14,25 +14,35 @@
 //!   pool (the other direction through the same five changes).
 //!
 //! Results (`cargo bench --bench translate`, 2-core CI-class VM shared with
-//! other builds and benches while it ran, so absolute numbers are high and
-//! noisy; 2026-11-23, on top of 99f9cba):
+//! other builds and benches while it ran: load average 4.9 by `uptime`, so
+//! absolute numbers are noisy; 2026-12-01, 3c8ac0f). The `before` column is
+//! the serde_json `Value` engine as last measured (2026-11-23, 99f9cba; the
+//! 2 KB copy took 57 ns then and 60 ns now, so the two runs are comparable):
 //!
-//! | bench | time | vs parse_serialize |
+//! | bench | time | before |
 //! | --- | --- | --- |
-//! | 2k passthrough (copy) | 57 ns | |
-//! | 2k parse_serialize (strict) | 26.6 µs (74 MiB/s) | 1.0x |
-//! | 2k serde_json_value (lenient) | 27.0 µs | 1.02x: strictness is free |
-//! | 2k chain3_request | 29.2 µs | 1.10x |
-//! | 2k chain3_response | 31.1 µs | 1.17x |
-//! | chain5 1 KiB request | 26.1 µs (39 MiB/s) | |
-//! | chain5 1 KiB response | 25.9 µs (39 MiB/s) | |
-//! | chain5 1 KiB response, changes only | 8.1 µs | |
-//! | chain5 64 KiB request | 1.53 ms (41 MiB/s) | |
-//! | chain5 64 KiB response | 1.50 ms (42 MiB/s) | |
-//! | chain5 64 KiB response, changes only | 0.49 ms (128 MiB/s) | |
+//! | 2k passthrough (copy) | 60 ns | 57 ns |
+//! | 2k parse_serialize (strict) | 14.2 µs (138 MiB/s) | 26.6 µs |
+//! | 2k serde_json_value (lenient, for scale) | 34.1 µs: 2.4x the tree's | 27.0 µs |
+//! | 2k chain3_request | 15.7 µs | 29.2 µs |
+//! | 2k chain3_response | 16.7 µs | 31.1 µs |
+//! | chain5 1 KiB request | 16.2 µs (62 MiB/s) | 26.1 µs |
+//! | chain5 1 KiB response | 17.7 µs (57 MiB/s) | 25.9 µs |
+//! | chain5 1 KiB response, changes only | 7.3 µs | 8.1 µs |
+//! | chain5 64 KiB request | 0.97 ms (64 MiB/s) | 1.53 ms |
+//! | chain5 64 KiB response | 1.05 ms (60 MiB/s) | 1.50 ms |
+//! | chain5 64 KiB response, changes only | 0.47 ms (134 MiB/s) | 0.49 ms |
 //!
-//! The chain itself (matching plus changes) is the difference between
-//! `chain3_*` and `parse_serialize`; parsing and serialising dominate.
+//! Where a 1 KiB leg goes, by callgrind (instructions, repeatable where
+//! wall time is not: `valgrind --tool=callgrind
+//! --toggle-collect='translate::request' <bench binary> --bench
+//! --profile-time 1 'translate_chain5/1k_request$'`): 129k per request leg,
+//! parse 54k (42%), the five changes 55k (42%), serialise 11k (9%),
+//! scope matching (`exchange`) 4k (3%). The target, under 5 µs per
+//! direction, is not met: parsing still allocates a vector per container
+//! and moves 40-byte values through the recursion, and the changes look
+//! the same keys up several times per element (a rename probes, takes,
+//! prunes and inserts, each a scan with `memcmp`).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -99,7 +109,7 @@ fn event_2k() -> Bytes {
         "guests": guests,
         "notes": "Ceremony at 14:00, reception from 16:00. Vegetarian menu for table 3.",
     });
-    let bytes = to_bytes(&body);
+    let bytes = Bytes::from(serde_json::to_vec(&body).expect("serialises"));
     assert!((1800..2600).contains(&bytes.len()), "{} bytes", bytes.len());
     bytes
 }
@@ -115,7 +125,8 @@ fn list(bytes: usize) -> Bytes {
             "pending"
         };
         items.push(json!({"id": i, "client_name": format!("Client {i}"), "wedding_date": "2027-06-12", "status": status}));
-        let out = to_bytes(&Value::Array(items.clone()));
+        let out =
+            Bytes::from(serde_json::to_vec(&Value::Array(items.clone())).expect("serialises"));
         if out.len() >= bytes {
             return out;
         }
@@ -159,7 +170,7 @@ fn bench_2k(c: &mut Criterion) {
         // serde_json's own lenient Value parser, for scale.
         b.iter(|| {
             let v: Value = serde_json::from_slice(black_box(&v1)).expect("valid");
-            to_bytes(&v)
+            Bytes::from(serde_json::to_vec(&v).expect("serialises"))
         })
     });
     g.bench_function("chain3_request", |b| {

@@ -469,8 +469,8 @@ impl Gateway {
                 };
                 let buffer =
                     !no_body && plan.request_body_needed(ex) && has_json_body(&parts.headers);
-                let (value, stream) = if buffer {
-                    let limits = route.translate_limits;
+                let limits = route.translate_limits;
+                let (buffered, stream) = if buffer {
                     if declared.is_some_and(|n| n > limits.max_bytes) {
                         return Err(fail(TranslateError::TooLarge {
                             limit: limits.max_bytes,
@@ -491,15 +491,17 @@ impl Gateway {
                                 },
                                 BodyError::Timeout { after } => GatewayError::BodyTimeout { after },
                             })?;
-                    // An empty body (e.g. chunked with no data) is no body.
-                    let value = if bytes.is_empty() {
-                        None
-                    } else {
-                        Some(parse_json(&bytes, limits).map_err(fail)?)
-                    };
-                    (value, None)
+                    (Some(bytes), None)
                 } else {
                     (None, Some(body))
+                };
+                // The parsed body borrows from the buffered bytes. An empty
+                // body (e.g. chunked with no data) is no body.
+                let value = match &buffered {
+                    Some(bytes) if !bytes.is_empty() => {
+                        Some(parse_json(bytes, limits).map_err(fail)?)
+                    }
+                    Some(_) | None => None,
                 };
                 let mut fwd = new_path.take().expect("set with the exchange");
                 let out = plan

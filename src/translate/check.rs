@@ -24,6 +24,7 @@ use super::doc::{ChangeDoc, Direction, Op, Responses, Restore};
 use super::ops::{Change, ChangeId, Kind, Scope};
 use super::path::PathPattern;
 use super::pointer::{Pointer, Seg};
+use super::value::Json;
 use crate::config::{ConfigError, Document};
 
 /// The versions' tree and compiled changes of a document.
@@ -243,7 +244,7 @@ fn compile_change(
                     Some(d) => Some(Kind::Add {
                         parent,
                         key,
-                        default: d.clone(),
+                        default: Json::from_value(d),
                     }),
                     None => {
                         err("default", "required for op \"add\"".into());
@@ -257,7 +258,7 @@ fn compile_change(
                 Some(Kind::Remove {
                     parent,
                     key,
-                    default: c.default.clone(),
+                    default: c.default.as_ref().map(Json::from_value),
                     from_request: c.restore == Some(Restore::Request),
                 })
             }

@@ -2,13 +2,19 @@
 //! nesting are errors, not last-one-wins or a stack overflow), the
 //! serialiser, and the header rules around a rewritten body.
 //!
-//! Numbers are exact: serde_json's `arbitrary_precision` feature (enabled in
-//! Cargo.toml for this reason) keeps each number as the text it was written
-//! in, so `12345678901234567890123` and `1e-400` come back byte for byte
-//! (only an exponent's `E` comes back as `e`).
-//! Object keys come back sorted (serde_json's map without `preserve_order`);
-//! JSON objects are unordered, and a translated body is a new body anyway.
+//! Numbers are exact: a number is the slice of the body it was written as
+//! and is never parsed, so `12345678901234567890123`, `1e-400` and `1E5` come
+//! back byte for byte. Object keys come back sorted (as serde_json's map
+//! wrote them before this parser); JSON objects are unordered, and a
+//! translated body is a new body anyway.
+//!
+//! Two parsers accept the same language: the fast one builds the [`Json`]
+//! tree the changes run on and only says yes or no; serde_json's
+//! (`arbitrary_precision`, enabled in Cargo.toml so it never rounds) parses
+//! a refused body again to say why, with line and column. Tests hold the
+//! two to the same verdicts.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
@@ -19,6 +25,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::TranslateError;
+use super::value::{Json, Object, Str, needs_escape};
 
 /// Body limits for translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +60,7 @@ impl Default for Limits {
 /// numbers to a visitor as a one-entry map with this key and the digits.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
-/// Parses a JSON body strictly.
+/// Parses a JSON body strictly, into a tree that borrows from `bytes`.
 ///
 /// Errors: [`TranslateError::TooLarge`] past `limits.max_bytes`,
 /// [`TranslateError::TooDeep`] past `limits.max_depth` (checked while
@@ -61,7 +68,400 @@ const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 /// [`TranslateError::DuplicateKey`] with the JSON pointer of the repeated
 /// key, [`TranslateError::InvalidJson`] with line and column otherwise
 /// (trailing data, bad UTF-8, an empty body).
-pub fn parse_json(bytes: &[u8], limits: Limits) -> Result<Value, TranslateError> {
+pub fn parse_json(bytes: &[u8], limits: Limits) -> Result<Json<'_>, TranslateError> {
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(TranslateError::TooLarge {
+            limit: limits.max_bytes,
+        });
+    }
+    let max_depth = limits.max_depth.min(MAX_DEPTH);
+    // The fast parser only says no; a refused body is rare, so serde_json
+    // parses it again to say why, with its messages and positions.
+    let explain = || match parse_value(bytes, limits) {
+        Err(e) => e,
+        // Both parsers accept the same language (tests hold them to it);
+        // if they ever disagree, refusing is the safe side.
+        Ok(_) => TranslateError::InvalidJson {
+            line: 0,
+            column: 0,
+            reason: "refused by the translation parser".into(),
+        },
+    };
+    // Whole-body UTF-8 validation is one fast pass; after it any slice cut
+    // at an ASCII delimiter is a valid `&str`.
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(explain());
+    };
+    let mut p = Parser {
+        text,
+        bytes,
+        pos: 0,
+        max_depth,
+        items: Vec::new(),
+        members: Vec::new(),
+    };
+    match p.value(1).and_then(|v| p.end().map(|()| v)) {
+        Ok(v) => Ok(v),
+        Err(Refused) => Err(explain()),
+    }
+}
+
+/// The bytes that end an ordinary run inside a string: `"`, `\\` and the
+/// control characters JSON forbids there.
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// The fast parser's only error: the reason is asked of serde_json.
+struct Refused;
+
+/// A recursive-descent parser over validated UTF-8. Recursion is bounded
+/// by `max_depth` (at most [`MAX_DEPTH`]).
+struct Parser<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    max_depth: usize,
+    /// Scratch stacks: the open arrays' elements and the open objects'
+    /// members, moved into one exactly sized vector when each one closes
+    /// (one allocation per container instead of a growing vector's several).
+    items: Vec<Json<'a>>,
+    members: Vec<(Str<'a>, Json<'a>)>,
+}
+
+impl<'a> Parser<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn end(&mut self) -> Result<(), Refused> {
+        self.ws();
+        if self.pos == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(Refused)
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json<'a>, Refused> {
+        self.ws();
+        match self.peek() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().map(Json::String),
+            Some(b't') => self.literal(b"true", Json::Bool(true)),
+            Some(b'f') => self.literal(b"false", Json::Bool(false)),
+            Some(b'n') => self.literal(b"null", Json::Null),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(Refused),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8], v: Json<'a>) -> Result<Json<'a>, Refused> {
+        if self.bytes[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(v)
+        } else {
+            Err(Refused)
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, kept as text.
+    fn number(&mut self) -> Result<Json<'a>, Refused> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(Refused),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return Err(Refused);
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(Refused);
+            }
+        }
+        Ok(Json::Number(Cow::Borrowed(&self.text[start..self.pos])))
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Json<'a>, Refused> {
+        if depth > self.max_depth {
+            return Err(Refused);
+        }
+        self.pos += 1;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(Json::Array(Vec::new()));
+        }
+        let base = self.items.len();
+        loop {
+            let item = self.value(depth + 1)?;
+            self.items.push(item);
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(Json::Array(self.items.drain(base..).collect()));
+                }
+                _ => return Err(Refused),
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Json<'a>, Refused> {
+        if depth > self.max_depth {
+            return Err(Refused);
+        }
+        self.pos += 1;
+        let base = self.members.len();
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(Json::Object(Object::default()));
+        }
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(Refused);
+            }
+            let key = self.string()?;
+            self.ws();
+            if self.peek() != Some(b':') {
+                return Err(Refused);
+            }
+            self.pos += 1;
+            let value = self.value(depth + 1)?;
+            self.members.push((key, value));
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    // Room for two more: a rename that nests adds a key.
+                    let mut members = Vec::with_capacity(self.members.len() - base + 2);
+                    members.extend(self.members.drain(base..));
+                    // A repeated key is refused here; serde_json then names it.
+                    return Object::from_members(members)
+                        .map(Json::Object)
+                        .map_err(|_| Refused);
+                }
+                _ => return Err(Refused),
+            }
+        }
+    }
+
+    /// A string at `"`: a slice of the input unless it has escapes.
+    fn string(&mut self) -> Result<Str<'a>, Refused> {
+        let start = self.pos + 1;
+        // One table lookup per byte finds the end of the ordinary run.
+        let run = self.bytes[start..]
+            .iter()
+            .position(|&b| STRING_STOP[usize::from(b)])
+            .ok_or(Refused)?;
+        let i = start + run;
+        match self.bytes[i] {
+            b'"' => {
+                self.pos = i + 1;
+                Ok(Str::plain(&self.text[start..i]))
+            }
+            b'\\' => self.escaped(start, i),
+            _ => Err(Refused),
+        }
+    }
+
+    /// The rest of a string from its first backslash at `i`, decoded.
+    fn escaped(&mut self, start: usize, mut i: usize) -> Result<Str<'a>, Refused> {
+        let mut out = String::with_capacity(i - start + 16);
+        out.push_str(&self.text[start..i]);
+        loop {
+            match self.bytes.get(i) {
+                Some(b'"') => {
+                    self.pos = i + 1;
+                    return Ok(Str::new(out));
+                }
+                Some(b'\\') => {
+                    let c = match self.bytes.get(i + 1) {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => {
+                            let (c, len) = self.unicode(i + 2)?;
+                            out.push(c);
+                            i += 2 + len;
+                            continue;
+                        }
+                        _ => return Err(Refused),
+                    };
+                    out.push(c);
+                    i += 2;
+                }
+                Some(&b) if b >= 0x20 => {
+                    let run = i;
+                    while let Some(&b) = self.bytes.get(i)
+                        && b >= 0x20
+                        && b != b'"'
+                        && b != b'\\'
+                    {
+                        i += 1;
+                    }
+                    out.push_str(&self.text[run..i]);
+                }
+                _ => return Err(Refused),
+            }
+        }
+    }
+
+    /// The character of a `\u` escape whose hex digits start at `i`, and
+    /// the bytes it took after the `\u`. Surrogates must come in pairs, as
+    /// serde_json requires of a string.
+    fn unicode(&self, i: usize) -> Result<(char, usize), Refused> {
+        let hi = self.hex4(i)?;
+        match hi {
+            0xDC00..=0xDFFF => Err(Refused),
+            0xD800..=0xDBFF => {
+                if self.bytes.get(i + 4..i + 6) != Some(b"\\u") {
+                    return Err(Refused);
+                }
+                let lo = self.hex4(i + 6)?;
+                if !(0xDC00..=0xDFFF).contains(&lo) {
+                    return Err(Refused);
+                }
+                let n = (((hi - 0xD800) << 10) | (lo - 0xDC00)) + 0x1_0000;
+                char::from_u32(n).map(|c| (c, 10)).ok_or(Refused)
+            }
+            n => char::from_u32(n).map(|c| (c, 4)).ok_or(Refused),
+        }
+    }
+
+    fn hex4(&self, i: usize) -> Result<u32, Refused> {
+        let digits = self.bytes.get(i..i + 4).ok_or(Refused)?;
+        digits.iter().try_fold(0u32, |n, &d| {
+            let v = (d as char).to_digit(16).ok_or(Refused)?;
+            Ok((n << 4) | v)
+        })
+    }
+}
+
+/// Serialises a body: no whitespace, object keys sorted, numbers exactly
+/// as they were written, strings escaped as serde_json escapes them.
+pub fn to_bytes(body: &Json<'_>) -> Bytes {
+    // Most translated bodies are a few KiB: start there, not at 8 bytes.
+    let mut out = Vec::with_capacity(4096);
+    write(&mut out, body);
+    Bytes::from(out)
+}
+
+fn write(out: &mut Vec<u8>, v: &Json<'_>) {
+    match v {
+        Json::Null => out.extend_from_slice(b"null"),
+        Json::Bool(true) => out.extend_from_slice(b"true"),
+        Json::Bool(false) => out.extend_from_slice(b"false"),
+        Json::Number(n) => out.extend_from_slice(n.as_bytes()),
+        Json::String(s) => write_str(out, s),
+        Json::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write(out, item);
+            }
+            out.push(b']');
+        }
+        Json::Object(o) => {
+            out.push(b'{');
+            for (i, (k, v)) in o.members().iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, k);
+                out.push(b':');
+                write(out, v);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &Str<'_>) {
+    out.push(b'"');
+    let text = s.as_str().as_bytes();
+    if !s.needs_escape() {
+        out.extend_from_slice(text);
+    } else {
+        let mut run = 0;
+        for (i, &b) in text.iter().enumerate() {
+            if !needs_escape(b) {
+                continue;
+            }
+            out.extend_from_slice(&text[run..i]);
+            run = i + 1;
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                _ => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 0xf)]);
+                }
+            }
+        }
+        out.extend_from_slice(&text[run..]);
+    }
+    out.push(b'"');
+}
+/// The same strict parse into a `serde_json::Value`: what [`parse_json`]
+/// asks for the reason of a body it refused (serde_json's messages and
+/// positions), and the reference the tests hold the fast parser to.
+pub(crate) fn parse_value(bytes: &[u8], limits: Limits) -> Result<Value, TranslateError> {
     if bytes.len() as u64 > limits.max_bytes {
         return Err(TranslateError::TooLarge {
             limit: limits.max_bytes,
@@ -110,11 +510,6 @@ fn invalid(e: &serde_json::Error) -> TranslateError {
         column: e.column(),
         reason,
     }
-}
-
-/// Serialises a body; numbers come out exactly as they went in.
-pub fn to_bytes(body: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(body).expect("a Value with string keys always serialises"))
 }
 
 /// Whether a `Content-Type` is JSON: `application/json` or
@@ -313,9 +708,11 @@ fn escape(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn strict(text: &str) -> Result<Value, TranslateError> {
+    fn strict(text: &str) -> Result<Json<'_>, TranslateError> {
         parse_json(text.as_bytes(), Limits::default())
     }
 
@@ -341,10 +738,11 @@ mod tests {
     }
 
     #[test]
-    fn exponent_marker_comes_out_lower_case() {
-        // serde_json normalises `E` to `e`; the digits stay exact.
-        let v = strict("[1E+5,2E-400]").unwrap();
-        assert_eq!(to_bytes(&v), Bytes::from_static(b"[1e+5,2e-400]"));
+    fn exponent_forms_come_back_as_written() {
+        // serde_json wrote `1E5` as `1e+5`; the tree keeps the text.
+        let text = "[1E+5,2E-400,3e7,4E8,5.0e-0,-0.0]";
+        let v = strict(text).unwrap();
+        assert_eq!(to_bytes(&v), Bytes::from(text));
     }
 
     #[test]
@@ -455,5 +853,95 @@ mod tests {
         assert!(h.get(header::ETAG).is_none());
         assert!(h.get("content-md5").is_none());
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
+    }
+
+    /// JSON-ish text: valid documents with whitespace, escapes, exponent
+    /// forms, keys that repeat (also through `\u` escapes) and surrogates,
+    /// then sometimes one byte inserted, deleted or replaced.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let ws = || "[ \t\n\r]{0,2}";
+        let number = "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?";
+        let string = "\"([a-z/é ]|\\\\[\"\\\\/bfnrt]|\\\\u00[0-7][0-9a-f]|\\\\u[dD][89abAB][0-9a-f]{2}(\\\\u[dD][c-fC-F][0-9a-f]{2})?|\\\\u[dD][c-f][0-9a-f]{2})*\"";
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            number.prop_map(|n| n.to_string()),
+            string.prop_map(|s| s.to_string()),
+        ];
+        let key = prop_oneof![
+            "\"[ab]{0,2}\"",
+            Just("\"\\u0061\"".to_string()),
+            Just("\"a\\/\"".to_string()),
+        ];
+        let doc = leaf.prop_recursive(5, 48, 5, move |inner| {
+            prop_oneof![
+                prop::collection::vec((ws(), inner.clone(), ws()), 0..5).prop_map(|items| {
+                    let parts: Vec<String> =
+                        items.into_iter().map(|(a, v, b)| a + &v + &b).collect();
+                    format!("[{}]", parts.join(","))
+                }),
+                prop::collection::vec((key.clone(), ws(), inner, ws()), 0..5).prop_map(|members| {
+                    let parts: Vec<String> = members
+                        .into_iter()
+                        .map(|(k, a, v, b)| format!("{k}{a}:{v}{b}"))
+                        .collect();
+                    format!("{{{}}}", parts.join(","))
+                }),
+            ]
+        });
+        let edit = prop_oneof![
+            4 => Just(None),
+            1 => (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(
+                b"{}[]\",:\\ 0-9eE.+-tfnul\x00\x1f\xff\xc3".to_vec()
+            ))
+            .prop_map(Some),
+        ];
+        (ws(), doc, ws(), edit).prop_map(|(a, d, b, edit)| {
+            let mut bytes = format!("{a}{d}{b}").into_bytes();
+            if let Some((at, how, byte)) = edit {
+                let i = at.index(bytes.len() + 1);
+                match how {
+                    0 => bytes.insert(i, byte),
+                    1 if i < bytes.len() => {
+                        bytes.remove(i);
+                    }
+                    _ if i < bytes.len() => bytes[i] = byte,
+                    _ => bytes.push(byte),
+                }
+            }
+            // Not always UTF-8 after an edit: carried as Latin-1 chars.
+            bytes.into_iter().map(char::from).collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The tree parser and serde_json's strict parser agree on every
+        /// input: same verdict, same error, and the same document (serde_json
+        /// reads the tree's output as it read the input).
+        #[test]
+        fn fast_parser_agrees_with_serde_json(text in jsonish(), depth in 1usize..7) {
+            let bytes: Vec<u8> = text.chars().map(|c| c as u8).collect();
+            let limits = Limits { max_depth: depth, ..Limits::default() };
+            let fast = parse_json(&bytes, limits);
+            let reference = parse_value(&bytes, limits);
+            match (&fast, &reference) {
+                (Ok(tree), Ok(value)) => {
+                    let out = to_bytes(tree);
+                    let again = parse_value(&out, Limits::default())
+                        .expect("the serialiser writes JSON serde_json accepts");
+                    prop_assert_eq!(
+                        serde_json::to_vec(&again).unwrap(),
+                        serde_json::to_vec(value).unwrap()
+                    );
+                    // And the tree's output is a fixed point.
+                    prop_assert_eq!(to_bytes(&parse_json(&out, limits).unwrap()), out);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                _ => prop_assert!(false, "verdicts differ: {:?} vs {:?}", fast, reference),
+            }
+        }
     }
 }

@@ -17,8 +17,9 @@
 //!   target (each change applied, in order). Sunset versions stay in the
 //!   tree: their changes are still the way from their parent to their child.
 //! * Everything is compiled once per table: pointers and patterns parsed,
-//!   every plan precomputed. At request time a plan walks its steps and
-//!   allocates only for the body values it moves.
+//!   every plan precomputed. At request time a plan walks its steps; the
+//!   body is a [`Json`] tree borrowing from the bytes it was parsed from, and
+//!   the keys and values a change writes borrow from the plan.
 //! * Nothing is half-translated: bodies are passed by value and dropped on
 //!   error, and path, headers and status are committed only after the body
 //!   succeeded (header, path and status changes cannot fail).
@@ -29,11 +30,11 @@ mod json;
 mod ops;
 mod path;
 mod pointer;
+mod value;
 
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
-use serde_json::Value;
 
 pub use doc::{ChangeDoc, Direction, Op, Responses, Restore};
 pub use json::{
@@ -41,6 +42,7 @@ pub use json::{
     set_body_headers, to_bytes,
 };
 pub use ops::ChangeId;
+pub use value::{Json, Object, Str};
 
 use crate::config::{ConfigError, Document};
 use crate::version::{MAX_VERSIONS, VersionId};
@@ -326,13 +328,13 @@ impl Plan {
     ///
     /// On `Err` the path and headers are unchanged and the body is dropped:
     /// nothing half-translated can be forwarded. The pipeline answers 400.
-    pub fn request(
-        &self,
+    pub fn request<'a>(
+        &'a self,
         ex: &mut Exchange,
         path: &mut String,
         headers: &mut HeaderMap,
-        body: Option<Value>,
-    ) -> Result<Option<Value>, TranslateError> {
+        body: Option<Json<'a>>,
+    ) -> Result<Option<Json<'a>>, TranslateError> {
         let body = match body {
             Some(mut value) => {
                 for (i, step) in self.steps.iter().enumerate() {
@@ -368,13 +370,13 @@ impl Plan {
     ///
     /// On `Err` the status and headers are unchanged and the body is
     /// dropped. The pipeline answers 502.
-    pub fn response(
-        &self,
+    pub fn response<'a>(
+        &'a self,
         ex: &Exchange,
         status: &mut StatusCode,
         headers: &mut HeaderMap,
-        body: Option<Value>,
-    ) -> Result<Option<Value>, TranslateError> {
+        body: Option<Json<'a>>,
+    ) -> Result<Option<Json<'a>>, TranslateError> {
         let body = match body {
             Some(mut value) => {
                 let mut s = *status;
@@ -419,7 +421,7 @@ impl Plan {
 pub(crate) mod tests {
     use http::{HeaderValue, header};
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::config::{Origin, parse};
@@ -450,6 +452,22 @@ pub(crate) mod tests {
         ))
     }
 
+    /// A `json!` value as the gateway receives it: its text.
+    pub(crate) fn wire(v: &Value) -> Vec<u8> {
+        serde_json::to_vec(v).expect("serialises")
+    }
+
+    /// A body as the parser makes it.
+    pub(crate) fn tree(text: &[u8]) -> Json<'_> {
+        parse_json(text, Limits::default()).expect("valid JSON")
+    }
+
+    /// A translated body as a `serde_json::Value`, through its text, for
+    /// comparing with `json!`.
+    pub(crate) fn value_of(j: &Json<'_>) -> Value {
+        serde_json::from_slice(&to_bytes(j)).expect("the serialiser writes JSON")
+    }
+
     /// Runs the request leg on a body; returns it with the exchange.
     pub(crate) fn up(
         plan: &Plan,
@@ -457,21 +475,25 @@ pub(crate) mod tests {
         path: &str,
         body: Value,
     ) -> Result<(Value, Exchange), TranslateError> {
+        let text = wire(&body);
+        let body = parse_json(&text, Limits::default()).expect("valid JSON");
         let mut ex = plan.exchange(&method, path);
         let mut p = path.to_string();
         let out = plan.request(&mut ex, &mut p, &mut HeaderMap::new(), Some(body))?;
-        Ok((out.expect("body in, body out"), ex))
+        Ok((value_of(&out.expect("body in, body out")), ex))
     }
 
     /// Runs the response leg on a body with status 200.
     pub(crate) fn down(plan: &Plan, ex: &Exchange, body: Value) -> Result<Value, TranslateError> {
+        let text = wire(&body);
+        let body = parse_json(&text, Limits::default()).expect("valid JSON");
         let out = plan.response(
             ex,
             &mut StatusCode::from_u16(200).unwrap(),
             &mut HeaderMap::new(),
             Some(body),
         )?;
-        Ok(out.expect("body in, body out"))
+        Ok(value_of(&out.expect("body in, body out")))
     }
 
     fn json_headers() -> HeaderMap {
@@ -497,19 +519,26 @@ pub(crate) mod tests {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let mut ex = plan.exchange(&method, path);
         let mut p = path.to_string();
+        let text = body.as_ref().map(wire);
+        let body = text
+            .as_deref()
+            .map(|t| parse_json(t, Limits::default()).expect("valid JSON"));
         let body = plan
             .request(&mut ex, &mut p, &mut json_headers(), body)
             .unwrap();
+        let body = body.as_ref().map(value_of);
         (Exchanged { path: p, body }, ex)
     }
 
     fn response(plan: &Plan, ex: &Exchange, status: u16, body: Value) -> (u16, Value) {
         let mut s = StatusCode::from_u16(status).unwrap();
+        let text = wire(&body);
+        let body = parse_json(&text, Limits::default()).expect("valid JSON");
         let body = plan
             .response(ex, &mut s, &mut json_headers(), Some(body))
             .unwrap()
             .unwrap();
-        (s.as_u16(), body)
+        (s.as_u16(), value_of(&body))
     }
 
     const V1: VersionId = 0;
@@ -782,9 +811,18 @@ default = 3
             assert_eq!(got == json!({"b": 1}), *want_req, "{name}: request");
             let mut s = StatusCode::from_u16(*status).unwrap();
             let got = plan
-                .response(&ex, &mut s, &mut HeaderMap::new(), Some(json!({"b": 1})))
+                .response(
+                    &ex,
+                    &mut s,
+                    &mut HeaderMap::new(),
+                    Some(tree(br#"{"b":1}"#)),
+                )
                 .unwrap();
-            assert_eq!(got == Some(json!({"a": 1})), *want_resp, "{name}: response");
+            assert_eq!(
+                got.as_ref().map(value_of) == Some(json!({"a": 1})),
+                *want_resp,
+                "{name}: response"
+            );
             assert_eq!(
                 plan.response_body_needed(&ex, StatusCode::from_u16(*status).unwrap()),
                 *want_resp,
@@ -895,7 +933,12 @@ key = "items"
         h.insert("x-b", HeaderValue::from_static("1"));
         let before = h.clone();
         let err = plan
-            .response(&ex, &mut s, &mut h, Some(json!({"items": [], "next": "c"})))
+            .response(
+                &ex,
+                &mut s,
+                &mut h,
+                Some(tree(br#"{"items":[],"next":"c"}"#)),
+            )
             .unwrap_err();
         assert_eq!(err.kind(), "extra_keys");
         assert_eq!(
@@ -925,7 +968,7 @@ to = "/y"
                 &mut ex,
                 &mut path,
                 &mut headers,
-                Some(json!({"x": 1, "y": 2})),
+                Some(tree(br#"{"x":1,"y":2}"#)),
             )
             .unwrap_err();
         assert_eq!(
@@ -945,23 +988,38 @@ to = "/y"
     fn big_numbers_survive_a_chain() {
         let t = table(&example_toml());
         let plan = t.plan(V1, BETA).unwrap();
-        let text = br#"{"client_name":"A","total":12345678901234567890123,"tiny":1e-400,"ratio":0.1000000000000000055511151231257827}"#;
+        let text = br#"{"client_name":"A","total":12345678901234567890123,"tiny":1e-400,"ratio":0.1000000000000000055511151231257827,"e":[1E5,-0,2.50e+0]}"#;
         let body = parse_json(text, Limits::default()).unwrap();
-        let (upgraded, ex) = up(plan, Method::PUT, "/api/weddings/1", body).unwrap();
+        let path = "/api/weddings/1";
+        let mut ex = plan.exchange(&Method::PUT, path);
+        let upgraded = plan
+            .request(&mut ex, &mut path.into(), &mut HeaderMap::new(), Some(body))
+            .unwrap()
+            .unwrap();
         let wire = to_bytes(&upgraded);
         let shown = std::str::from_utf8(&wire).unwrap();
         for n in [
             "12345678901234567890123",
             "1e-400",
             "0.1000000000000000055511151231257827",
+            "[1E5,-0,2.50e+0]",
         ] {
             assert!(shown.contains(n), "{n} in {shown}");
         }
-        let back = down(plan, &ex, parse_json(&wire, Limits::default()).unwrap()).unwrap();
+        let parsed = parse_json(&wire, Limits::default()).unwrap();
+        let back = plan
+            .response(
+                &ex,
+                &mut StatusCode::from_u16(200).unwrap(),
+                &mut HeaderMap::new(),
+                Some(parsed),
+            )
+            .unwrap()
+            .unwrap();
         assert_eq!(
             to_bytes(&back),
             bytes::Bytes::from_static(
-                br#"{"client_name":"A","ratio":0.1000000000000000055511151231257827,"tiny":1e-400,"total":12345678901234567890123}"#
+                br#"{"client_name":"A","e":[1E5,-0,2.50e+0],"ratio":0.1000000000000000055511151231257827,"tiny":1e-400,"total":12345678901234567890123}"#
             )
         );
     }
@@ -1021,7 +1079,7 @@ to = "/y"
     proptest! {
         #[test]
         fn json_round_trips_exactly(v in any_json()) {
-            let wire = to_bytes(&v);
+            let wire = wire(&v);
             let back = parse_json(&wire, Limits::default()).unwrap();
             prop_assert_eq!(to_bytes(&back), wire);
         }
@@ -1067,13 +1125,6 @@ to = "/y"
     fn upgrade_list(t: &TranslationTable, target: VersionId, v1_list: &Value) -> Value {
         let rev = t.plan(target, V1).unwrap();
         let ex = rev.exchange(&Method::GET, "/api/weddings");
-        rev.response(
-            &ex,
-            &mut StatusCode::from_u16(200).unwrap(),
-            &mut HeaderMap::new(),
-            Some(v1_list.clone()),
-        )
-        .unwrap()
-        .unwrap()
+        down(rev, &ex, v1_list.clone()).unwrap()
     }
 }

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::value::{Json, Object, Str};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use serde_json::{Map, Value};
 
 use super::TranslateError;
 use super::doc::{Direction, Responses};
@@ -97,13 +97,13 @@ pub(crate) enum Kind {
     Add {
         parent: Pointer,
         key: Box<str>,
-        default: Value,
+        default: Json<'static>,
     },
     /// Removes `parent/key` on upgrade; restores it on downgrade.
     Remove {
         parent: Pointer,
         key: Box<str>,
-        default: Option<Value>,
+        default: Option<Json<'static>>,
         from_request: bool,
     },
     /// Maps string values at `at`.
@@ -143,7 +143,7 @@ impl Kind {
 
 /// Values a request upgrade removed, kept for the response downgrade
 /// (`restore = "request"`): by plan step and wildcard indexes.
-pub(crate) type Stash = HashMap<(u32, Box<[usize]>), Value>;
+pub(crate) type Stash = HashMap<(u32, Box<[usize]>), Json<'static>>;
 
 /// How a body change meets the stash.
 pub(crate) enum StashUse<'a> {
@@ -165,10 +165,11 @@ impl Change {
 
     /// Runs a body change on `body`. Leaves `body` partly changed on error;
     /// `Plan` owns the body by value, so such a body is dropped, never sent.
-    pub(crate) fn apply_body(
-        &self,
+    /// Keys and values the change writes borrow from the change itself.
+    pub(crate) fn apply_body<'a>(
+        &'a self,
         dir: Dir,
-        body: &mut Value,
+        body: &mut Json<'a>,
         mut stash: StashUse<'_>,
     ) -> Result<(), TranslateError> {
         let mut binds = Vec::new();
@@ -189,15 +190,15 @@ impl Change {
                 key,
                 default,
             } => for_each_mut(body, &parent.segs, &mut binds, &mut |v, _| {
-                if let Value::Object(map) = v {
+                if let Json::Object(map) = v {
                     match dir {
                         Dir::Up => {
-                            if !map.contains_key(&**key) {
-                                map.insert(key.to_string(), default.clone());
+                            if !map.contains_key(key) {
+                                map.insert(Str::new(&**key), default.reborrow());
                             }
                         }
                         Dir::Down => {
-                            map.remove(&**key);
+                            map.remove(key);
                         }
                     }
                 }
@@ -209,20 +210,20 @@ impl Change {
                 default,
                 from_request,
             } => for_each_mut(body, &parent.segs, &mut binds, &mut |v, b| {
-                let Value::Object(map) = v else {
+                let Json::Object(map) = v else {
                     return Ok::<(), TranslateError>(());
                 };
                 match dir {
                     Dir::Up => {
-                        if let Some(old) = map.remove(&**key)
+                        if let Some(old) = map.remove(key)
                             && *from_request
                             && let StashUse::Record(stash, step) = &mut stash
                         {
-                            stash.insert((*step, b.into()), old);
+                            stash.insert((*step, b.into()), old.into_owned());
                         }
                     }
                     Dir::Down => {
-                        if map.contains_key(&**key) {
+                        if map.contains_key(key) {
                             return Ok(());
                         }
                         let kept = match &stash {
@@ -231,8 +232,15 @@ impl Change {
                             }
                             StashUse::Restore(..) | StashUse::Record(..) => None,
                         };
-                        if let Some(value) = kept.or(default.as_ref()) {
-                            map.insert(key.to_string(), value.clone());
+                        // The stash outlives only the exchange, so its value
+                        // is copied; a default borrows from the change.
+                        let value = match (kept, default) {
+                            (Some(v), _) => Some(v.clone()),
+                            (None, Some(d)) => Some(d.reborrow()),
+                            (None, None) => None,
+                        };
+                        if let Some(value) = value {
+                            map.insert(Str::new(&**key), value);
                         }
                     }
                 }
@@ -244,10 +252,10 @@ impl Change {
                     Dir::Down => down,
                 };
                 for_each_mut(body, &at.segs, &mut binds, &mut |v, _| {
-                    if let Value::String(s) = v
+                    if let Json::String(s) = v
                         && let Some(new) = table.get(s.as_str())
                     {
-                        *s = new.to_string();
+                        *s = Str::new(&**new);
                     }
                     Ok::<(), TranslateError>(())
                 })
@@ -257,21 +265,19 @@ impl Change {
                 for_each_mut(body, &at.segs, &mut binds, &mut |v, b| {
                     if wrapping {
                         let inner = v.take();
-                        let mut map = Map::new();
-                        map.insert(key.to_string(), inner);
-                        *v = Value::Object(map);
+                        *v = Json::Object(Object::single(Str::new(&**key), inner));
                         return Ok(());
                     }
-                    let Value::Object(map) = v else {
+                    let Json::Object(map) = v else {
                         return Ok(());
                     };
-                    if !map.contains_key(&**key) {
+                    if !map.contains_key(key) {
                         return Ok(());
                     }
                     if map.len() > 1 {
                         return Err(self.fail(at.concrete(b), Fail::ExtraKeys));
                     }
-                    let inner = map.remove(&**key).expect("checked above");
+                    let inner = map.remove(key).expect("checked above");
                     *v = inner;
                     Ok(())
                 })
@@ -283,20 +289,23 @@ impl Change {
     /// Moves `container/src` to `container/dst` (both wildcard-free), making
     /// missing objects on the way to `dst` and pruning objects the move left
     /// empty on the way to `src`. Errors name the tail that failed.
-    fn move_value<'s>(
+    fn move_value<'a, 's>(
         &self,
-        container: &mut Value,
+        container: &mut Json<'a>,
         src: &'s [Seg],
-        dst: &'s [Seg],
-    ) -> Result<(), (&'s [Seg], Fail)> {
+        dst: &'a [Seg],
+    ) -> Result<(), (&'s [Seg], Fail)>
+    where
+        'a: 's,
+    {
         if pointer::get(container, src).is_none() {
             return Ok(());
         }
         // Check the whole destination before taking anything: a failure then
         // reports the input as it was, not our own half-done move.
-        let mut probe: &Value = container;
+        let mut probe: &Json = container;
         for (i, seg) in dst.iter().enumerate() {
-            let Value::Object(map) = probe else {
+            let Json::Object(map) = probe else {
                 return Err((&dst[..i], Fail::NotAnObject));
             };
             match map.get(seg.name().unwrap_or_default()) {
@@ -312,16 +321,14 @@ impl Change {
         for seg in parent_path {
             let name = seg.name().expect("validated: no wildcard in a rename tail");
             let map = match parent {
-                Value::Object(map) => map,
+                Json::Object(map) => map,
                 _ => unreachable!("probed above"),
             };
-            parent = map
-                .entry(name.to_string())
-                .or_insert_with(|| Value::Object(Map::new()));
+            parent = map.get_or_insert_with(Str::new(name), || Json::Object(Object::default()));
         }
         match parent {
-            Value::Object(map) => {
-                map.insert(last.name().expect("validated").to_string(), value);
+            Json::Object(map) => {
+                map.insert(Str::new(last.name().expect("validated")), value);
             }
             _ => unreachable!("probed above"),
         }
@@ -411,24 +418,24 @@ enum Fail {
     ExtraKeys,
 }
 
-fn take_at(v: &mut Value, segs: &[Seg]) -> Option<Value> {
+fn take_at<'a>(v: &mut Json<'a>, segs: &[Seg]) -> Option<Json<'a>> {
     let (last, parent) = segs.split_last()?;
     match (pointer::get_mut(v, parent)?, last) {
-        (Value::Object(map), Seg::Key { name, .. }) => map.remove(&**name),
+        (Json::Object(map), Seg::Key { name, .. }) => map.remove(name),
         _ => None,
     }
 }
 
 /// Removes objects along `path` (deepest first) that are now empty.
-fn prune_empty(v: &mut Value, path: &[Seg]) {
+fn prune_empty(v: &mut Json<'_>, path: &[Seg]) {
     for depth in (1..=path.len()).rev() {
         let (last, parent) = path[..depth].split_last().expect("depth >= 1");
-        let Some(Value::Object(map)) = pointer::get_mut(v, parent) else {
+        let Some(Json::Object(map)) = pointer::get_mut(v, parent) else {
             return;
         };
         let name = last.name().unwrap_or_default();
         match map.get(name) {
-            Some(Value::Object(child)) if child.is_empty() => {
+            Some(Json::Object(child)) if child.is_empty() => {
                 map.remove(name);
             }
             _ => return,

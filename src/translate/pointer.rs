@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use serde_json::Value;
+use super::value::Json;
 
 /// One pointer segment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -186,20 +186,20 @@ pub(crate) fn render_under(base: &Pointer, binds: &[usize], tail: &[Seg]) -> Str
 }
 
 /// The child of `v` at one literal segment.
-pub(crate) fn child_mut<'v>(v: &'v mut Value, seg: &Seg) -> Option<&'v mut Value> {
+pub(crate) fn child_mut<'v, 'a>(v: &'v mut Json<'a>, seg: &Seg) -> Option<&'v mut Json<'a>> {
     match (v, seg) {
-        (Value::Object(map), Seg::Key { name, .. }) => map.get_mut(&**name),
-        (Value::Array(items), Seg::Key { index: Some(i), .. }) => items.get_mut(*i),
+        (Json::Object(map), Seg::Key { name, .. }) => map.get_mut(name),
+        (Json::Array(items), Seg::Key { index: Some(i), .. }) => items.get_mut(*i),
         _ => None,
     }
 }
 
 /// The value at a wildcard-free relative path.
-pub(crate) fn get<'v>(mut v: &'v Value, segs: &[Seg]) -> Option<&'v Value> {
+pub(crate) fn get<'v, 'a>(mut v: &'v Json<'a>, segs: &[Seg]) -> Option<&'v Json<'a>> {
     for seg in segs {
         v = match (v, seg) {
-            (Value::Object(map), Seg::Key { name, .. }) => map.get(&**name)?,
-            (Value::Array(items), Seg::Key { index: Some(i), .. }) => items.get(*i)?,
+            (Json::Object(map), Seg::Key { name, .. }) => map.get(name)?,
+            (Json::Array(items), Seg::Key { index: Some(i), .. }) => items.get(*i)?,
             _ => return None,
         };
     }
@@ -207,7 +207,7 @@ pub(crate) fn get<'v>(mut v: &'v Value, segs: &[Seg]) -> Option<&'v Value> {
 }
 
 /// The value at a wildcard-free relative path, mutably.
-pub(crate) fn get_mut<'v>(mut v: &'v mut Value, segs: &[Seg]) -> Option<&'v mut Value> {
+pub(crate) fn get_mut<'v, 'a>(mut v: &'v mut Json<'a>, segs: &[Seg]) -> Option<&'v mut Json<'a>> {
     for seg in segs {
         v = child_mut(v, seg)?;
     }
@@ -217,21 +217,21 @@ pub(crate) fn get_mut<'v>(mut v: &'v mut Value, segs: &[Seg]) -> Option<&'v mut 
 /// Calls `f` with every value `segs` matches and the array indexes its
 /// wildcards took, depth-first in document order. Paths that do not exist,
 /// or meet a non-array at a `*`, match nothing.
-pub(crate) fn for_each_mut<E, F>(
-    v: &mut Value,
+pub(crate) fn for_each_mut<'a, E, F>(
+    v: &mut Json<'a>,
     segs: &[Seg],
     binds: &mut Vec<usize>,
     f: &mut F,
 ) -> Result<(), E>
 where
-    F: FnMut(&mut Value, &[usize]) -> Result<(), E>,
+    F: FnMut(&mut Json<'a>, &[usize]) -> Result<(), E>,
 {
     let Some((first, rest)) = segs.split_first() else {
         return f(v, binds);
     };
     match first {
         Seg::Any => {
-            if let Value::Array(items) = v {
+            if let Json::Array(items) = v {
                 for (i, item) in items.iter_mut().enumerate() {
                     binds.push(i);
                     let r = for_each_mut(item, rest, binds, f);
@@ -250,9 +250,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::translate::{Limits, parse_json, to_bytes};
 
     #[test]
     fn parse_cases() {
@@ -285,19 +284,20 @@ mod tests {
 
     #[test]
     fn wildcard_visits_every_element_with_its_index() {
-        let mut body = json!({"guests": [{"n": 1}, {"n": 2}, "not an object"], "x": 1});
+        let text = br#"{"guests": [{"n": 1}, {"n": 2}, "not an object"], "x": 1}"#;
+        let mut body = parse_json(text, Limits::default()).unwrap();
         let p = Pointer::parse("/guests/*/n").unwrap();
         let mut seen = Vec::new();
         for_each_mut::<(), _>(&mut body, &p.segs, &mut Vec::new(), &mut |v, binds| {
-            seen.push((v.clone(), p.concrete(binds)));
+            seen.push((to_bytes(v), p.concrete(binds)));
             Ok(())
         })
         .unwrap();
         assert_eq!(
             seen,
             vec![
-                (json!(1), "/guests/0/n".to_string()),
-                (json!(2), "/guests/1/n".to_string())
+                (bytes::Bytes::from("1"), "/guests/0/n".to_string()),
+                (bytes::Bytes::from("2"), "/guests/1/n".to_string())
             ]
         );
     }
