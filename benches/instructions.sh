@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: the
+# one gateway figure that does not move with the machine's load (wrk
+# throughput on a shared 2-core VM swings by 15% between rounds; this
+# repeats to within a fraction of a percent).
+#
+#   benches/instructions.sh              # release build, 200 and 2200 requests
+#   INSN_BIN=target/profiling/switchyard benches/instructions.sh
+#
+# The gateway (one worker, the load.sh config: header detection, two
+# versions, no limits, no cache, log level warn) runs under
+# `valgrind --tool=callgrind`; a small upstream (`switchyard demo-upstream`)
+# runs natively. A client sends N keep-alive GETs on one connection, twice
+# (N1 and N2 requests, two gateway processes); the difference of the two
+# totals divided by N2 - N1 removes start-up and shutdown. The per-function
+# profile of the larger run is kept for `callgrind_annotate`.
+#
+# Environment: INSN_BIN (default target/release/switchyard, built unless
+# LOAD_NO_BUILD=1), INSN_N1 (200), INSN_N2 (2200), INSN_OUT (directory for
+# the callgrind files, default benches/results).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+BIN=${INSN_BIN:-$ROOT/target/release/switchyard}
+N1=${INSN_N1:-200}
+N2=${INSN_N2:-2200}
+OUT=${INSN_OUT:-$ROOT/benches/results}
+mkdir -p "$OUT"
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "instructions.sh: $*"; exit 1; }
+
+if ! command -v valgrind >/dev/null || ! command -v python3 >/dev/null || ! command -v curl >/dev/null; then
+    [[ $(id -u) == 0 ]] || die "needs valgrind, python3 and curl"
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get install -y --no-install-recommends valgrind python3 curl >/dev/null ||
+        { timeout 600 apt-get update >/dev/null &&
+            timeout 600 apt-get install -y --no-install-recommends valgrind python3 curl >/dev/null; }
+fi
+if [[ -z ${INSN_BIN:-} && ${LOAD_NO_BUILD:-0} != 1 ]]; then
+    log "building (cargo build --release)"
+    timeout 1800 cargo build --release --quiet --bin switchyard
+fi
+[[ -x $BIN ]] || die "$BIN missing"
+
+TMP=$(mktemp -d /tmp/switchyard-insn.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ports() {
+    python3 -c 'import socket
+s=[socket.socket() for _ in range(3)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))'
+}
+
+# Runs the gateway under callgrind for $1 requests; prints its total Ir.
+measure() {
+    local n=$1 up gw admin up_pid gw_pid
+    read -r up gw admin <<<"$(ports)"
+    RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$up" --version v2 --threads 1 \
+        >"$TMP/upstream.log" 2>&1 &
+    up_pid=$!
+    PIDS+=("$up_pid")
+    cat >"$TMP/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$gw"
+admin_listen = "127.0.0.1:$admin"
+grace_period_ms = 1000
+
+[detection]
+order = ["header", "accept", "path", "query", "pin"]
+header = "x-api-version"
+
+[[versions]]
+name = "v1"
+status = "stable"
+
+[[versions]]
+name = "v2"
+status = "current"
+
+[[pools]]
+name = "v1"
+version = "v1"
+endpoints = ["127.0.0.1:$up"]
+
+[[pools]]
+name = "v2"
+version = "v2"
+endpoints = ["127.0.0.1:$up"]
+
+[[routes]]
+name = "api"
+path_prefix = "/api/"
+default_version = "v2"
+timeout_ms = 5000
+EOF
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$n.out" \
+        "$BIN" run --config "$TMP/gateway.toml" --workers 1 >"$TMP/gateway.log" 2>&1 &
+    gw_pid=$!
+    PIDS+=("$gw_pid")
+    local ok=0
+    for _ in $(seq 150); do
+        if curl -fsS -m 2 -H 'x-api-version: 2' "http://127.0.0.1:$gw/api/orders" 2>/dev/null |
+            grep -q '"served_by":"v2"'; then
+            ok=1
+            break
+        fi
+        sleep 0.2
+    done
+    ((ok)) || die "gateway under valgrind not ready (see $TMP/gateway.log)"
+    python3 - "$gw" "$n" <<'EOF'
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+req = b"GET /api/orders HTTP/1.1\r\nHost: localhost\r\nUser-Agent: wrk\r\nx-api-version: 2\r\n\r\n"
+buf = b""
+for _ in range(n):
+    s.sendall(req)
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("gateway closed the connection")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        sys.exit("unexpected answer: " + head.decode(errors="replace")[:200])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(rest) < length:
+        rest += s.recv(65536)
+    buf = rest[length:]
+s.close()
+EOF
+    kill -TERM "$gw_pid"
+    wait "$gw_pid" 2>/dev/null || true
+    kill -TERM "$up_pid" 2>/dev/null || true
+    wait "$up_pid" 2>/dev/null || true
+    awk '/^totals:/ {print $2}' "$OUT/callgrind.$n.out"
+}
+
+log "counting with callgrind: $N1 then $N2 requests (a minute or two)"
+T1=$(measure "$N1")
+T2=$(measure "$N2")
+PER=$(((T2 - T1) / (N2 - N1)))
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+echo "commit $COMMIT, binary $BIN"
+echo "gateway instructions: $T1 for $N1 requests, $T2 for $N2 requests"
+echo "instructions per proxied request: $PER"
+echo "profile: callgrind_annotate $OUT/callgrind.$N2.out"
