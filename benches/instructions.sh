@@ -28,83 +28,36 @@ N2=${INSN_N2:-2200}
 OUT=${INSN_OUT:-$ROOT/benches/results}
 mkdir -p "$OUT"
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "instructions.sh: $*"; exit 1; }
+BENCH=instructions.sh
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
+bench_tmp switchyard-insn
 
-if ! command -v valgrind >/dev/null || ! command -v python3 >/dev/null || ! command -v curl >/dev/null; then
-    [[ $(id -u) == 0 ]] || die "needs valgrind, python3 and curl"
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 600 apt-get install -y --no-install-recommends valgrind python3 curl >/dev/null ||
-        { timeout 600 apt-get update >/dev/null &&
-            timeout 600 apt-get install -y --no-install-recommends valgrind python3 curl >/dev/null; }
-fi
+ensure_packages valgrind=valgrind python3=python3 curl=curl
 if [[ -z ${INSN_BIN:-} && ${LOAD_NO_BUILD:-0} != 1 ]]; then
     log "building (cargo build --release)"
     timeout 1800 cargo build --release --quiet --bin switchyard
 fi
 [[ -x $BIN ]] || die "$BIN missing"
 
-TMP=$(mktemp -d /tmp/switchyard-insn.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ports() {
-    python3 -c 'import socket
-s=[socket.socket() for _ in range(3)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))'
-}
-
 # Runs the gateway under callgrind for $1 requests; prints its total Ir.
 measure() {
     local n=$1 up gw admin up_pid gw_pid
-    read -r up gw admin <<<"$(ports)"
+    read -r up gw admin <<<"$(free_ports 3)"
     RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$up" --version v2 --threads 1 \
         >"$TMP/upstream.log" 2>&1 &
     up_pid=$!
     PIDS+=("$up_pid")
-    cat >"$TMP/gateway.toml" <<EOF
+    {
+        cat <<EOF
 [server]
 listen = "127.0.0.1:$gw"
 admin_listen = "127.0.0.1:$admin"
 grace_period_ms = 1000
 
-[detection]
-order = ["header", "accept", "path", "query", "pin"]
-header = "x-api-version"
-
-[[versions]]
-name = "v1"
-status = "stable"
-
-[[versions]]
-name = "v2"
-status = "current"
-
-[[pools]]
-name = "v1"
-version = "v1"
-endpoints = ["127.0.0.1:$up"]
-
-[[pools]]
-name = "v2"
-version = "v2"
-endpoints = ["127.0.0.1:$up"]
-
-[[routes]]
-name = "api"
-path_prefix = "/api/"
-default_version = "v2"
-timeout_ms = 5000
 EOF
+        gateway_table "$up"
+    } >"$TMP/gateway.toml"
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$n.out" \
         "$BIN" run --config "$TMP/gateway.toml" --workers 1 >"$TMP/gateway.log" 2>&1 &
     gw_pid=$!

@@ -68,108 +68,13 @@ HDR='x-api-version: 2'
 URL_PATH=/api/orders
 TARGETS=(nginx switchyard)
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "tls_load.sh: $*"; exit 1; }
-
-# ---------------------------------------------------------------- tools
-ensure_tools() {
-    local missing=()
-    command -v nginx >/dev/null || missing+=(nginx)
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v h2load >/dev/null || missing+=(nghttp2-client)
-    command -v openssl >/dev/null || missing+=(openssl)
-    command -v curl >/dev/null || missing+=(curl)
-    ((${#missing[@]} == 0)) && return
-    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
-    log "installing ${missing[*]} with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! timeout 600 apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; then
-        timeout 600 apt-get update >/dev/null
-        timeout 600 apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-}
-
-# ---------------------------------------------------------------- processes
-PIDS=()
-CLIENT_PID=
-TMP=$(mktemp -d /tmp/switchyard-tls-load.XXXXXX)
-
-cleanup() {
-    local pid
-    [[ -n $CLIENT_PID ]] && { kill -TERM "$CLIENT_PID" 2>/dev/null || true; }
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null && alive=1
-        done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Free loopback ports: bound together so they are distinct, then released.
-free_ports() {
-    local n=$1
-    if command -v python3 >/dev/null; then
-        python3 - "$n" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-        return
-    fi
-    local ports=() p
-    while ((${#ports[@]} < n)); do
-        p=$((20000 + RANDOM % 40000))
-        [[ " ${ports[*]} " == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            ports+=("$p")
-        fi
-    done
-    echo "${ports[*]}"
-}
-
-# Waits (bounded) until the URL answers 200 with the upstream's JSON; https
-# URLs are checked against our certificate.
-wait_ready() {
-    local name=$1 url=$2 pid=$3
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || { log "tls_load.sh: $name exited at start"; return 1; }
-        if curl -fsS -m 1 --cacert "$TMP/cert.pem" -H "$HDR" "$url" 2>/dev/null | grep -q '"served_by":"v2"'; then
-            return
-        fi
-        sleep 0.1
-    done
-    log "tls_load.sh: $name not ready at $url after 10 s"
-    return 1
-}
-
-# "utime stime" in clock ticks, summed over the given PIDs (all threads).
-cpu_ticks() {
-    local user=0 sys=0 pid rest f
-    for pid in "$@"; do
-        rest=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        rest=${rest##*) }
-        read -r -a f <<<"$rest"
-        user=$((user + f[11]))
-        sys=$((sys + f[12]))
-    done
-    echo "$user $sys"
-}
+BENCH=tls_load.sh
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
+bench_tmp switchyard-tls-load
 
 # ---------------------------------------------------------------- setup
-ensure_tools
+ensure_packages nginx=nginx wrk=wrk h2load=nghttp2-client openssl=openssl curl=curl
 cd "$ROOT"
 if [[ ${LOAD_NO_BUILD:-0} != 1 ]]; then
     log "building (cargo build --release --bin switchyard)"
@@ -200,7 +105,8 @@ PIDS+=("$UP_PID")
 
 # load.sh's gateway plus a TLS listener. The certificate files are read at
 # start and on SIGHUP only (no polling during the runs).
-cat >"$TMP/gateway.toml" <<EOF
+{
+    cat <<EOF
 [server]
 listen = "127.0.0.1:$GW_PORT"
 admin_listen = "127.0.0.1:$ADMIN_PORT"
@@ -215,34 +121,9 @@ cert = "$TMP/cert.pem"
 key = "$TMP/key.pem"
 server_names = ["localhost"]
 
-[detection]
-order = ["header", "accept", "path", "query", "pin"]
-header = "x-api-version"
-
-[[versions]]
-name = "v1"
-status = "stable"
-
-[[versions]]
-name = "v2"
-status = "current"
-
-[[pools]]
-name = "v1"
-version = "v1"
-endpoints = ["127.0.0.1:$UP_PORT"]
-
-[[pools]]
-name = "v2"
-version = "v2"
-endpoints = ["127.0.0.1:$UP_PORT"]
-
-[[routes]]
-name = "api"
-path_prefix = "/api/"
-default_version = "v2"
-timeout_ms = 5000
 EOF
+    gateway_table "$UP_PORT"
+} >"$TMP/gateway.toml"
 RUST_LOG=warn "$BIN" run --config "$TMP/gateway.toml" --workers "$WORKERS" \
     >"$TMP/switchyard.log" 2>&1 &
 GW_PID=$!
@@ -326,8 +207,8 @@ declare -A URL=(
     [switchyard]="https://127.0.0.1:$GW_TLS_PORT$URL_PATH"
 )
 wait_ready upstream "http://127.0.0.1:$UP_PORT$URL_PATH" "$UP_PID" || { show_logs; exit 1; }
-wait_ready switchyard "${URL[switchyard]}" "$GW_PID" || { show_logs; exit 1; }
-wait_ready nginx "${URL[nginx]}" "$NGX_PID" || { show_logs; exit 1; }
+wait_ready switchyard "${URL[switchyard]}" "$GW_PID" --cacert "$TMP/cert.pem" || { show_logs; exit 1; }
+wait_ready nginx "${URL[nginx]}" "$NGX_PID" --cacert "$TMP/cert.pem" || { show_logs; exit 1; }
 
 # What each listener negotiates with an OpenSSL 3 client offering h2 (wrk
 # offers no ALPN and gets HTTP/1.1 from both), and whether it resumes a

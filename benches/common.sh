@@ -1,0 +1,145 @@
+# shellcheck shell=bash
+# Sourced by the load scripts (load.sh, tls_load.sh, instructions.sh): log
+# and die, installing missing tools, the list of started processes and its
+# cleanup on exit, free loopback ports, CPU ticks from /proc, readiness
+# polling, and the demo-like routing table every one of them proxies
+# through. The caller sets BENCH (its name, for messages) and HDR (the
+# version header wait_ready sends) before using them.
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "$BENCH: $*"; exit 1; }
+
+# ensure_packages COMMAND=PACKAGE...: installs with apt-get (as root) the
+# packages whose command is missing.
+ensure_packages() {
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%=*}" >/dev/null || missing+=("${pair#*=}")
+    done
+    ((${#missing[@]} == 0)) && return
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
+    log "installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! timeout 600 apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; then
+        timeout 600 apt-get update >/dev/null
+        timeout 600 apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+# Everything started is added to PIDS; the load client's PID, while it
+# runs, is CLIENT_PID. bench_tmp NAME makes TMP and arms the cleanup,
+# which stops them all (TERM, then KILL after 5 s) and removes TMP.
+PIDS=()
+CLIENT_PID=
+cleanup() {
+    local pid
+    [[ -n $CLIENT_PID ]] && { kill -TERM "$CLIENT_PID" 2>/dev/null || true; }
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+bench_tmp() {
+    TMP=$(mktemp -d "/tmp/$1.XXXXXX")
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# Free loopback ports: bound together so they are distinct, then released.
+free_ports() {
+    local n=$1
+    if command -v python3 >/dev/null; then
+        python3 - "$n" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+        return
+    fi
+    local ports=() p
+    while ((${#ports[@]} < n)); do
+        p=$((20000 + RANDOM % 40000))
+        [[ " ${ports[*]} " == *" $p "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            ports+=("$p")
+        fi
+    done
+    echo "${ports[*]}"
+}
+
+# wait_ready NAME URL PID [CURL ARGS...]: waits (bounded, 10 s) until the
+# URL answers 200 with the v2 upstream's JSON.
+wait_ready() {
+    local name=$1 url=$2 pid=$3
+    shift 3
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || { log "$BENCH: $name exited at start"; return 1; }
+        if curl -fsS -m 1 "$@" -H "$HDR" "$url" 2>/dev/null | grep -q '"served_by":"v2"'; then
+            return
+        fi
+        sleep 0.1
+    done
+    log "$BENCH: $name not ready at $url after 10 s"
+    return 1
+}
+
+# "utime stime" in clock ticks, summed over the given PIDs (all threads).
+cpu_ticks() {
+    local user=0 sys=0 pid rest f
+    for pid in "$@"; do
+        rest=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        rest=${rest##*) }
+        read -r -a f <<<"$rest"
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
+    done
+    echo "$user $sys"
+}
+
+# gateway_table UPSTREAM_PORT: the routing part of the gateway config, after
+# [server]: header detection first, versions v1 and v2, one pool each on
+# the one upstream, everything under /api/ (default v2).
+gateway_table() {
+    cat <<TOML
+[detection]
+order = ["header", "accept", "path", "query", "pin"]
+header = "x-api-version"
+
+[[versions]]
+name = "v1"
+status = "stable"
+
+[[versions]]
+name = "v2"
+status = "current"
+
+[[pools]]
+name = "v1"
+version = "v1"
+endpoints = ["127.0.0.1:$1"]
+
+[[pools]]
+name = "v2"
+version = "v2"
+endpoints = ["127.0.0.1:$1"]
+
+[[routes]]
+name = "api"
+path_prefix = "/api/"
+default_version = "v2"
+timeout_ms = 5000
+TOML
+}
