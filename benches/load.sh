@@ -98,10 +98,27 @@ grace_period_ms = 1000
 EOF
     gateway_table "$UP_PORT"
 } >"$TMP/gateway.toml"
-RUST_LOG=warn "$BIN" run --config "$TMP/gateway.toml" --workers "$WORKERS" \
-    >"$TMP/switchyard.log" 2>&1 &
-GW_PID=$!
-PIDS+=("$GW_PID")
+
+# variant NAME PORT ADMIN_PORT: the gateway's config on other ports, as
+# $TMP/gateway-NAME.toml, for the variants below to extend.
+variant() {
+    sed -e "s/\"127.0.0.1:$GW_PORT\"/\"127.0.0.1:$2\"/" \
+        -e "s/\"127.0.0.1:$ADMIN_PORT\"/\"127.0.0.1:$3\"/" \
+        "$TMP/gateway.toml" >"$TMP/gateway-$1.toml"
+}
+
+# start_gateway CONFIG LOG RUST_LOG [GLOBAL ARGS...]: switchyard on CONFIG,
+# stdout and stderr to LOG; its PID in STARTED (and PIDS).
+start_gateway() {
+    local config=$1 out=$2 level=$3
+    shift 3
+    RUST_LOG=$level "$BIN" "$@" run --config "$config" --workers "$WORKERS" >"$out" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+start_gateway "$TMP/gateway.toml" "$TMP/switchyard.log" warn
+GW_PID=$STARTED
 
 # The same gateway with rate limits on: one budget per client IP (wrk's
 # connections all come from 127.0.0.1, so this is one hot key) and one per
@@ -109,10 +126,9 @@ PIDS+=("$GW_PID")
 # the difference is the cost of checking.
 LIM_PID=
 if [[ $LIMITS == 1 ]]; then
-    sed -e "s/\"127.0.0.1:$GW_PORT\"/\"127.0.0.1:$LIM_PORT\"/" \
-        -e "s/\"127.0.0.1:$ADMIN_PORT\"/\"127.0.0.1:$LIM_ADMIN_PORT\"/" \
-        -e 's/^timeout_ms = 5000$/timeout_ms = 5000\nlimits = ["per-ip", "per-route"]/' \
-        "$TMP/gateway.toml" >"$TMP/gateway-limits.toml"
+    variant limits "$LIM_PORT" "$LIM_ADMIN_PORT"
+    sed -i 's/^timeout_ms = 5000$/timeout_ms = 5000\nlimits = ["per-ip", "per-route"]/' \
+        "$TMP/gateway-limits.toml"
     cat >>"$TMP/gateway-limits.toml" <<EOF
 
 [rate_limits]
@@ -130,38 +146,28 @@ requests = 1000000000
 window_secs = 1
 EOF
     grep -q '^limits = ' "$TMP/gateway-limits.toml" || die "could not add limits to the route"
-    RUST_LOG=warn "$BIN" run --config "$TMP/gateway-limits.toml" --workers "$WORKERS" \
-        >"$TMP/switchyard-limits.log" 2>&1 &
-    LIM_PID=$!
-    PIDS+=("$LIM_PID")
+    start_gateway "$TMP/gateway-limits.toml" "$TMP/switchyard-limits.log" warn
+    LIM_PID=$STARTED
 fi
 
 # The same gateway with a response cache on the route (every wrk request
 # asks for the same URL, so all but the first are hits).
 CACHE_PID=
 if [[ $CACHE == 1 ]]; then
-    sed -e "s/\"127.0.0.1:$GW_PORT\"/\"127.0.0.1:$CACHE_PORT\"/" \
-        -e "s/\"127.0.0.1:$ADMIN_PORT\"/\"127.0.0.1:$CACHE_ADMIN_PORT\"/" \
-        "$TMP/gateway.toml" >"$TMP/gateway-cache.toml"
+    variant cache "$CACHE_PORT" "$CACHE_ADMIN_PORT"
     # The route is the file's last table, so its cache table can follow.
     printf '\n[routes.cache]\nttl_ms = 600000\n' >>"$TMP/gateway-cache.toml"
-    RUST_LOG=warn "$BIN" run --config "$TMP/gateway-cache.toml" --workers "$WORKERS" \
-        >"$TMP/switchyard-cache.log" 2>&1 &
-    CACHE_PID=$!
-    PIDS+=("$CACHE_PID")
+    start_gateway "$TMP/gateway-cache.toml" "$TMP/switchyard-cache.log" warn
+    CACHE_PID=$STARTED
 fi
 
 # The same gateway with the access log on: one JSON line per request to a
 # file (the log is stderr), as an operator would run it.
 LOG_PID=
 if [[ $ACCESS_LOG == 1 ]]; then
-    sed -e "s/\"127.0.0.1:$GW_PORT\"/\"127.0.0.1:$LOG_PORT\"/" \
-        -e "s/\"127.0.0.1:$ADMIN_PORT\"/\"127.0.0.1:$LOG_ADMIN_PORT\"/" \
-        "$TMP/gateway.toml" >"$TMP/gateway-log.toml"
-    RUST_LOG=info "$BIN" --log-format json run --config "$TMP/gateway-log.toml" --workers "$WORKERS" \
-        >"$TMP/switchyard-log.out" 2>"$TMP/switchyard-access.log" &
-    LOG_PID=$!
-    PIDS+=("$LOG_PID")
+    variant log "$LOG_PORT" "$LOG_ADMIN_PORT"
+    start_gateway "$TMP/gateway-log.toml" "$TMP/switchyard-log.out" info --log-format json
+    LOG_PID=$STARTED
 fi
 
 # nginx's equivalent of the cached route: proxy_cache keyed like
