@@ -143,3 +143,68 @@ default_version = "v2"
 timeout_ms = 5000
 TOML
 }
+
+# nginx_conf UPSTREAM_PORT SERVER_LINES [HTTP_LINES] [MORE_SERVERS]: nginx
+# as the equivalent version-routing proxy, under $TMP/nginx (the caller
+# makes its logs/ and tmp/): NGINX_WORKERS workers, access log off, a map on
+# the version header choosing between two keep-alive upstream blocks (both
+# on the one upstream), /api/ proxied like switchyard proxies it.
+# SERVER_LINES (listen, TLS) open the proxy's server block; HTTP_LINES go in
+# the http block and MORE_SERVERS after the server.
+nginx_conf() {
+    local user=
+    # Started as root, nginx's workers would run as nobody and could not
+    # write proxy_cache files under the 0700 temp dir: keep the invoker.
+    [[ $(id -u) == 0 ]] && user="user root root;"
+    cat <<NGINX
+$user
+daemon off;
+worker_processes $NGINX_WORKERS;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/tmp/body;
+    proxy_temp_path $TMP/nginx/tmp/proxy;
+    fastcgi_temp_path $TMP/nginx/tmp/fastcgi;
+    uwsgi_temp_path $TMP/nginx/tmp/uwsgi;
+    scgi_temp_path $TMP/nginx/tmp/scgi;
+    # Keep client (HTTP/1.1 and HTTP/2) and upstream connections open like
+    # hyper does (nginx closes them after 1000 requests by default).
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    ${3:-}
+
+    upstream api_v1 {
+        server 127.0.0.1:$1;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    upstream api_v2 {
+        server 127.0.0.1:$1;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    map \$http_x_api_version \$api_pool {
+        default api_v2;
+        ~^v?1$  api_v1;
+        ~^v?2$  api_v2;
+    }
+    server {
+        $2
+        location /api/ {
+            proxy_pass http://\$api_pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+    ${4:-}
+}
+NGINX
+}

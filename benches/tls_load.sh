@@ -134,61 +134,11 @@ PIDS+=("$GW_PID")
 # HTTP/2 by ALPN (1.22 syntax) and the protocols switchyard allows. Session
 # cache and tickets stay at nginx's defaults (the clients here never resume).
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
-NGX_USER=""
-[[ $(id -u) == 0 ]] && NGX_USER="user root root;"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-$NGX_USER
-daemon off;
-worker_processes $NGINX_WORKERS;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/tmp/body;
-    proxy_temp_path $TMP/nginx/tmp/proxy;
-    fastcgi_temp_path $TMP/nginx/tmp/fastcgi;
-    uwsgi_temp_path $TMP/nginx/tmp/uwsgi;
-    scgi_temp_path $TMP/nginx/tmp/scgi;
-    # Keep client (HTTP/1.1 and HTTP/2) and upstream connections open like
-    # hyper does (nginx closes them after 1000 requests by default).
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-
-    upstream api_v1 {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 256;
-        keepalive_requests 1000000;
-    }
-    upstream api_v2 {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 256;
-        keepalive_requests 1000000;
-    }
-    map \$http_x_api_version \$api_pool {
-        default api_v2;
-        ~^v?1$  api_v1;
-        ~^v?2$  api_v2;
-    }
-    server {
-        listen 127.0.0.1:$NGX_TLS_PORT ssl http2;
+nginx_conf "$UP_PORT" "listen 127.0.0.1:$NGX_TLS_PORT ssl http2;
         server_name localhost;
         ssl_certificate $TMP/cert.pem;
         ssl_certificate_key $TMP/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location /api/ {
-            proxy_pass http://\$api_pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
-    }
-}
-EOF
+        ssl_protocols TLSv1.2 TLSv1.3;" >"$TMP/nginx/nginx.conf"
 nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
     >"$TMP/nginx.log" 2>&1 &
 NGX_PID=$!
