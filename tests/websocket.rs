@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{RawConn, TestGateway, Upstream, table};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -115,6 +116,42 @@ async fn connect(gw: &TestGateway, path: &str, version: Option<&str>) -> (Client
     (ws, resp.headers().clone())
 }
 
+/// An RFC 8441 WebSocket CONNECT to `path` over a new h2 connection, after
+/// one plain exchange (so the gateway's SETTINGS allowing extended CONNECT
+/// have arrived); the connection lives as long as the response's stream.
+async fn h2_websocket_connect(
+    addr: SocketAddr,
+    path: &str,
+    version: Option<&str>,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    http::Response<hyper::body::Incoming>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(stream))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let live = http::Request::get(format!("http://{addr}/health/live"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
+    let mut req = http::Request::connect(format!("http://{addr}{path}"))
+        .header("sec-websocket-version", "13");
+    if let Some(v) = version {
+        req = req.header("x-api-version", v);
+    }
+    let mut req = req.body(http_body_util::Empty::new()).unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender.send_request(req).await.expect("CONNECT answered");
+    (sender, resp)
+}
+
 async fn next_text(ws: &mut Client) -> String {
     match ws.next().await.expect("a message").expect("no error") {
         Message::Text(t) => t.to_string(),
@@ -215,7 +252,6 @@ async fn an_upstream_that_declines_the_upgrade_answers_as_usual() {
 
 #[tokio::test]
 async fn an_h2_client_gets_a_websocket_by_extended_connect() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     let (v1, v2) = (
@@ -225,30 +261,7 @@ async fn an_h2_client_gets_a_websocket_by_extended_connect() {
     // Idle timeout shorter than the conversation: the open tunnel keeps
     // the h2 connection busy.
     let gw = gateway_with(&v1, &v2, "idle_timeout_ms = 200").await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
-        _,
-        _,
-        http_body_util::Empty<Bytes>,
-    >(TokioExecutor::new(), TokioIo::new(stream))
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    // One exchange first, so the gateway's SETTINGS (extended CONNECT
-    // allowed) have arrived.
-    let live = http::Request::get(format!("http://{}/health/live", gw.addr))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
-
-    let mut req = http::Request::connect(format!("http://{}/ws/chat", gw.addr))
-        .header("sec-websocket-version", "13")
-        .header("x-api-version", "v1")
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let resp = sender.send_request(req).await.expect("CONNECT answered");
+    let (mut sender, resp) = h2_websocket_connect(gw.addr, "/ws/chat", Some("v1")).await;
     assert_eq!(resp.status(), 200, "RFC 8441: 200 opens the tunnel");
     assert_eq!(resp.headers()["x-api-version-served"], "v1");
     let upgraded = hyper::upgrade::on(resp).await.expect("h2 stream upgraded");
@@ -281,8 +294,6 @@ async fn an_h2_client_gets_a_websocket_by_extended_connect() {
 
 #[tokio::test]
 async fn an_extended_connect_the_upstream_answers_without_101_gets_502() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
     let up = Upstream::spawn("plain").await;
     let gw = TestGateway::start(
         table()
@@ -291,26 +302,7 @@ async fn an_extended_connect_the_upstream_answers_without_101_gets_502() {
             .route("api", "/api/", "v1", ""),
     )
     .await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
-        _,
-        _,
-        http_body_util::Empty<Bytes>,
-    >(TokioExecutor::new(), TokioIo::new(stream))
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let live = http::Request::get(format!("http://{}/health/live", gw.addr))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    assert_eq!(sender.send_request(live).await.unwrap().status(), 200);
-    let mut req = http::Request::connect(format!("http://{}/api/chat", gw.addr))
-        .header("sec-websocket-version", "13")
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let resp = sender.send_request(req).await.expect("CONNECT answered");
+    let (_sender, resp) = h2_websocket_connect(gw.addr, "/api/chat", None).await;
     assert_eq!(resp.status(), 502);
     let got = up.last();
     assert_eq!(
