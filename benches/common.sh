@@ -208,3 +208,22 @@ http {
 }
 NGINX
 }
+
+# An awk function, median(a, n): the median of a[1..n] (sorts a). Put in
+# front of an awk program: awk "$AWK_MEDIAN"'...'.
+# shellcheck disable=SC2016,SC2034
+AWK_MEDIAN='
+function median(a, n,    i, j, t) {
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+'
+
+# Latency in wrk's and h2load's units (us, ms, s) to microseconds.
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") m = 1; else if (u == "ms") m = 1000; else if (u == "s") m = 1000000; else m = -1
+        printf "%.0f", (m < 0 ? -1 : n * m)
+    }'
+}

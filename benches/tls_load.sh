@@ -186,14 +186,6 @@ cpu_pids() {
     esac
 }
 
-# Latency in wrk's and h2load's units (us, ms, s) to microseconds.
-to_us() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") m = 1; else if (u == "ms") m = 1000; else if (u == "s") m = 1000000; else m = -1
-        printf "%.0f", (m < 0 ? -1 : n * m)
-    }'
-}
 
 mkdir -p "$ROOT/benches/results"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -360,11 +352,7 @@ done
     echo
     echo "median over $ROUNDS rounds of the per-round ratios (switchyard/nginx; throughput >= 1, p99 and cpu <= 1 favour switchyard), per-round throughput ratios in brackets:"
     for id in "${TEST_IDS[@]}"; do
-        awk -F'\t' -v id="$id" '
-            function median(a, n,    i, j, t) {
-                for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-            }
+        awk -F'\t' -v id="$id" "$AWK_MEDIAN"'
             $2 == id { rps[$1, $3] = $4; p50[$1, $3] = $5; p99[$1, $3] = $6; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
             END {
                 has99 = (p99[1, "switchyard"] != "-")
