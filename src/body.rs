@@ -14,13 +14,14 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::upstream::Reuse;
+use crate::upstream::h1::ResponseBody;
 
 /// Error from a streamed body.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// The peer's stream failed (reset, truncated, timed out).
+    /// The peer's stream failed (reset, truncated, malformed).
     #[error("body stream failed")]
-    Stream(#[source] hyper::Error),
+    Stream(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// More bytes than the route allows.
     #[error("body exceeds {limit} bytes")]
     TooLarge {
@@ -81,6 +82,9 @@ pin_project_lite::pin_project! {
         Stream { #[pin] inner: Incoming, limit: u64, seen: u64, reuse: Option<Reuse>, timeout: Option<ReadTimeout> },
         /// Fully buffered.
         Full { data: Option<Bytes> },
+        /// An upstream response read straight from its connection by the
+        /// lean HTTP/1.1 client.
+        Lean { inner: ResponseBody },
     }
 }
 
@@ -142,12 +146,29 @@ impl Body {
         }
     }
 
+    /// A response body of the lean HTTP/1.1 client.
+    pub(crate) fn lean(inner: ResponseBody) -> Body {
+        Body::Lean {
+            inner: inner.start(),
+        }
+    }
+
+    /// The bytes of a buffered body (empty when there is none); `None`
+    /// for a streamed one.
+    pub fn buffered(&self) -> Option<&Bytes> {
+        static EMPTY: Bytes = Bytes::new();
+        match self {
+            Body::Full { data } => Some(data.as_ref().unwrap_or(&EMPTY)),
+            Body::Stream { .. } | Body::Lean { .. } => None,
+        }
+    }
+
     /// A copy, if this body can be sent twice (buffered or empty; a
     /// streamed body can be read only once).
     pub fn try_clone(&self) -> Option<Body> {
         match self {
             Body::Full { data } => Some(Body::Full { data: data.clone() }),
-            Body::Stream { .. } => None,
+            Body::Stream { .. } | Body::Lean { .. } => None,
         }
     }
 
@@ -200,7 +221,7 @@ impl HttpBody for Body {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     reuse.take();
-                    Poll::Ready(Some(Err(BodyError::Stream(e))))
+                    Poll::Ready(Some(Err(BodyError::Stream(e.into()))))
                 }
                 Poll::Ready(None) => {
                     if let Some(r) = reuse.take() {
@@ -218,6 +239,7 @@ impl HttpBody for Body {
                 }
             },
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyProj::Lean { inner } => inner.poll_frame(cx),
         }
     }
 
@@ -225,6 +247,7 @@ impl HttpBody for Body {
         match self {
             Body::Stream { inner, .. } => inner.is_end_stream(),
             Body::Full { data } => data.is_none(),
+            Body::Lean { inner } => inner.is_end_stream(),
         }
     }
 
@@ -234,6 +257,7 @@ impl HttpBody for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Body::Lean { inner } => inner.size_hint(),
         }
     }
 }

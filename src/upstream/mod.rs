@@ -2,12 +2,15 @@
 //! in-flight counts, power-of-two-choices endpoint choice, connect and
 //! response timeouts, and the mapping of failures to 502/503/504.
 //!
-//! Connections are pooled per thread: with one single-threaded runtime per
-//! worker, a request, its upstream connection and that connection's task
-//! all stay on one thread, and checkout and checkin touch no lock or atomic
-//! shared with other workers. A connection goes back to its thread's pool
-//! when the response body ends (see [`Reuse`]); it is reused only if hyper
-//! says it is ready, and dropped when idle longer than [`IDLE_TIMEOUT`].
+//! Plain HTTP/1.1 exchanges go through the lean client in [`h1`] (no
+//! connection task, no channels); upgrades, TLS and HTTP/2 pools through
+//! hyper's client. Either way connections are pooled per thread: with one
+//! single-threaded runtime per worker, a request and its upstream
+//! connection stay on one thread, and checkout and checkin touch no lock or
+//! atomic shared with other workers. A connection goes back to its
+//! thread's pool when the response body ends (see [`Reuse`] and
+//! [`h1::ResponseBody`]); it is reused only if it is still open (for
+//! hyper's, ready), and dropped when idle longer than [`IDLE_TIMEOUT`].
 //!
 //! Endpoint state outlives routing tables: the table compiler asks
 //! [`Upstream`] for it (under a mutex, off the request path), so a reload
@@ -32,6 +35,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{Body, BodyError};
 
+pub(crate) mod h1;
 pub mod health;
 pub mod retry;
 pub mod transport;
@@ -104,6 +108,16 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// The upstream broke an exchange of the lean HTTP/1.1 client (reset,
+    /// closed early, malformed response).
+    #[error("{endpoint} failed mid-exchange")]
+    Broken {
+        /// The endpoint tried.
+        endpoint: Authority,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The upstream switched protocols (101) for a request that was not a
     /// WebSocket handshake the gateway can tunnel.
     #[error("upstream switched protocols unasked")]
@@ -135,6 +149,7 @@ impl UpstreamError {
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. }
             | Self::Protocol { .. }
+            | Self::Broken { .. }
             | Self::ResponseBody { .. }
             | Self::UnexpectedUpgrade
             | Self::NoUpgrade { .. } => StatusCode::BAD_GATEWAY,
@@ -154,6 +169,7 @@ impl UpstreamError {
                 | Self::ConnectTimeout { .. }
                 | Self::Timeout { .. }
                 | Self::Protocol { .. }
+                | Self::Broken { .. }
         )
     }
 
@@ -165,7 +181,9 @@ impl UpstreamError {
             Self::Connect { .. } => "upstream-connect-failed",
             Self::ConnectTimeout { .. } => "upstream-connect-timeout",
             Self::Timeout { .. } => "upstream-timeout",
-            Self::Protocol { .. } | Self::ResponseBody { .. } => "upstream-protocol-error",
+            Self::Protocol { .. } | Self::Broken { .. } | Self::ResponseBody { .. } => {
+                "upstream-protocol-error"
+            }
             Self::RequestBodyTooLarge { .. } => "body-too-large",
             Self::RequestBodyAborted => "request-body-aborted",
             Self::RequestBodyTimeout { .. } => "request-body-timeout",
@@ -496,6 +514,9 @@ async fn exchange(
 ) -> Result<Response<Body>, Failed> {
     if let Some(t) = transport.filter(|t| t.multiplexed()) {
         return exchange_h2(ep, t, req, timeouts).await;
+    }
+    if transport.is_none() && h1::eligible(&req) {
+        return h1::exchange(ep, req, timeouts).await;
     }
     let id = transport.map_or(0, |t| t.id);
     let fresh = |req: Request<Body>| async move {

@@ -1,0 +1,985 @@
+//! The lean HTTP/1.1 client: every plain-TCP upstream exchange that asks
+//! for no protocol upgrade, which is nearly all proxied API traffic.
+//!
+//! Why not hyper's client here: hyper runs each connection as its own task
+//! and hands the request to it through a channel, the response back through
+//! a oneshot and the body through another channel, so every request wakes
+//! two tasks and crosses four queues. Measured with `benches/instructions.sh`
+//! that was about a third of the gateway's user-space instructions per
+//! proxied request. Here the request's own task writes the head and body
+//! (one `write` when the body is buffered or already arrived), reads and
+//! parses the response head (httparse, as hyper does) and the response
+//! body reads the socket directly; the connection travels with the body
+//! and goes back to this thread's idle list when the body ends. Upgrades
+//! (WebSocket), buffered bodies over [`MAX_BODY`], TLS and HTTP/2 pools
+//! keep using hyper (see [`super::exchange`]).
+//!
+//! One difference from hyper: the request is sent whole before the
+//! response is read, as nginx does, so an upstream that answers early and
+//! resets the connection mid-upload gives a 502 rather than its answer.
+//!
+//! Framing follows RFC 9112 section 6: no body for HEAD, 1xx, 204 and 304;
+//! `Transfer-Encoding` ending in `chunked` is decoded (extensions skipped,
+//! trailers passed on as a trailers frame); another transfer coding, or no
+//! length at all, reads until the upstream closes; `Content-Length` must be
+//! one non-negative number (repeated identical values are accepted). Any
+//! other response is malformed: 502, and the connection is closed. A
+//! connection is reused only if the response allowed keep-alive, its body
+//! was read to the end and nothing followed it.
+//!
+//! An idle connection the upstream has closed is noticed at checkout
+//! without a system call in the common case: the runtime already knows
+//! whether the socket turned readable. A reused connection that still
+//! fails before the first response byte (the close raced the request) is
+//! tried once more on a new connection when the method is idempotent.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{
+    Endpoint, Failed, IDLE_TIMEOUT, IdMap, MAX_IDLE_PER_ENDPOINT, Timeouts, UpstreamError,
+};
+use crate::body::{Body, BodyError};
+
+/// The largest buffered request body sent this way, with the head in one
+/// write (a larger one goes through hyper, which writes and reads at once).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The most response header fields accepted (hyper's default too).
+const MAX_HEADERS: usize = 100;
+
+/// The largest response head accepted; a longer one is a 502.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// The longest chunk-size line or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Read buffer growth per read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// One upstream connection and the bytes read from it but not yet used.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// Request head (and body) staging, kept with the connection so a
+    /// reused connection allocates nothing to send.
+    out: Vec<u8>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+thread_local! {
+    /// This thread's idle lean connections by endpoint id, oldest first.
+    static IDLE: RefCell<IdMap<u64, Vec<Idle>>> = RefCell::new(HashMap::default());
+}
+
+/// Whether `req` can go the lean way to a plain-TCP HTTP/1.1 pool: not
+/// a tunnel (CONNECT, `Upgrade`), and a buffered body no larger than
+/// [`MAX_BODY`] or a streamed one.
+pub(crate) fn eligible(req: &Request<Body>) -> bool {
+    req.method() != Method::CONNECT
+        && req.body().buffered().is_none_or(|b| b.len() <= MAX_BODY)
+        && !req.headers().contains_key(http::header::UPGRADE)
+}
+
+/// Sends `req` (origin-form URI, `Host` set; see [`eligible`]) to `ep` and
+/// returns the response with its body streaming from the connection.
+///
+/// The request goes out whole before the response is read (as nginx sends
+/// a buffered request): a buffered body with the head in one write, a
+/// streamed one frame by frame (`Content-Length` when the client gave
+/// one, else chunked), whatever of it had arrived already going with the
+/// head.
+pub(crate) async fn exchange(
+    ep: &Endpoint,
+    req: Request<Body>,
+    timeouts: Timeouts,
+) -> Result<Response<Body>, Failed> {
+    let (parts, mut body) = req.into_parts();
+    let head_only = parts.method == Method::HEAD;
+    let mut retried = false;
+    loop {
+        let reused = checkout(ep.id);
+        let was_reused = reused.is_some();
+        let mut conn = match reused {
+            Some(c) => c,
+            // Boxed: a connect is once per connection, and its future
+            // would otherwise add to every request's (see `super::exchange`).
+            None => match Box::pin(super::tcp(ep, timeouts.connect)).await {
+                Ok(io) => Conn {
+                    io,
+                    buf: BytesMut::new(),
+                    out: Vec::new(),
+                },
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        unsent: Some(Request::from_parts(parts, body)),
+                    });
+                }
+            },
+        };
+        // Whether the body can be sent again (buffered, or nothing of it
+        // read yet) if this connection turns out to be dead.
+        let replayable = body.buffered().is_some() || body.is_end_stream();
+        let sent = match body.buffered() {
+            Some(data) => {
+                encode(&parts, Some(data.len() as u64), &mut conn.out);
+                conn.out.extend_from_slice(data);
+                conn.flush().await.map_err(|e| Fault::Io(e, true))
+            }
+            None => send_streamed(&parts, &mut body, &mut conn).await,
+        };
+        let result = match sent {
+            Ok(()) => roundtrip(&mut conn, head_only).await,
+            Err(Fault::Client(error)) => return Err(Failed::sent(error)),
+            Err(Fault::Io(error, silent)) => Err(Broken { error, silent }),
+        };
+        match result {
+            Ok(head) => return Ok(respond(head, conn, ep.id)),
+            Err(Broken { error, silent }) => {
+                // The upstream closed an idle connection as the request
+                // went out: nothing was processed, so an idempotent request
+                // may go again, once, on a new connection.
+                if was_reused
+                    && silent
+                    && replayable
+                    && !retried
+                    && super::retry::idempotent(&parts.method)
+                {
+                    retried = true;
+                    continue;
+                }
+                return Err(Failed::sent(UpstreamError::Broken {
+                    endpoint: ep.authority.clone(),
+                    source: error,
+                }));
+            }
+        }
+    }
+}
+
+/// Why sending a request failed.
+enum Fault {
+    /// The client's body failed (too large, aborted, timed out).
+    Client(UpstreamError),
+    /// The connection failed; `true` when no response byte can have
+    /// been processed yet (for the retry rule).
+    Io(std::io::Error, bool),
+}
+
+/// Writes the head of a streamed request and its body as it arrives.
+async fn send_streamed(
+    parts: &http::request::Parts,
+    body: &mut Body,
+    conn: &mut Conn,
+) -> Result<(), Fault> {
+    let length = body.size_hint().exact();
+    encode(parts, length, &mut conn.out);
+    let chunked = length.is_none();
+    let mut first = true;
+    loop {
+        // Frames already here go out with what is staged; the first wait
+        // for more sends what is staged first.
+        let frame = match std::future::poll_fn(|cx| {
+            Poll::Ready(std::pin::Pin::new(&mut *body).poll_frame(cx))
+        })
+        .await
+        {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                conn.flush().await.map_err(|e| Fault::Io(e, first))?;
+                first = false;
+                body.frame().await
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => return Err(Fault::Client(client_body_error(e))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if chunked => {
+                    if !data.is_empty() {
+                        conn.out
+                            .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        conn.out.extend_from_slice(&data);
+                        conn.out.extend_from_slice(b"\r\n");
+                    }
+                }
+                Ok(data) => conn.out.extend_from_slice(&data),
+                Err(frame) => {
+                    if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                        conn.out.extend_from_slice(b"0\r\n");
+                        encode_fields(&trailers, &mut conn.out);
+                        conn.out.extend_from_slice(b"\r\n");
+                        return conn.flush().await.map_err(|e| Fault::Io(e, first));
+                    }
+                }
+            },
+        }
+        if body.is_end_stream() {
+            break;
+        }
+        if conn.out.len() >= READ_CHUNK * 8 {
+            conn.flush().await.map_err(|e| Fault::Io(e, first))?;
+            first = false;
+        }
+    }
+    if chunked {
+        conn.out.extend_from_slice(b"0\r\n\r\n");
+    }
+    conn.flush().await.map_err(|e| Fault::Io(e, first))
+}
+
+/// The upstream error for a client body that failed mid-send.
+fn client_body_error(e: BodyError) -> UpstreamError {
+    match e {
+        BodyError::TooLarge { limit } => UpstreamError::RequestBodyTooLarge { limit },
+        BodyError::Timeout { after } => UpstreamError::RequestBodyTimeout { after },
+        BodyError::Stream(_) => UpstreamError::RequestBodyAborted,
+    }
+}
+
+/// A failed round trip; `silent` when not one response byte arrived.
+struct Broken {
+    error: std::io::Error,
+    silent: bool,
+}
+
+/// Reads the response head of the request just sent.
+async fn roundtrip(conn: &mut Conn, head_only: bool) -> Result<Head, Broken> {
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&mut conn.buf, head_only) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(reason) => {
+                    return Err(Broken {
+                        error: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+                        silent: false,
+                    });
+                }
+            }
+        }
+        let silent = conn.buf.is_empty();
+        conn.buf.reserve(READ_CHUNK);
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) => {
+                return Err(Broken {
+                    error: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection before a complete response head",
+                    ),
+                    silent,
+                });
+            }
+            Ok(_) => {}
+            Err(error) => return Err(Broken { error, silent }),
+        }
+    }
+}
+
+/// Serialises the request head (origin form; the caller set `Host`) into
+/// `out`, framed by `length` (`Content-Length`) or, for `None`, chunked.
+/// The client's own `Content-Length` and `Transfer-Encoding` are not
+/// forwarded: the body is framed here, not the way the client framed it.
+fn encode(parts: &http::request::Parts, length: Option<u64>, out: &mut Vec<u8>) {
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.reserve(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(pq.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    encode_fields(&parts.headers, out);
+    match length {
+        // A method that defines a body gets an explicit zero length, as
+        // hyper sends it; GET, HEAD and the like send none when empty.
+        Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {}
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `name: value` lines for every field but the framing ones.
+fn encode_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
+    for (name, value) in fields {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A parsed response head and how its body is framed.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body.
+    Empty,
+    /// This many bytes left.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunk),
+    /// Until the upstream closes.
+    Close,
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk with this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// Parses a complete response head off the front of `buf`, skipping
+/// interim (1xx) responses; `None` when more bytes are needed.
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'static str> {
+    loop {
+        // Offsets of each field's name and value in the head, so the head
+        // can be frozen once and the values shared, not copied. (u32: the
+        // head is at most MAX_HEAD bytes; this array is zeroed per parse,
+        // httparse's own is left uninitialised.)
+        let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut raw =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let (len, code, minor, count) = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
+        {
+            Ok(httparse::Status::Complete(len)) => {
+                let base = buf.as_ptr() as usize;
+                let at = |p: *const u8| (p as usize - base) as u32;
+                for (slot, h) in fields.iter_mut().zip(resp.headers.iter()) {
+                    let (name, value) = (at(h.name.as_ptr()), at(h.value.as_ptr()));
+                    *slot = (
+                        name,
+                        name + h.name.len() as u32,
+                        value,
+                        value + h.value.len() as u32,
+                    );
+                }
+                (
+                    len,
+                    resp.code.unwrap_or(0),
+                    resp.version.unwrap_or(1),
+                    resp.headers.len(),
+                )
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err("response head too large");
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err("too many response header fields"),
+            Err(_) => return Err("malformed response head"),
+        };
+        let head = buf.split_to(len).freeze();
+        if (100..200).contains(&code) {
+            if code == 101 {
+                return Err("upstream switched protocols unasked");
+            }
+            // Interim response (100 Continue, 103 Early Hints): the final
+            // one follows.
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut length: Option<u64> = None;
+        let mut chunked = None;
+        let mut close = minor == 0;
+        for &(n0, n1, v0, v1) in &fields[..count] {
+            let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
+            let name = HeaderName::from_bytes(&head[n0..n1])
+                .map_err(|_| "invalid response header name")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+                .map_err(|_| "invalid response header value")?;
+            if name == CONTENT_LENGTH {
+                let n = content_length(value.as_bytes()).ok_or("invalid content-length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting content-length values");
+                }
+                length = Some(n);
+            } else if name == TRANSFER_ENCODING {
+                // Only the last coding matters: is it chunked?
+                let last = value
+                    .as_bytes()
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .unwrap_or(b"");
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == http::header::CONNECTION {
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if minor == 0 && token.eq_ignore_ascii_case(b"keep-alive") {
+                        close = false;
+                    }
+                }
+            }
+            headers.append(name, value);
+        }
+        let no_body =
+            head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let framing = match (chunked, length) {
+            _ if no_body => Framing::Empty,
+            (Some(true), _) if minor == 1 => {
+                // Transfer-Encoding overrides Content-Length (RFC 9112
+                // 6.3): the length must not reach the client.
+                headers.remove(CONTENT_LENGTH);
+                Framing::Chunked(Chunk::Size)
+            }
+            (Some(_), _) => {
+                // Not chunked last (or HTTP/1.0): delimited by close.
+                headers.remove(CONTENT_LENGTH);
+                close = true;
+                Framing::Close
+            }
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => {
+                close = true;
+                Framing::Close
+            }
+        };
+        return Ok(Some(Head {
+            status,
+            version: if minor == 0 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            },
+            headers,
+            framing,
+            keep_alive: !close,
+        }));
+    }
+}
+
+/// A `Content-Length` value: digits, or a list of identical ones
+/// (`5, 5`, which some intermediaries produce).
+fn content_length(v: &[u8]) -> Option<u64> {
+    let mut out = None;
+    for part in v.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if out.is_some_and(|o| o != n) {
+            return None;
+        }
+        out = Some(n);
+    }
+    out
+}
+
+fn respond(head: Head, conn: Conn, endpoint: u64) -> Response<Body> {
+    let body = ResponseBody {
+        conn: Some(conn),
+        framing: head.framing,
+        keep_alive: head.keep_alive,
+        endpoint,
+    };
+    let mut resp = Response::new(Body::lean(body));
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    resp
+}
+
+/// A response body read straight from its connection. When it has been
+/// read to the end the connection goes back to the idle list (if the
+/// response allowed it); dropped before that, the connection closes.
+#[derive(Debug)]
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    endpoint: u64,
+}
+
+impl ResponseBody {
+    /// Builds the body; an empty one releases its connection at once.
+    pub(crate) fn start(mut self) -> ResponseBody {
+        if self.framing == Framing::Empty {
+            self.finish();
+        }
+        self
+    }
+
+    /// Whether no more frames follow.
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Empty
+    }
+
+    /// The bytes still to come, when known.
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Chunked(_) | Framing::Close => SizeHint::default(),
+        }
+    }
+
+    /// The body ended: back to the pool if the exchange allows.
+    fn finish(&mut self) {
+        self.framing = Framing::Empty;
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buf.is_empty()
+        {
+            checkin(self.endpoint, conn);
+        }
+    }
+
+    /// The next frame.
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            match self.step() {
+                Step::Frame(f) => return Poll::Ready(Some(Ok(f))),
+                Step::End => return Poll::Ready(None),
+                Step::Fail(reason) => {
+                    self.fail();
+                    return Poll::Ready(Some(Err(BodyError::Stream(reason.into()))));
+                }
+                Step::Read => {}
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            conn.buf.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut conn.io), cx, &mut conn.buf)
+            {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if self.framing == Framing::Close {
+                        self.framing = Framing::Empty;
+                        self.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    self.fail();
+                    return Poll::Ready(Some(Err(BodyError::Stream(
+                        "upstream closed the connection mid-body".into(),
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.fail();
+                    return Poll::Ready(Some(Err(BodyError::Stream(e.into()))));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self) {
+        self.framing = Framing::Empty;
+        self.conn = None;
+    }
+
+    /// Advances on the bytes already buffered, without I/O.
+    fn step(&mut self) -> Step {
+        let Some(conn) = self.conn.as_mut() else {
+            return Step::End;
+        };
+        let buf = &mut conn.buf;
+        match self.framing {
+            Framing::Empty => Step::End,
+            Framing::Close if buf.is_empty() => Step::Read,
+            Framing::Close => Step::Frame(Frame::data(buf.split().freeze())),
+            Framing::Length(_) if buf.is_empty() => Step::Read,
+            Framing::Length(n) => {
+                let take = n.min(buf.len() as u64);
+                let data = buf.split_to(take as usize).freeze();
+                if take == n {
+                    // The last bytes: hand the connection back now, since
+                    // the server stops polling once the body says it ended.
+                    self.finish();
+                } else {
+                    self.framing = Framing::Length(n - take);
+                }
+                Step::Frame(Frame::data(data))
+            }
+            Framing::Chunked(_) => self.step_chunked(),
+        }
+    }
+
+    fn step_chunked(&mut self) -> Step {
+        loop {
+            let (Some(conn), Framing::Chunked(state)) = (self.conn.as_mut(), self.framing) else {
+                return Step::End;
+            };
+            let buf = &mut conn.buf;
+            match state {
+                Chunk::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        let _ = buf.split_to(used);
+                        self.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                        return Step::Fail("chunk size line too long");
+                    }
+                    Ok(httparse::Status::Partial) => return Step::Read,
+                    Err(_) => return Step::Fail("invalid chunk size"),
+                },
+                Chunk::Data(_) if buf.is_empty() => return Step::Read,
+                Chunk::Data(n) => {
+                    let take = n.min(buf.len() as u64);
+                    let data = buf.split_to(take as usize).freeze();
+                    self.framing = Framing::Chunked(if take == n {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(n - take)
+                    });
+                    if take == n {
+                        // Settle what is already here (the CRLF, often the
+                        // last chunk too) so the end is known with the data.
+                        self.settle();
+                    }
+                    return Step::Frame(Frame::data(data));
+                }
+                Chunk::DataEnd if buf.len() < 2 => return Step::Read,
+                Chunk::DataEnd => {
+                    if &buf[..2] != b"\r\n" {
+                        return Step::Fail("chunk data not followed by CRLF");
+                    }
+                    let _ = buf.split_to(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Chunk::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                        self.finish();
+                        return Step::End;
+                    }
+                    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(buf, &mut raw) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut trailers = HeaderMap::with_capacity(fields.len());
+                            for f in fields {
+                                let (Ok(name), Ok(value)) = (
+                                    HeaderName::from_bytes(f.name.as_bytes()),
+                                    HeaderValue::from_bytes(f.value),
+                                ) else {
+                                    return Step::Fail("invalid trailer field");
+                                };
+                                trailers.append(name, value);
+                            }
+                            let _ = buf.split_to(used);
+                            self.finish();
+                            return Step::Frame(Frame::trailers(trailers));
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILERS => {
+                            return Step::Fail("trailer section too large");
+                        }
+                        Ok(httparse::Status::Partial) => return Step::Read,
+                        Err(_) => return Step::Fail("malformed trailer section"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a chunk's data: consume its CRLF and, if the last chunk and
+    /// an empty trailer section are buffered too, end the body now.
+    fn settle(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if conn.buf.starts_with(b"\r\n0\r\n\r\n") {
+            let _ = conn.buf.split_to(7);
+            self.finish();
+        }
+    }
+}
+
+/// What the buffered bytes allow next.
+enum Step {
+    Frame(Frame<Bytes>),
+    End,
+    Read,
+    Fail(&'static str),
+}
+
+fn checkin(endpoint: u64, conn: Conn) {
+    let idle = Idle {
+        conn,
+        since: Instant::now(),
+    };
+    IDLE.with_borrow_mut(|pool| match pool.get_mut(&endpoint) {
+        Some(list) if list.len() >= MAX_IDLE_PER_ENDPOINT => {}
+        Some(list) => list.push(idle),
+        None => {
+            pool.insert(endpoint, vec![idle]);
+        }
+    });
+}
+
+/// The most recently idled live connection to `endpoint`: those idle
+/// longer than [`IDLE_TIMEOUT`] and those the upstream closed are dropped.
+fn checkout(endpoint: u64) -> Option<Conn> {
+    IDLE.with_borrow_mut(|pool| {
+        let list = pool.get_mut(&endpoint)?;
+        while let Some(mut idle) = list.pop() {
+            if idle.since.elapsed() > IDLE_TIMEOUT {
+                // The rest are older still.
+                list.clear();
+                return None;
+            }
+            if idle.conn.alive() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    })
+}
+
+impl Conn {
+    /// Writes what is staged in `out`. The staging buffer keeps its
+    /// allocation for the next request, but not a large one for ever.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let wrote = self.io.write_all(&self.out).await;
+        if self.out.capacity() > 2 * READ_CHUNK * 8 {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        wrote
+    }
+
+    /// Whether an idle connection is still open. The runtime records when
+    /// a socket turns readable; an idle one that has is closed (or sent
+    /// bytes nobody asked for) unless a read finds nothing after all.
+    fn alive(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8], head_only: bool) -> Result<Option<Head>, &'static str> {
+        let mut buf = BytesMut::from(bytes);
+        parse_head(&mut buf, head_only)
+    }
+
+    #[test]
+    fn content_length_accepts_digits_and_identical_lists_only() {
+        assert_eq!(content_length(b"42"), Some(42));
+        assert_eq!(content_length(b"5, 5"), Some(5));
+        assert_eq!(content_length(b"5, 6"), None);
+        assert_eq!(content_length(b"-1"), None);
+        assert_eq!(content_length(b"+1"), None);
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Length(3));
+        assert!(h.keep_alive);
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty, "HEAD has no body");
+        assert_eq!(h.headers[CONTENT_LENGTH], "3", "but keeps its length");
+        let h = head(
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        let h = head(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\ncontent-length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        assert!(!h.headers.contains_key(CONTENT_LENGTH), "TE overrides CL");
+        let h = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Close);
+        assert!(!h.keep_alive);
+        let h = head(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        let h = head(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
+        assert_eq!(h.version, Version::HTTP_10);
+        let h = head(
+            b"HTTP/1.0 200 OK\r\nconnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.keep_alive);
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nconnection: x, close\r\ncontent-length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        assert_eq!(
+            head(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                false
+            )
+            .unwrap_err(),
+            "conflicting content-length values"
+        );
+        assert_eq!(
+            head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false).unwrap_err(),
+            "invalid content-length"
+        );
+        assert_eq!(
+            head(b"HTTP/1.1 2000 OK\r\n\r\n", false).unwrap_err(),
+            "malformed response head"
+        );
+        assert_eq!(
+            head(b"nonsense\r\n\r\n", false).unwrap_err(),
+            "malformed response head"
+        );
+        assert_eq!(
+            head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).unwrap_err(),
+            "upstream switched protocols unasked"
+        );
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(
+            head(&many, false).unwrap_err(),
+            "too many response header fields"
+        );
+        let mut huge = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        huge.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(head(&huge, false).unwrap_err(), "response head too large");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_partial_heads_wait() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"[..],
+        );
+        let h = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::CREATED);
+        assert!(!h.headers.contains_key("link"));
+        assert_eq!(&buf[..], b"ok");
+        assert!(
+            head(b"HTTP/1.1 200 OK\r\ncontent-le", false)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn header_values_are_kept_byte_for_byte() {
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nx-a: one\r\nx-a: two\r\nx-b: caf\xc3\xa9\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let all: Vec<_> = h.headers.get_all("x-a").iter().collect();
+        assert_eq!(all, ["one", "two"]);
+        assert_eq!(h.headers["x-b"].as_bytes(), "café".as_bytes());
+        assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn encode_writes_origin_form_with_its_own_length() {
+        let req = Request::post("http://ignored/a/b?c=1")
+            .header("host", "up:1")
+            .header("content-length", "999")
+            .header("transfer-encoding", "chunked")
+            .header("x-k", "v")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        encode(&parts, Some(2), &mut out);
+        out.extend_from_slice(b"{}");
+        assert_eq!(
+            out,
+            b"POST /a/b?c=1 HTTP/1.1\r\nhost: up:1\r\nx-k: v\r\ncontent-length: 2\r\n\r\n{}"
+        );
+        let (parts, ()) = Request::get("/x").body(()).unwrap().into_parts();
+        out.clear();
+        encode(&parts, Some(0), &mut out);
+        assert_eq!(out, b"GET /x HTTP/1.1\r\n\r\n");
+        let (parts, ()) = Request::put("/x").body(()).unwrap().into_parts();
+        out.clear();
+        encode(&parts, Some(0), &mut out);
+        assert_eq!(out, b"PUT /x HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        out.clear();
+        encode(&parts, None, &mut out);
+        assert_eq!(
+            out,
+            b"PUT /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+}
