@@ -254,7 +254,7 @@ impl Gateway {
         }
         // Errors from here on still say which version was detected.
         ctx.detected = Some(detected);
-        if version.lifecycle.is_sunset(jiff::Timestamp::now()) {
+        if version.lifecycle.is_sunset_now() {
             let successor = version
                 .successor
                 .map_or_else(|| "".into(), |s| table.versions[s as usize].name.clone());
@@ -567,6 +567,7 @@ impl Gateway {
             upstream_req,
             &method,
             &mut ctx.endpoint,
+            sent,
         )
         .await;
         let waited = sent.elapsed();
@@ -1200,18 +1201,20 @@ fn plain_body(body: Option<Incoming>, no_body: bool, limit: u64, read_timeout: D
 /// sent again also after a timeout, a broken exchange or a retryable
 /// status. All tries together stay within the route's timeout, and each
 /// retry needs room in the route's budget. `endpoint` ends as the endpoint
-/// of the last try.
+/// of the last try; `start` is when the first try began (the deadline
+/// counts from it).
 async fn forward_with_retries(
     pool: &crate::upstream::Pool,
     route: &crate::table::Route,
     mut req: Request<Body>,
     method: &http::Method,
     endpoint: &mut Option<Arc<Endpoint>>,
+    start: Instant,
 ) -> Result<Response<Body>, UpstreamError> {
     let policy = &route.retry;
     let mut attempts = policy.enter();
     let replayable = crate::upstream::retry::idempotent(method);
-    let deadline = Instant::now() + route.timeouts.response;
+    let deadline = start + route.timeouts.response;
     let mut tries = 0;
     loop {
         tries += 1;
@@ -1236,7 +1239,12 @@ async fn forward_with_retries(
         } else {
             None
         };
-        let left = deadline.saturating_duration_since(Instant::now());
+        // The first try has the whole timeout (`start` is just now).
+        let left = if tries == 1 {
+            route.timeouts.response
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
         let timeouts = crate::upstream::Timeouts {
             connect: route.timeouts.connect.min(left),
             response: policy.per_try.map_or(left, |t| t.min(left)),

@@ -421,6 +421,15 @@ impl Lifecycle {
     pub fn is_sunset(&self, now: jiff::Timestamp) -> bool {
         self.status == Status::Sunset || self.sunset_at.is_some_and(|at| now >= at)
     }
+
+    /// [`Lifecycle::is_sunset`] now, reading the clock only for a version
+    /// with a sunset date (most have none: no clock read per request).
+    pub fn is_sunset_now(&self) -> bool {
+        self.status == Status::Sunset
+            || self
+                .sunset_at
+                .is_some_and(|at| jiff::Timestamp::now() >= at)
+    }
 }
 
 #[cfg(test)]
