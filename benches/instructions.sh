@@ -6,6 +6,7 @@
 #
 #   benches/instructions.sh              # release build, 200 and 2200 requests
 #   INSN_BIN=target/profiling/switchyard benches/instructions.sh
+#   INSN_ACCESS_LOG=1 benches/instructions.sh   # the same with the access log on
 #
 # The gateway (one worker, the load.sh config: header detection, two
 # versions, no limits, no cache, log level warn) runs under
@@ -15,9 +16,16 @@
 # totals divided by N2 - N1 removes start-up and shutdown. The per-function
 # profile of the larger run is kept for `callgrind_annotate`.
 #
+# With INSN_ACCESS_LOG=1 the gateway runs as `load.sh`'s switchyard_log
+# does (RUST_LOG=info, --log-format json, stderr to a file), so the
+# difference from a default run is what the access log costs per request.
+# callgrind runs one thread at a time and counts every thread, so a log
+# writer thread's work is in the total; the per-thread split (callgrind's
+# --separate-threads) is printed too, to show which thread pays.
+#
 # Environment: INSN_BIN (default target/release/switchyard, built unless
 # LOAD_NO_BUILD=1), INSN_N1 (200), INSN_N2 (2200), INSN_OUT (directory for
-# the callgrind files, default benches/results).
+# the callgrind files, default benches/results), INSN_ACCESS_LOG (0).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +35,15 @@ N1=${INSN_N1:-200}
 N2=${INSN_N2:-2200}
 OUT=${INSN_OUT:-$ROOT/benches/results}
 mkdir -p "$OUT"
+if [[ ${INSN_ACCESS_LOG:-0} == 1 ]]; then
+    LEVEL=info
+    FORMAT=(--log-format json)
+    TAG=log.
+else
+    LEVEL=warn
+    FORMAT=()
+    TAG=
+fi
 
 BENCH=instructions.sh
 # shellcheck source=benches/common.sh
@@ -63,9 +80,13 @@ EOF
     # byte: a request future that grows past it would look 8,000
     # instructions dearer while costing a few hundred cycles. The vector
     # loops for every size keep counts comparable between builds.
+    # One file per thread (callgrind.N.out-01, -02, ...): the total is their sum.
+    rm -f "$OUT/callgrind.$TAG$n.out"*
     GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=16777216:glibc.cpu.x86_rep_stosb_threshold=16777216 \
-        RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$n.out" \
-        "$BIN" run --config "$TMP/gateway.toml" --workers 1 >"$TMP/gateway.log" 2>&1 &
+        RUST_LOG=$LEVEL valgrind --tool=callgrind --separate-threads=yes \
+        --callgrind-out-file="$OUT/callgrind.$TAG$n.out" \
+        "$BIN" "${FORMAT[@]}" run --config "$TMP/gateway.toml" --workers 1 \
+        >"$TMP/gateway.log" 2>&1 &
     gw_pid=$!
     PIDS+=("$gw_pid")
     local ok=0
@@ -107,7 +128,23 @@ EOF
     wait "$gw_pid" 2>/dev/null || true
     kill -TERM "$up_pid" 2>/dev/null || true
     wait "$up_pid" 2>/dev/null || true
-    awk '/^totals:/ {print $2}' "$OUT/callgrind.$n.out"
+    if [[ -n $TAG ]]; then
+        # Every request's access-log line reached the file by the exit.
+        local lines
+        lines=$(grep -c '"target":"switchyard::access"' "$TMP/gateway.log" || true)
+        ((lines >= n)) || die "$lines access-log lines for $n+ requests (see $TMP/gateway.log)"
+    fi
+    awk '/^totals:/ {t += $2} END {print t}' "$OUT/callgrind.$TAG$n.out"-*
+}
+
+# thread_totals FILE-PREFIX: "number=Ir" per thread of one run (callgrind
+# numbers threads in start order: 01 is the main thread, which runs
+# worker 0; a log writer thread, when there is one, is another).
+thread_totals() {
+    local f
+    for f in "$1"-*; do
+        printf '%s=%s ' "${f##*-}" "$(awk '/^totals:/ {print $2}' "$f")"
+    done
 }
 
 log "counting with callgrind: $N1 then $N2 requests (a minute or two)"
@@ -116,6 +153,8 @@ T2=$(measure "$N2")
 PER=$(((T2 - T1) / (N2 - N1)))
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "commit $COMMIT, binary $BIN"
-echo "gateway instructions: $T1 for $N1 requests, $T2 for $N2 requests"
+echo "gateway instructions: $T1 for $N1 requests, $T2 for $N2 requests (RUST_LOG=$LEVEL ${FORMAT[*]})"
 echo "instructions per proxied request: $PER"
-echo "profile: callgrind_annotate $OUT/callgrind.$N2.out"
+echo "per thread (callgrind thread number=instructions), $N1 requests: $(thread_totals "$OUT/callgrind.$TAG$N1.out")"
+echo "per thread, $N2 requests: $(thread_totals "$OUT/callgrind.$TAG$N2.out")"
+echo "profile: callgrind_annotate $OUT/callgrind.$TAG$N2.out-01 (thread 1: main, worker 0)"

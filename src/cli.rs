@@ -24,6 +24,17 @@ pub struct Cli {
         default_value = "pretty"
     )]
     pub log_format: LogFormat,
+    /// Longest a log line waits in a proxy worker's buffer, in
+    /// milliseconds (lines are written in batches; all of them on a
+    /// graceful shutdown).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_LOG_FLUSH_MS",
+        default_value_t = crate::logging::DEFAULT_FLUSH_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub log_flush_ms: u64,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

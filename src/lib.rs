@@ -11,6 +11,7 @@ pub mod demo;
 pub mod framing;
 pub mod headers;
 pub mod limit;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;
@@ -180,7 +181,8 @@ pub async fn serve_per_core(
         let spawned = std::thread::Builder::new()
             .name(format!("switchyard-{}", i + 1))
             .spawn(move || {
-                let drained = rt.block_on(serve_worker(listener, tls, gateway, conn, stop));
+                let worker = serve_worker(listener, tls, gateway, conn, stop);
+                let drained = logging::block_on_batched(&rt, worker);
                 let _ = tx.send(drained);
             });
         if let Err(e) = spawned {
