@@ -284,7 +284,7 @@ fn compile_change(
                     .iter()
                     .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
                     .collect(),
-                down,
+                down: down.into_iter().collect(),
             })
         }
         Op::Wrap | Op::Unwrap => {

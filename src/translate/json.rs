@@ -14,7 +14,6 @@
 //! a refused body again to say why, with line and column. Tests hold the
 //! two to the same verdicts.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
@@ -25,7 +24,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::TranslateError;
-use super::value::{Json, Object, Str, needs_escape};
+use super::value::{Json, MAX_BODY_BYTES, Member, Node, NodeId, Text, needs_escape, sort_members};
 
 /// Body limits for translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,21 +59,25 @@ impl Default for Limits {
 /// numbers to a visitor as a one-entry map with this key and the digits.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
-/// Parses a JSON body strictly, into a tree that borrows from `bytes`.
+/// Parses a JSON body strictly, into a document that borrows from `bytes`.
 ///
-/// Errors: [`TranslateError::TooLarge`] past `limits.max_bytes`,
+/// Errors: [`TranslateError::TooLarge`] past `limits.max_bytes` (and past
+/// 1 GiB whatever the limit: the document indexes with `u32`),
 /// [`TranslateError::TooDeep`] past `limits.max_depth` (checked while
 /// parsing, so a 10,000-deep body costs 65 levels of work),
 /// [`TranslateError::DuplicateKey`] with the JSON pointer of the repeated
 /// key, [`TranslateError::InvalidJson`] with line and column otherwise
 /// (trailing data, bad UTF-8, an empty body).
 pub fn parse_json(bytes: &[u8], limits: Limits) -> Result<Json<'_>, TranslateError> {
+    let limits = Limits {
+        max_bytes: limits.max_bytes.min(MAX_BODY_BYTES),
+        ..limits
+    };
     if bytes.len() as u64 > limits.max_bytes {
         return Err(TranslateError::TooLarge {
             limit: limits.max_bytes,
         });
     }
-    let max_depth = limits.max_depth.min(MAX_DEPTH);
     // The fast parser only says no; a refused body is rare, so serde_json
     // parses it again to say why, with its messages and positions.
     let explain = || match parse_value(bytes, limits) {
@@ -96,45 +99,64 @@ pub fn parse_json(bytes: &[u8], limits: Limits) -> Result<Json<'_>, TranslateErr
         text,
         bytes,
         pos: 0,
-        max_depth,
+        max_depth: limits.max_depth.min(MAX_DEPTH),
+        doc: Json::with_capacity(bytes.len()),
         items: Vec::new(),
         members: Vec::new(),
     };
-    match p.value(1).and_then(|v| p.end().map(|()| v)) {
-        Ok(v) => Ok(v),
+    match p.value(1).and_then(|root| p.end().map(|()| root)) {
+        Ok(root) => {
+            p.doc.set_root(root);
+            Ok(p.doc)
+        }
         Err(Refused) => Err(explain()),
     }
 }
 
-/// The bytes that end an ordinary run inside a string: `"`, `\\` and the
-/// control characters JSON forbids there.
-static STRING_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        t[b] = true;
-        b += 1;
+/// The index of the first byte at or after `from` that ends an ordinary run
+/// inside a string: `"`, `\` or a control character (JSON forbids those
+/// raw). Eight bytes at a time: a table lookup per byte cost more than the
+/// rest of the parse for string-heavy bodies.
+fn special(bytes: &[u8], mut from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = bytes.get(from..from + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // The high bit of each byte that is zero (the classic SWAR test),
+        // or below 0x20. A borrow only runs upwards from a flagged byte, so
+        // the lowest flag is exact, which is all we read.
+        let flags = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w))
+            & HIGH;
+        if flags != 0 {
+            return Some(from + (flags.trailing_zeros() / 8) as usize);
+        }
+        from += 8;
     }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
+    let tail = bytes.get(from..)?;
+    tail.iter().position(|&b| needs_escape(b)).map(|i| from + i)
+}
 
 /// The fast parser's only error: the reason is asked of serde_json.
 struct Refused;
 
-/// A recursive-descent parser over validated UTF-8. Recursion is bounded
-/// by `max_depth` (at most [`MAX_DEPTH`]).
+/// A recursive-descent parser over validated UTF-8, building a [`Json`]
+/// document. Recursion is bounded by `max_depth` (at most [`MAX_DEPTH`]).
 struct Parser<'a> {
     text: &'a str,
     bytes: &'a [u8],
     pos: usize,
     max_depth: usize,
-    /// Scratch stacks: the open arrays' elements and the open objects'
-    /// members, moved into one exactly sized vector when each one closes
-    /// (one allocation per container instead of a growing vector's several).
-    items: Vec<Json<'a>>,
-    members: Vec<(Str<'a>, Json<'a>)>,
+    doc: Json<'a>,
+    /// Scratch stacks: the open arrays' items and the open objects'
+    /// members, copied into the document's vectors when each one closes
+    /// (children come before their container, and nested containers
+    /// interleave, so they cannot be written in place).
+    items: Vec<NodeId>,
+    members: Vec<Member<'a>>,
 }
 
 impl<'a> Parser<'a> {
@@ -157,21 +179,22 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Json<'a>, Refused> {
+    fn value(&mut self, depth: usize) -> Result<NodeId, Refused> {
         self.ws();
-        match self.peek() {
-            Some(b'{') => self.object(depth),
-            Some(b'[') => self.array(depth),
-            Some(b'"') => self.string().map(Json::String),
-            Some(b't') => self.literal(b"true", Json::Bool(true)),
-            Some(b'f') => self.literal(b"false", Json::Bool(false)),
-            Some(b'n') => self.literal(b"null", Json::Null),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(Refused),
-        }
+        let node = match self.peek() {
+            Some(b'{') => return self.object(depth),
+            Some(b'[') => return self.array(depth),
+            Some(b'"') => Node::String(self.string()?),
+            Some(b't') => self.literal(b"true", Node::Bool(true))?,
+            Some(b'f') => self.literal(b"false", Node::Bool(false))?,
+            Some(b'n') => self.literal(b"null", Node::Null)?,
+            Some(b'-' | b'0'..=b'9') => self.number()?,
+            _ => return Err(Refused),
+        };
+        Ok(self.doc.push(node))
     }
 
-    fn literal(&mut self, word: &[u8], v: Json<'a>) -> Result<Json<'a>, Refused> {
+    fn literal(&mut self, word: &[u8], v: Node<'a>) -> Result<Node<'a>, Refused> {
         if self.bytes[self.pos..].starts_with(word) {
             self.pos += word.len();
             Ok(v)
@@ -189,7 +212,7 @@ impl<'a> Parser<'a> {
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, kept as text.
-    fn number(&mut self) -> Result<Json<'a>, Refused> {
+    fn number(&mut self) -> Result<Node<'a>, Refused> {
         let start = self.pos;
         if self.peek() == Some(b'-') {
             self.pos += 1;
@@ -216,105 +239,111 @@ impl<'a> Parser<'a> {
                 return Err(Refused);
             }
         }
-        Ok(Json::Number(Cow::Borrowed(&self.text[start..self.pos])))
+        Ok(Node::Number(Text::Plain(&self.text[start..self.pos])))
     }
 
-    fn array(&mut self, depth: usize) -> Result<Json<'a>, Refused> {
+    fn array(&mut self, depth: usize) -> Result<NodeId, Refused> {
         if depth > self.max_depth {
             return Err(Refused);
         }
         self.pos += 1;
         self.ws();
+        let base = self.items.len();
         if self.peek() == Some(b']') {
             self.pos += 1;
-            return Ok(Json::Array(Vec::new()));
-        }
-        let base = self.items.len();
-        loop {
-            let item = self.value(depth + 1)?;
-            self.items.push(item);
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(Json::Array(self.items.drain(base..).collect()));
+        } else {
+            loop {
+                let item = self.value(depth + 1)?;
+                self.items.push(item);
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b']') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(Refused),
                 }
-                _ => return Err(Refused),
             }
         }
+        let span = self.doc.push_items(&self.items[base..]);
+        self.items.truncate(base);
+        Ok(self.doc.push(Node::Array(span)))
     }
 
-    fn object(&mut self, depth: usize) -> Result<Json<'a>, Refused> {
+    fn object(&mut self, depth: usize) -> Result<NodeId, Refused> {
         if depth > self.max_depth {
             return Err(Refused);
         }
         self.pos += 1;
-        let base = self.members.len();
         self.ws();
+        let base = self.members.len();
         if self.peek() == Some(b'}') {
             self.pos += 1;
-            return Ok(Json::Object(Object::default()));
-        }
-        loop {
-            self.ws();
-            if self.peek() != Some(b'"') {
-                return Err(Refused);
-            }
-            let key = self.string()?;
-            self.ws();
-            if self.peek() != Some(b':') {
-                return Err(Refused);
-            }
-            self.pos += 1;
-            let value = self.value(depth + 1)?;
-            self.members.push((key, value));
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b'}') => {
-                    self.pos += 1;
-                    // Room for two more: a rename that nests adds a key.
-                    let mut members = Vec::with_capacity(self.members.len() - base + 2);
-                    members.extend(self.members.drain(base..));
-                    // A repeated key is refused here; serde_json then names it.
-                    return Object::from_members(members)
-                        .map(Json::Object)
-                        .map_err(|_| Refused);
+        } else {
+            loop {
+                if self.peek() != Some(b'"') {
+                    return Err(Refused);
                 }
-                _ => return Err(Refused),
+                let key = self.string()?;
+                self.ws();
+                if self.peek() != Some(b':') {
+                    return Err(Refused);
+                }
+                self.pos += 1;
+                let value = self.value(depth + 1)?;
+                let member = self.doc.member(key, value);
+                self.members.push(member);
+                self.ws();
+                match self.peek() {
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.ws();
+                    }
+                    Some(b'}') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(Refused),
+                }
             }
         }
+        // A repeated key is refused here; serde_json then names it.
+        if !sort_members(self.doc.own(), &mut self.members[base..]) {
+            return Err(Refused);
+        }
+        let span = self.doc.push_members(&self.members[base..]);
+        self.members.truncate(base);
+        Ok(self.doc.push(Node::Object(span)))
     }
 
     /// A string at `"`: a slice of the input unless it has escapes.
-    fn string(&mut self) -> Result<Str<'a>, Refused> {
+    fn string(&mut self) -> Result<Text<'a>, Refused> {
         let start = self.pos + 1;
-        // One table lookup per byte finds the end of the ordinary run.
-        let run = self.bytes[start..]
-            .iter()
-            .position(|&b| STRING_STOP[usize::from(b)])
-            .ok_or(Refused)?;
-        let i = start + run;
+        let i = special(self.bytes, start).ok_or(Refused)?;
         match self.bytes[i] {
             b'"' => {
                 self.pos = i + 1;
-                Ok(Str::plain(&self.text[start..i]))
+                Ok(Text::Plain(&self.text[start..i]))
             }
             b'\\' => self.escaped(start, i),
             _ => Err(Refused),
         }
     }
 
-    /// The rest of a string from its first backslash at `i`, decoded.
-    fn escaped(&mut self, start: usize, mut i: usize) -> Result<Str<'a>, Refused> {
+    /// The rest of a string from its first backslash at `i`, decoded into
+    /// the document's own text. Out of line: most strings have no escape,
+    /// and `string` stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn escaped(&mut self, start: usize, mut i: usize) -> Result<Text<'a>, Refused> {
         let mut out = String::with_capacity(i - start + 16);
         out.push_str(&self.text[start..i]);
         loop {
             match self.bytes.get(i) {
                 Some(b'"') => {
                     self.pos = i + 1;
-                    return Ok(Str::new(out));
+                    return Ok(self.doc.own_text(&out));
                 }
                 Some(b'\\') => {
                     let c = match self.bytes.get(i + 1) {
@@ -327,7 +356,7 @@ impl<'a> Parser<'a> {
                         Some(b'r') => '\r',
                         Some(b't') => '\t',
                         Some(b'u') => {
-                            let (c, len) = self.unicode(i + 2)?;
+                            let (c, len) = unicode(self.bytes, i + 2)?;
                             out.push(c);
                             i += 2 + len;
                             continue;
@@ -337,127 +366,128 @@ impl<'a> Parser<'a> {
                     out.push(c);
                     i += 2;
                 }
-                Some(&b) if b >= 0x20 => {
-                    let run = i;
-                    while let Some(&b) = self.bytes.get(i)
-                        && b >= 0x20
-                        && b != b'"'
-                        && b != b'\\'
-                    {
-                        i += 1;
+                Some(_) => {
+                    let end = special(self.bytes, i).ok_or(Refused)?;
+                    if end == i {
+                        // A raw control character.
+                        return Err(Refused);
                     }
-                    out.push_str(&self.text[run..i]);
+                    out.push_str(&self.text[i..end]);
+                    i = end;
                 }
-                _ => return Err(Refused),
+                None => return Err(Refused),
             }
         }
     }
+}
 
-    /// The character of a `\u` escape whose hex digits start at `i`, and
-    /// the bytes it took after the `\u`. Surrogates must come in pairs, as
-    /// serde_json requires of a string.
-    fn unicode(&self, i: usize) -> Result<(char, usize), Refused> {
-        let hi = self.hex4(i)?;
-        match hi {
-            0xDC00..=0xDFFF => Err(Refused),
-            0xD800..=0xDBFF => {
-                if self.bytes.get(i + 4..i + 6) != Some(b"\\u") {
-                    return Err(Refused);
-                }
-                let lo = self.hex4(i + 6)?;
-                if !(0xDC00..=0xDFFF).contains(&lo) {
-                    return Err(Refused);
-                }
-                let n = (((hi - 0xD800) << 10) | (lo - 0xDC00)) + 0x1_0000;
-                char::from_u32(n).map(|c| (c, 10)).ok_or(Refused)
+/// The character of a `\u` escape whose hex digits start at `i`, and the
+/// bytes it took after the `\u`. Surrogates must come in pairs, as
+/// serde_json requires of a string.
+fn unicode(bytes: &[u8], i: usize) -> Result<(char, usize), Refused> {
+    let hi = hex4(bytes, i)?;
+    match hi {
+        0xDC00..=0xDFFF => Err(Refused),
+        0xD800..=0xDBFF => {
+            if bytes.get(i + 4..i + 6) != Some(b"\\u") {
+                return Err(Refused);
             }
-            n => char::from_u32(n).map(|c| (c, 4)).ok_or(Refused),
+            let lo = hex4(bytes, i + 6)?;
+            if !(0xDC00..=0xDFFF).contains(&lo) {
+                return Err(Refused);
+            }
+            let n = (((hi - 0xD800) << 10) | (lo - 0xDC00)) + 0x1_0000;
+            char::from_u32(n).map(|c| (c, 10)).ok_or(Refused)
         }
+        n => char::from_u32(n).map(|c| (c, 4)).ok_or(Refused),
     }
+}
 
-    fn hex4(&self, i: usize) -> Result<u32, Refused> {
-        let digits = self.bytes.get(i..i + 4).ok_or(Refused)?;
-        digits.iter().try_fold(0u32, |n, &d| {
-            let v = (d as char).to_digit(16).ok_or(Refused)?;
-            Ok((n << 4) | v)
-        })
-    }
+fn hex4(bytes: &[u8], i: usize) -> Result<u32, Refused> {
+    let digits = bytes.get(i..i + 4).ok_or(Refused)?;
+    digits.iter().try_fold(0u32, |n, &d| {
+        let v = (d as char).to_digit(16).ok_or(Refused)?;
+        Ok((n << 4) | v)
+    })
 }
 
 /// Serialises a body: no whitespace, object keys sorted, numbers exactly
 /// as they were written, strings escaped as serde_json escapes them.
 pub fn to_bytes(body: &Json<'_>) -> Bytes {
-    // Most translated bodies are a few KiB: start there, not at 8 bytes.
-    let mut out = Vec::with_capacity(4096);
-    write(&mut out, body);
+    // Sized from the body it was parsed from: one allocation, no regrowth,
+    // unless the changes grew the body by more than a quarter.
+    let mut out = Vec::with_capacity(body.source_len + body.source_len / 4 + 64);
+    write(&mut out, body, body.root());
     Bytes::from(out)
 }
 
-fn write(out: &mut Vec<u8>, v: &Json<'_>) {
-    match v {
-        Json::Null => out.extend_from_slice(b"null"),
-        Json::Bool(true) => out.extend_from_slice(b"true"),
-        Json::Bool(false) => out.extend_from_slice(b"false"),
-        Json::Number(n) => out.extend_from_slice(n.as_bytes()),
-        Json::String(s) => write_str(out, s),
-        Json::Array(items) => {
+/// Writes the subtree `id` of `doc`.
+pub(crate) fn write(out: &mut Vec<u8>, doc: &Json<'_>, id: NodeId) {
+    match doc.node(id) {
+        Node::Null => out.extend_from_slice(b"null"),
+        Node::Bool(true) => out.extend_from_slice(b"true"),
+        Node::Bool(false) => out.extend_from_slice(b"false"),
+        Node::Number(n) => out.extend_from_slice(doc.str(&n).as_bytes()),
+        Node::String(s) => write_text(out, doc, &s),
+        Node::Array(_) => {
             out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
+            for (i, &item) in doc.items(id).iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write(out, item);
+                write(out, doc, item);
             }
             out.push(b']');
         }
-        Json::Object(o) => {
+        Node::Object(_) => {
             out.push(b'{');
-            for (i, (k, v)) in o.members().iter().enumerate() {
+            for (i, m) in doc.members(id).iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_str(out, k);
+                write_text(out, doc, &m.key);
                 out.push(b':');
-                write(out, v);
+                write(out, doc, m.value);
             }
             out.push(b'}');
         }
     }
 }
 
-fn write_str(out: &mut Vec<u8>, s: &Str<'_>) {
+fn write_text(out: &mut Vec<u8>, doc: &Json<'_>, t: &Text<'_>) {
     out.push(b'"');
-    let text = s.as_str().as_bytes();
-    if !s.needs_escape() {
-        out.extend_from_slice(text);
-    } else {
-        let mut run = 0;
-        for (i, &b) in text.iter().enumerate() {
-            if !needs_escape(b) {
-                continue;
-            }
-            out.extend_from_slice(&text[run..i]);
-            run = i + 1;
-            match b {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                0x08 => out.extend_from_slice(b"\\b"),
-                0x0c => out.extend_from_slice(b"\\f"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.extend_from_slice(b"\\u00");
-                    out.push(HEX[usize::from(b >> 4)]);
-                    out.push(HEX[usize::from(b & 0xf)]);
-                }
-            }
-        }
-        out.extend_from_slice(&text[run..]);
+    match *t {
+        Text::Plain(s) => out.extend_from_slice(s.as_bytes()),
+        Text::Escape(_) | Text::Own { .. } => write_escaped(out, doc.str(t).as_bytes()),
     }
     out.push(b'"');
 }
+
+/// Copies `text` with `"`, `\` and control characters escaped.
+fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
+    let mut run = 0;
+    while let Some(i) = special(text, run) {
+        out.extend_from_slice(&text[run..i]);
+        match text[i] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&text[run..]);
+}
+
 /// The same strict parse into a `serde_json::Value`: what [`parse_json`]
 /// asks for the reason of a body it refused (serde_json's messages and
 /// positions), and the reference the tests hold the fast parser to.
@@ -470,7 +500,7 @@ pub(crate) fn parse_value(bytes: &[u8], limits: Limits) -> Result<Value, Transla
     let max_depth = limits.max_depth.min(MAX_DEPTH);
     let failure = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let seed = Node {
+    let seed = Seed {
         depth: 1,
         max_depth,
         failure: &failure,
@@ -569,15 +599,15 @@ struct Failure {
 
 /// Seed for one value at a known depth.
 #[derive(Clone, Copy)]
-struct Node<'f> {
+struct Seed<'f> {
     depth: usize,
     max_depth: usize,
     failure: &'f RefCell<Option<Failure>>,
 }
 
-impl Node<'_> {
+impl Seed<'_> {
     fn child(self) -> Self {
-        Node {
+        Seed {
             depth: self.depth + 1,
             ..self
         }
@@ -607,7 +637,7 @@ impl Node<'_> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_> {
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -615,7 +645,7 @@ impl<'de> DeserializeSeed<'de> for Node<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Node<'_> {
+impl<'de> Visitor<'de> for Seed<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -776,6 +806,16 @@ mod tests {
                 }),
             ),
             (
+                "duplicate through an escape",
+                r#"{"a":1,"\u0061":2}"#,
+                Err(TranslateError::DuplicateKey { path: "/a".into() }),
+            ),
+            (
+                "duplicate through an escape, unsorted big object",
+                r#"{"k":0,"j":0,"i":0,"h":0,"g":0,"f":0,"e":0,"d":0,"c":0,"b":0,"\u0062":1}"#,
+                Err(TranslateError::DuplicateKey { path: "/b".into() }),
+            ),
+            (
                 "trailing data",
                 "{} {}",
                 Err(TranslateError::InvalidJson {
@@ -805,6 +845,53 @@ mod tests {
         ];
         for (name, text, want) in cases {
             assert_eq!(strict(text).map(|_| ()), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn written_form_cases() {
+        // (name, body, as written back)
+        let cases = [
+            (
+                "escaped keys sort as what they spell",
+                r#"{"b":1,"\u0061":2,"a\/":3}"#,
+                r#"{"a":2,"a/":3,"b":1}"#,
+            ),
+            (
+                "empty containers",
+                r#" { "a" : [ ] , "b" : { } } "#,
+                r#"{"a":[],"b":{}}"#,
+            ),
+            ("empty at the top", "[]", "[]"),
+            (
+                "escapes written as serde_json writes them",
+                r#"["\u0001\b\f\n\r\t\"\\\/\u00e9\ud83d\ude00", "long run with no escape at all, longer than eight bytes"]"#,
+                r#"["\u0001\b\f\n\r\t\"\\/é😀","long run with no escape at all, longer than eight bytes"]"#,
+            ),
+        ];
+        for (name, text, want) in cases {
+            assert_eq!(to_bytes(&strict(text).unwrap()), want, "{name}");
+        }
+        let deep = format!("{}\"x\"{}", r#"{"\u0061":"#.repeat(63), "}".repeat(63));
+        let want = format!("{}\"x\"{}", r#"{"a":"#.repeat(63), "}".repeat(63));
+        assert_eq!(
+            to_bytes(&strict(&deep).unwrap()),
+            want,
+            "63 levels of escaped keys"
+        );
+    }
+
+    #[test]
+    fn special_bytes_are_found_at_any_offset() {
+        for len in 0..20 {
+            for (at, b) in [(0, b'"'), (len / 2, b'\\'), (len, 0x1f)] {
+                let mut text = vec![b'a'; len + 1];
+                text[at] = b;
+                assert_eq!(special(&text, 0), Some(at), "{len} {at}");
+            }
+            // Bytes >= 0x80 (UTF-8) and plain ASCII are ordinary.
+            assert_eq!(special(&vec![0xc3; len], 0), None);
+            assert_eq!(special(&vec![b' '; len], 0), None);
         }
     }
 

@@ -42,7 +42,7 @@ pub use json::{
     set_body_headers, to_bytes,
 };
 pub use ops::ChangeId;
-pub use value::{Json, Object, Str};
+pub use value::Json;
 
 use crate::config::{ConfigError, Document};
 use crate::version::{MAX_VERSIONS, VersionId};
@@ -337,13 +337,17 @@ impl Plan {
     ) -> Result<Option<Json<'a>>, TranslateError> {
         let body = match body {
             Some(mut value) => {
+                let mut binds = Vec::new();
                 for (i, step) in self.steps.iter().enumerate() {
                     if ex.is_matched(i)
                         && step.change.scope.direction.request()
                         && step.change.kind.is_body()
                     {
                         let stash = StashUse::Record(&mut ex.stash, i as u32);
-                        if let Err(e) = step.change.apply_body(step.dir, &mut value, stash) {
+                        let applied = step
+                            .change
+                            .apply_body(step.dir, &mut value, &mut binds, stash);
+                        if let Err(e) = applied {
                             ex.stash.clear();
                             return Err(e);
                         }
@@ -380,11 +384,12 @@ impl Plan {
         let body = match body {
             Some(mut value) => {
                 let mut s = *status;
+                let mut binds = Vec::new();
                 for (i, step) in self.steps.iter().enumerate().rev() {
                     if let Some(dir) = self.response_dir(ex, i, s) {
                         if step.change.kind.is_body() {
                             let stash = StashUse::Restore(&ex.stash, i as u32);
-                            step.change.apply_body(dir, &mut value, stash)?;
+                            step.change.apply_body(dir, &mut value, &mut binds, stash)?;
                         }
                         s = step.change.map_status(dir, s);
                     }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use super::value::Json;
+use super::value::{Json, Node, NodeId};
 
 /// One pointer segment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -185,64 +185,55 @@ pub(crate) fn render_under(base: &Pointer, binds: &[usize], tail: &[Seg]) -> Str
     out
 }
 
-/// The child of `v` at one literal segment.
-pub(crate) fn child_mut<'v, 'a>(v: &'v mut Json<'a>, seg: &Seg) -> Option<&'v mut Json<'a>> {
-    match (v, seg) {
-        (Json::Object(map), Seg::Key { name, .. }) => map.get_mut(name),
-        (Json::Array(items), Seg::Key { index: Some(i), .. }) => items.get_mut(*i),
+/// The child of node `id` at one literal segment.
+pub(crate) fn child(doc: &Json<'_>, id: NodeId, seg: &Seg) -> Option<NodeId> {
+    match (doc.node(id), seg) {
+        (Node::Object(_), Seg::Key { name, .. }) => doc.get(id, name),
+        (Node::Array(_), Seg::Key { index: Some(i), .. }) => doc.items(id).get(*i).copied(),
         _ => None,
     }
 }
 
-/// The value at a wildcard-free relative path.
-pub(crate) fn get<'v, 'a>(mut v: &'v Json<'a>, segs: &[Seg]) -> Option<&'v Json<'a>> {
+/// The node at a wildcard-free path relative to `id`.
+pub(crate) fn get(doc: &Json<'_>, mut id: NodeId, segs: &[Seg]) -> Option<NodeId> {
     for seg in segs {
-        v = match (v, seg) {
-            (Json::Object(map), Seg::Key { name, .. }) => map.get(name)?,
-            (Json::Array(items), Seg::Key { index: Some(i), .. }) => items.get(*i)?,
-            _ => return None,
-        };
+        id = child(doc, id, seg)?;
     }
-    Some(v)
+    Some(id)
 }
 
-/// The value at a wildcard-free relative path, mutably.
-pub(crate) fn get_mut<'v, 'a>(mut v: &'v mut Json<'a>, segs: &[Seg]) -> Option<&'v mut Json<'a>> {
-    for seg in segs {
-        v = child_mut(v, seg)?;
-    }
-    Some(v)
-}
-
-/// Calls `f` with every value `segs` matches and the array indexes its
-/// wildcards took, depth-first in document order. Paths that do not exist,
-/// or meet a non-array at a `*`, match nothing.
-pub(crate) fn for_each_mut<'a, E, F>(
-    v: &mut Json<'a>,
+/// Calls `f` with every node `segs` matches under `id` and the array
+/// indexes its wildcards took, depth-first in document order. Paths that do
+/// not exist, or meet a non-array at a `*`, match nothing. `f` may change
+/// the subtree it is given, not the containers above it.
+pub(crate) fn for_each<'a, E, F>(
+    doc: &mut Json<'a>,
+    id: NodeId,
     segs: &[Seg],
     binds: &mut Vec<usize>,
     f: &mut F,
 ) -> Result<(), E>
 where
-    F: FnMut(&mut Json<'a>, &[usize]) -> Result<(), E>,
+    F: FnMut(&mut Json<'a>, NodeId, &[usize]) -> Result<(), E>,
 {
     let Some((first, rest)) = segs.split_first() else {
-        return f(v, binds);
+        return f(doc, id, binds);
     };
     match first {
         Seg::Any => {
-            if let Json::Array(items) = v {
-                for (i, item) in items.iter_mut().enumerate() {
-                    binds.push(i);
-                    let r = for_each_mut(item, rest, binds, f);
-                    binds.pop();
-                    r?;
-                }
+            // By index: `f` may grow the document's vectors, never this
+            // array's items.
+            for i in 0..doc.items(id).len() {
+                let item = doc.items(id)[i];
+                binds.push(i);
+                let r = for_each(doc, item, rest, binds, f);
+                binds.pop();
+                r?;
             }
             Ok(())
         }
-        seg @ Seg::Key { .. } => match child_mut(v, seg) {
-            Some(child) => for_each_mut(child, rest, binds, f),
+        seg @ Seg::Key { .. } => match child(doc, id, seg) {
+            Some(c) => for_each(doc, c, rest, binds, f),
             None => Ok(()),
         },
     }
@@ -251,7 +242,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::{Limits, parse_json, to_bytes};
+    use crate::translate::json::write;
+    use crate::translate::{Limits, parse_json};
 
     #[test]
     fn parse_cases() {
@@ -288,10 +280,19 @@ mod tests {
         let mut body = parse_json(text, Limits::default()).unwrap();
         let p = Pointer::parse("/guests/*/n").unwrap();
         let mut seen = Vec::new();
-        for_each_mut::<(), _>(&mut body, &p.segs, &mut Vec::new(), &mut |v, binds| {
-            seen.push((to_bytes(v), p.concrete(binds)));
-            Ok(())
-        })
+        let root = body.root();
+        for_each::<(), _>(
+            &mut body,
+            root,
+            &p.segs,
+            &mut Vec::new(),
+            &mut |doc, v, binds| {
+                let mut text = Vec::new();
+                write(&mut text, doc, v);
+                seen.push((bytes::Bytes::from(text), p.concrete(binds)));
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(
             seen,

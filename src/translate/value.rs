@@ -1,93 +1,152 @@
-//! The body tree the changes work on: [`Json`], a JSON value that borrows
-//! from the bytes it was parsed from and from the compiled plan.
+//! The body tree the changes work on: [`Json`], a JSON document that
+//! borrows from the bytes it was parsed from and from the compiled plan.
 //!
-//! Why not `serde_json::Value`: with `arbitrary_precision` every number is a
-//! `String` and every key and string an allocation, and parsing plus
-//! serialising dominated a translation (26 µs of a 1 KiB chain of five
-//! changes). Here a number is the slice of the input it was written as (never
-//! parsed, so never rounded: `1E+400` comes back as `1E+400`), a string
-//! without escapes is a slice too, and an object is a vector of members.
+//! Why not `serde_json::Value`, nor a tree of boxed nodes: with
+//! `arbitrary_precision` every serde_json number is a `String` and every key
+//! and string an allocation, and a tree with a vector per container still
+//! spent most of a 1 KiB translation in the allocator and in moving 40-byte
+//! values. Here the document is three flat vectors (nodes, object members,
+//! array items), so parsing a body allocates a handful of times whatever its
+//! shape, a node is a small `Copy` value, and moving a subtree (a rename, a
+//! wrap) moves one index, not the subtree.
 //!
-//! Invariants: an object's members are sorted by key (bytes of the unescaped
-//! key, as serde_json's map orders them) and its keys are unique; the parser
-//! establishes both (a repeated key is an error there) and every mutation
-//! here keeps them. So lookups are a binary search and a translated body is
-//! written with sorted keys, as before.
+//! A number is the slice of the input it was written as (never parsed, so
+//! never rounded: `1E+400` comes back as `1E+400`); a string or key without
+//! escapes is a slice too; text with escapes is decoded into the document's
+//! own buffer, so an escaped key compares equal to its unescaped spelling.
+//!
+//! Invariants:
+//! * an object's members are sorted by key (bytes of the unescaped key, as
+//!   serde_json's map orders them) and its keys are unique; the parser
+//!   establishes both (a repeated key is an error there) and every mutation
+//!   here keeps them, so a translated body is written with sorted keys;
+//! * a node is reachable from the root at most once, and no two reachable
+//!   containers share a span of members or items: mutating one container
+//!   in place never changes another. Nodes that a change detached stay in
+//!   the vectors unreachable until the document is dropped.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
+/// A node's index in its document.
+pub(crate) type NodeId = u32;
 
-/// A JSON value borrowing from the body it came from (`'a`) or from the plan
-/// that put it there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Json<'a> {
-    /// `null`.
+/// Largest body the document can index: node, member and item indexes are
+/// `u32`, and changes may add nodes (defaults, wrappers) after parsing. A
+/// GiB is far above any limit a route would buffer for translation.
+pub(crate) const MAX_BODY_BYTES: u64 = 1 << 30;
+
+/// Text in a document: a string, a key or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Text<'a> {
+    /// Borrowed text that needs no escape when written (the common case:
+    /// a string the parser found between quotes without a backslash).
+    Plain(&'a str),
+    /// Borrowed text holding `"`, `\` or a control character.
+    Escape(&'a str),
+    /// Decoded text in the document's own buffer (`start..start + len`).
+    /// Written through the escaping path, which copies plain runs as they are.
+    Own { start: u32, len: u32 },
+}
+
+impl<'a> Text<'a> {
+    /// Borrowed text, with the escape check done once here, not at every write.
+    pub(crate) fn new(text: &'a str) -> Text<'a> {
+        if text.bytes().any(needs_escape) {
+            Text::Escape(text)
+        } else {
+            Text::Plain(text)
+        }
+    }
+}
+
+/// A run of members or items: `len` used of `cap` reserved from `start`.
+/// The spare capacity lets inserts into a grown object stay in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: u32,
+    len: u32,
+    cap: u32,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+
+    pub(crate) fn len(self) -> usize {
+        self.len as usize
+    }
+}
+
+/// One value. Containers refer to their children by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Node<'a> {
     Null,
-    /// `true` or `false`.
     Bool(bool),
     /// A number, as the text it was written in (valid JSON number syntax).
-    Number(Cow<'a, str>),
-    /// A string.
-    String(Str<'a>),
-    /// An array.
-    Array(Vec<Json<'a>>),
-    /// An object.
-    Object(Object<'a>),
+    Number(Text<'a>),
+    String(Text<'a>),
+    /// Items: a span of [`Json::items`].
+    Array(Span),
+    /// Members, sorted by key: a span of [`Json::members`].
+    Object(Span),
 }
 
-/// A JSON string's (unescaped) text, and whether writing it needs escapes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Str<'a> {
-    text: Cow<'a, str>,
-    /// Whether `text` holds `"`, `\` or a control character.
-    escape: bool,
+/// An object member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Member<'a> {
+    pub(crate) key: Text<'a>,
+    pub(crate) value: NodeId,
+    /// The key's first four bytes, big-endian, zero-padded: orders most
+    /// pairs of keys without reading them (it fits in `Member`'s padding).
+    head: u32,
 }
 
-/// An object: members sorted by key, keys unique.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Object<'a> {
-    members: Vec<(Str<'a>, Json<'a>)>,
+impl<'a> Member<'a> {
+    /// A member whose key is borrowed text (from the plan).
+    pub(crate) fn borrowed(key: &'a str, value: NodeId) -> Member<'a> {
+        Member {
+            key: Text::new(key),
+            value,
+            head: head(key.as_bytes()),
+        }
+    }
 }
 
-impl<'a> Str<'a> {
-    /// Text that needs no escape, as the parser finds it between quotes
-    /// without a backslash (JSON allows no raw control characters there).
-    pub(crate) fn plain(text: &'a str) -> Str<'a> {
-        Str {
-            text: Cow::Borrowed(text),
-            escape: false,
-        }
-    }
+/// The first four bytes of a key as a number that orders as they do.
+/// Keys that share it (or differ only by trailing NULs) are compared in full.
+fn head(key: &[u8]) -> u32 {
+    let b = match *key {
+        [a, b, c, d, ..] => [a, b, c, d],
+        [a, b, c] => [a, b, c, 0],
+        [a, b] => [a, b, 0, 0],
+        [a] => [a, 0, 0, 0],
+        [] => [0; 4],
+    };
+    u32::from_be_bytes(b)
+}
 
-    /// Any text; escapes are found once here, not at every write.
-    pub(crate) fn new(text: impl Into<Cow<'a, str>>) -> Str<'a> {
-        let text = text.into();
-        let escape = text.bytes().any(needs_escape);
-        Str { text, escape }
+/// Orders a member's key against `key` (whose [`head`] is `h`).
+fn cmp_key(own: &str, m: &Member<'_>, key: &[u8], h: u32) -> Ordering {
+    match m.head.cmp(&h) {
+        Ordering::Equal => resolve(own, &m.key).as_bytes().cmp(key),
+        unequal => unequal,
     }
+}
 
-    /// The unescaped text.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    pub(crate) fn needs_escape(&self) -> bool {
-        self.escape
-    }
-
-    fn reborrow(&self) -> Str<'_> {
-        Str {
-            text: Cow::Borrowed(&self.text),
-            escape: self.escape,
-        }
-    }
-
-    fn into_owned(self) -> Str<'static> {
-        Str {
-            text: Cow::Owned(self.text.into_owned()),
-            escape: self.escape,
-        }
-    }
+/// A parsed JSON body that borrows from the bytes it was parsed from (`'a`)
+/// or from the plan whose changes wrote into it. Compare and print it
+/// through [`super::to_bytes`]: equality here is equality of the written
+/// bodies (keys sorted, numbers as written).
+#[derive(Clone)]
+pub struct Json<'a> {
+    nodes: Vec<Node<'a>>,
+    members: Vec<Member<'a>>,
+    items: Vec<NodeId>,
+    /// Decoded text ([`Text::Own`]).
+    text: String,
+    root: NodeId,
+    /// Length of the body this was parsed from: sizes the output buffer.
+    pub(crate) source_len: usize,
 }
 
 /// Whether a byte must be escaped inside a JSON string.
@@ -95,257 +154,459 @@ pub(crate) fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
+fn index(n: usize) -> u32 {
+    // Parsing refuses bodies over MAX_BODY_BYTES, which keeps every count
+    // far below u32::MAX even after changes add nodes.
+    u32::try_from(n).expect("documents stay under MAX_BODY_BYTES")
+}
+
 impl<'a> Json<'a> {
-    /// Takes the value out, leaving `null`.
-    pub fn take(&mut self) -> Json<'a> {
-        std::mem::replace(self, Json::Null)
+    /// An empty document sized for a body of `source_len` bytes; its root is
+    /// set by the first [`Json::push`] the builder finishes with.
+    pub(crate) fn with_capacity(source_len: usize) -> Json<'a> {
+        // About one node per 12 bytes of minified JSON, one member or item
+        // per 16: one allocation each for typical bodies, not a series.
+        Json {
+            nodes: Vec::with_capacity(source_len / 12 + 4),
+            members: Vec::with_capacity(source_len / 16 + 2),
+            items: Vec::with_capacity(source_len / 32 + 2),
+            text: String::new(),
+            root: 0,
+            source_len,
+        }
     }
 
-    /// A copy that borrows every string and number from `self`: copying a
-    /// compiled default into a body costs no string allocation.
-    pub fn reborrow(&self) -> Json<'_> {
-        match self {
-            Json::Null => Json::Null,
-            Json::Bool(b) => Json::Bool(*b),
-            Json::Number(n) => Json::Number(Cow::Borrowed(n)),
-            Json::String(s) => Json::String(s.reborrow()),
-            Json::Array(items) => Json::Array(items.iter().map(Json::reborrow).collect()),
-            Json::Object(o) => Json::Object(Object {
-                members: o
-                    .members
+    pub(crate) fn root(&self) -> NodeId {
+        self.root
+    }
+
+    pub(crate) fn set_root(&mut self, id: NodeId) {
+        self.root = id;
+    }
+
+    pub(crate) fn node(&self, id: NodeId) -> Node<'a> {
+        self.nodes[id as usize]
+    }
+
+    /// Replaces a node in place: whoever refers to `id` now sees `node`.
+    pub(crate) fn set(&mut self, id: NodeId, node: Node<'a>) {
+        self.nodes[id as usize] = node;
+    }
+
+    pub(crate) fn push(&mut self, node: Node<'a>) -> NodeId {
+        let id = index(self.nodes.len());
+        self.nodes.push(node);
+        id
+    }
+
+    /// Stores decoded text in the document's own buffer.
+    pub(crate) fn own_text(&mut self, text: &str) -> Text<'a> {
+        let start = index(self.text.len());
+        self.text.push_str(text);
+        Text::Own {
+            start,
+            len: index(text.len()),
+        }
+    }
+
+    /// The buffer [`Text::Own`] refers to.
+    pub(crate) fn own(&self) -> &str {
+        &self.text
+    }
+
+    /// The (unescaped) text.
+    pub(crate) fn str<'s>(&'s self, text: &Text<'s>) -> &'s str {
+        resolve(&self.text, text)
+    }
+
+    /// Appends an array's items and returns their span.
+    pub(crate) fn push_items(&mut self, items: &[NodeId]) -> Span {
+        push_run(&mut self.items, items)
+    }
+
+    /// Appends an object's members, which must be sorted and unique.
+    pub(crate) fn push_members(&mut self, members: &[Member<'a>]) -> Span {
+        push_run(&mut self.members, members)
+    }
+
+    /// The items of an array node (empty for other nodes).
+    pub(crate) fn items(&self, id: NodeId) -> &[NodeId] {
+        match self.node(id) {
+            Node::Array(span) => &self.items[span.range()],
+            _ => &[],
+        }
+    }
+
+    /// The members of an object node (empty for other nodes).
+    pub(crate) fn members(&self, id: NodeId) -> &[Member<'a>] {
+        match self.node(id) {
+            Node::Object(span) => &self.members[span.range()],
+            _ => &[],
+        }
+    }
+
+    fn span(&self, obj: NodeId) -> Span {
+        match self.node(obj) {
+            Node::Object(span) => span,
+            _ => unreachable!("callers pass objects"),
+        }
+    }
+
+    /// In object `obj`: the index of `key` among its members, or where it
+    /// would go. `obj` must be an object.
+    pub(crate) fn find(&self, obj: NodeId, key: &str) -> Result<usize, usize> {
+        let members = &self.members[self.span(obj).range()];
+        let (key, h) = (key.as_bytes(), head(key.as_bytes()));
+        if members.len() <= 8 {
+            // Real objects are small: one pass in key order, most steps a
+            // comparison of heads, beats a binary search's branches.
+            for (i, m) in members.iter().enumerate() {
+                match cmp_key(&self.text, m, key, h) {
+                    Ordering::Less => {}
+                    Ordering::Equal => return Ok(i),
+                    Ordering::Greater => return Err(i),
+                }
+            }
+            Err(members.len())
+        } else {
+            members.binary_search_by(|m| cmp_key(&self.text, m, key, h))
+        }
+    }
+
+    /// A member with key `key` (text of this document or borrowed).
+    pub(crate) fn member(&self, key: Text<'a>, value: NodeId) -> Member<'a> {
+        let head = head(self.str(&key).as_bytes());
+        Member { key, value, head }
+    }
+
+    /// The value of member `key` when `id` is an object that has it.
+    pub(crate) fn get(&self, id: NodeId, key: &str) -> Option<NodeId> {
+        match self.node(id) {
+            Node::Object(span) => {
+                let i = self.find(id, key).ok()?;
+                Some(self.members[span.start as usize + i].value)
+            }
+            _ => None,
+        }
+    }
+
+    /// The value of the `i`th member of object `obj`.
+    pub(crate) fn member_value(&self, obj: NodeId, i: usize) -> NodeId {
+        self.members[self.span(obj).start as usize + i].value
+    }
+
+    /// Removes the `i`th member of object `obj`; returns its value.
+    pub(crate) fn remove_at(&mut self, obj: NodeId, i: usize) -> NodeId {
+        let mut span = self.span(obj);
+        let start = span.start as usize;
+        let value = self.members[start + i].value;
+        self.members
+            .copy_within(start + i + 1..start + span.len as usize, start + i);
+        span.len -= 1;
+        self.set(obj, Node::Object(span));
+        value
+    }
+
+    /// Removes member `key` of object `obj`, if it has one; returns its value.
+    pub(crate) fn remove(&mut self, obj: NodeId, key: &str) -> Option<NodeId> {
+        let i = self.find(obj, key).ok()?;
+        Some(self.remove_at(obj, i))
+    }
+
+    /// Inserts a member at index `i` of object `obj` (where [`Json::find`]
+    /// said it goes).
+    pub(crate) fn insert_at(&mut self, obj: NodeId, i: usize, member: Member<'a>) {
+        let mut span = self.span(obj);
+        if span.len == span.cap {
+            // Move the members to the end with room to grow (the old run
+            // stays behind, unused), or just extend when they are the last
+            // run already. The new slots are filled with `member` until used.
+            let cap = span.cap * 2 + 2;
+            if (span.start + span.cap) as usize != self.members.len() {
+                let start = index(self.members.len());
+                self.members.extend_from_within(span.range());
+                span.start = start;
+            }
+            self.members.resize((span.start + cap) as usize, member);
+            span.cap = cap;
+        }
+        let start = span.start as usize;
+        let len = span.len as usize;
+        self.members
+            .copy_within(start + i..start + len, start + i + 1);
+        self.members[start + i] = member;
+        span.len += 1;
+        self.set(obj, Node::Object(span));
+    }
+
+    /// A new object of one member.
+    pub(crate) fn single(&mut self, member: Member<'a>) -> NodeId {
+        let span = self.push_members(&[member]);
+        self.push(Node::Object(span))
+    }
+
+    /// Whether `id` is an object without members.
+    pub(crate) fn is_empty_object(&self, id: NodeId) -> bool {
+        matches!(self.node(id), Node::Object(span) if span.len == 0)
+    }
+
+    /// Copies the subtree `id` of `src` into this document; texts are
+    /// borrowed from `src`, which outlives this document (a default of the
+    /// plan). Returns the copy's root.
+    pub(crate) fn borrow_from(&mut self, src: &'a Json<'_>, id: NodeId) -> NodeId {
+        self.copy_tree(src, id, &mut |_, t: &Text<'_>| {
+            let s: &'a str = resolve(&src.text, t);
+            match t {
+                Text::Plain(_) => Text::Plain(s),
+                Text::Escape(_) | Text::Own { .. } => Text::new(s),
+            }
+        })
+    }
+
+    /// Copies the subtree `id` of `src` into this document, copying its
+    /// texts into this document's buffer (`src` may not outlive it).
+    pub(crate) fn copy_from(&mut self, src: &Json<'_>, id: NodeId) -> NodeId {
+        self.copy_tree(src, id, &mut |text: &mut String, t: &Text<'_>| {
+            let start = index(text.len());
+            text.push_str(resolve(&src.text, t));
+            Text::Own {
+                start,
+                len: index(text.len()) - start,
+            }
+        })
+    }
+
+    /// The subtree `id` as a document of its own that borrows nothing (a
+    /// value a request's `remove` keeps for its response).
+    pub(crate) fn to_owned_at(&self, id: NodeId) -> Json<'static> {
+        let mut out = Json::with_capacity(0);
+        let root = out.copy_from(self, id);
+        out.root = root;
+        out
+    }
+
+    fn copy_tree<'s, 'b>(
+        &mut self,
+        src: &'s Json<'b>,
+        id: NodeId,
+        text: &mut impl FnMut(&mut String, &Text<'b>) -> Text<'a>,
+    ) -> NodeId {
+        let node = match src.node(id) {
+            Node::Null => Node::Null,
+            Node::Bool(b) => Node::Bool(b),
+            Node::Number(t) => Node::Number(text(&mut self.text, &t)),
+            Node::String(t) => Node::String(text(&mut self.text, &t)),
+            Node::Array(_) => {
+                let items: Vec<NodeId> = src
+                    .items(id)
                     .iter()
-                    .map(|(k, v)| (k.reborrow(), v.reborrow()))
-                    .collect(),
-            }),
-        }
-    }
-
-    /// A copy that borrows nothing, to outlive the body (the stash of a
-    /// `remove` kept for the response).
-    pub fn into_owned(self) -> Json<'static> {
-        match self {
-            Json::Null => Json::Null,
-            Json::Bool(b) => Json::Bool(b),
-            Json::Number(n) => Json::Number(Cow::Owned(n.into_owned())),
-            Json::String(s) => Json::String(s.into_owned()),
-            Json::Array(items) => Json::Array(items.into_iter().map(Json::into_owned).collect()),
-            Json::Object(o) => Json::Object(Object {
-                members: o
-                    .members
-                    .into_iter()
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect(),
-            }),
-        }
-    }
-
-    /// The object, if this is one.
-    pub fn as_object(&self) -> Option<&Object<'a>> {
-        match self {
-            Json::Object(o) => Some(o),
-            _ => None,
-        }
-    }
-
-    /// The object, mutably, if this is one.
-    pub fn as_object_mut(&mut self) -> Option<&mut Object<'a>> {
-        match self {
-            Json::Object(o) => Some(o),
-            _ => None,
-        }
-    }
-
-    /// The member `key` of an object; `None` for other values.
-    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
-        self.as_object()?.get(key)
+                    .map(|&item| self.copy_tree(src, item, text))
+                    .collect();
+                Node::Array(self.push_items(&items))
+            }
+            Node::Object(_) => {
+                let members: Vec<Member<'a>> = src
+                    .members(id)
+                    .iter()
+                    .map(|m| Member {
+                        key: text(&mut self.text, &m.key),
+                        value: self.copy_tree(src, m.value, text),
+                        head: m.head,
+                    })
+                    .collect();
+                Node::Object(self.push_members(&members))
+            }
+        };
+        self.push(node)
     }
 
     /// Converts a serde_json value (a configured default).
     pub fn from_value(v: &serde_json::Value) -> Json<'static> {
+        let mut out = Json::with_capacity(0);
+        let root = out.add_value(v);
+        out.root = root;
+        out
+    }
+
+    fn add_value(&mut self, v: &serde_json::Value) -> NodeId {
         use serde_json::Value;
-        match v {
-            Value::Null => Json::Null,
-            Value::Bool(b) => Json::Bool(*b),
+        let node = match v {
+            Value::Null => Node::Null,
+            Value::Bool(b) => Node::Bool(*b),
             // Under `arbitrary_precision` this is the number's own text.
-            Value::Number(n) => Json::Number(Cow::Owned(n.to_string())),
-            Value::String(s) => Json::String(Str::new(s.clone())),
-            Value::Array(items) => Json::Array(items.iter().map(Json::from_value).collect()),
+            Value::Number(n) => Node::Number(self.own_text(&n.to_string())),
+            Value::String(s) => Node::String(self.own_text(s)),
+            Value::Array(items) => {
+                let ids: Vec<NodeId> = items.iter().map(|v| self.add_value(v)).collect();
+                Node::Array(self.push_items(&ids))
+            }
             Value::Object(map) => {
-                let mut o = Object::default();
-                for (k, v) in map {
-                    o.insert(Str::new(k.clone()), Json::from_value(v));
-                }
-                Json::Object(o)
-            }
-        }
-    }
-}
-
-impl<'a> Object<'a> {
-    /// Builds an object from members sorted by key and unique; `Err` holds
-    /// the first repeated key when there is one. Sorts when needed.
-    pub(crate) fn from_members(
-        mut members: Vec<(Str<'a>, Json<'a>)>,
-    ) -> Result<Object<'a>, Str<'a>> {
-        let strictly_sorted =
-            |m: &[(Str<'a>, Json<'a>)]| m.windows(2).all(|w| w[0].0.as_str() < w[1].0.as_str());
-        if !strictly_sorted(&members) {
-            // Stable, and insertion sort for the few keys real objects have.
-            members.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-            if let Some(w) = members
-                .windows(2)
-                .find(|w| w[0].0.as_str() == w[1].0.as_str())
-            {
-                return Err(w[1].0.clone());
-            }
-        }
-        Ok(Object { members })
-    }
-
-    /// The index of `key`, or where it would go.
-    fn find(&self, key: &str) -> Result<usize, usize> {
-        if self.members.len() <= 8 {
-            // Real objects are small: comparing for equality (lengths
-            // first) beats a binary search of three-way comparisons.
-            match self.members.iter().position(|(k, _)| k.as_str() == key) {
-                Some(i) => Ok(i),
-                None => Err(self.members.partition_point(|(k, _)| k.as_str() < key)),
-            }
-        } else {
-            self.members.binary_search_by(|(k, _)| k.as_str().cmp(key))
-        }
-    }
-
-    /// Number of members.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Whether there are no members.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    /// The members, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
-        self.members.iter().map(|(k, v)| (k.as_str(), v))
-    }
-
-    pub(crate) fn members(&self) -> &[(Str<'a>, Json<'a>)] {
-        &self.members
-    }
-
-    /// Whether `key` is a member.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.find(key).is_ok()
-    }
-
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
-        self.find(key).ok().map(|i| &self.members[i].1)
-    }
-
-    /// The value of `key`, mutably.
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut Json<'a>> {
-        self.find(key).ok().map(|i| &mut self.members[i].1)
-    }
-
-    /// Sets `key`; returns the value it replaced.
-    pub fn insert(&mut self, key: Str<'a>, value: Json<'a>) -> Option<Json<'a>> {
-        match self.find(key.as_str()) {
-            Ok(i) => Some(std::mem::replace(&mut self.members[i].1, value)),
-            Err(i) => {
-                self.members.insert(i, (key, value));
-                None
-            }
-        }
-    }
-
-    /// Removes `key`; returns its value.
-    pub fn remove(&mut self, key: &str) -> Option<Json<'a>> {
-        self.find(key).ok().map(|i| self.members.remove(i).1)
-    }
-
-    /// The value of `key`, inserting `make()` first when it is absent.
-    pub fn get_or_insert_with(
-        &mut self,
-        key: Str<'a>,
-        make: impl FnOnce() -> Json<'a>,
-    ) -> &mut Json<'a> {
-        let i = match self.find(key.as_str()) {
-            Ok(i) => i,
-            Err(i) => {
-                self.members.insert(i, (key, make()));
-                i
+                let mut members: Vec<Member<'a>> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = self.own_text(k);
+                        let value = self.add_value(v);
+                        self.member(key, value)
+                    })
+                    .collect();
+                // serde_json's map is sorted already; sorting again keeps
+                // the invariant whatever its features.
+                sort_members(&self.text, &mut members);
+                Node::Object(self.push_members(&members))
             }
         };
-        &mut self.members[i].1
-    }
-
-    /// An object of one member.
-    pub fn single(key: Str<'a>, value: Json<'a>) -> Object<'a> {
-        Object {
-            members: vec![(key, value)],
-        }
+        self.push(node)
     }
 }
 
-impl PartialOrd for Str<'_> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+/// Appends a container's children to one of the document's vectors.
+fn push_run<T: Copy>(all: &mut Vec<T>, run: &[T]) -> Span {
+    let start = index(all.len());
+    all.extend_from_slice(run);
+    let len = index(run.len());
+    Span {
+        start,
+        len,
+        cap: len,
     }
 }
 
-impl Ord for Str<'_> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.as_str().cmp(other.as_str())
+/// The unescaped text of `t`, given the buffer of its document.
+pub(crate) fn resolve<'s>(own: &'s str, t: &Text<'s>) -> &'s str {
+    match *t {
+        Text::Plain(s) | Text::Escape(s) => s,
+        Text::Own { start, len } => &own[start as usize..(start + len) as usize],
+    }
+}
+
+/// Sorts an object's members by key in place and says whether the keys are
+/// unique. Members of real bodies often come sorted (serialisers that sort,
+/// our own output): then this is one comparison per pair.
+pub(crate) fn sort_members(own: &str, members: &mut [Member<'_>]) -> bool {
+    let cmp =
+        |a: &Member<'_>, b: &Member<'_>| cmp_key(own, a, resolve(own, &b.key).as_bytes(), b.head);
+    if members
+        .windows(2)
+        .all(|w| cmp(&w[0], &w[1]) == Ordering::Less)
+    {
+        return true;
+    }
+    // Stable, and an insertion sort for the few keys real objects have.
+    members.sort_by(cmp);
+    members
+        .windows(2)
+        .all(|w| cmp(&w[0], &w[1]) != Ordering::Equal)
+}
+
+impl PartialEq for Json<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        super::to_bytes(self) == super::to_bytes(other)
+    }
+}
+
+impl Eq for Json<'_> {}
+
+impl std::fmt::Debug for Json<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Json({})",
+            String::from_utf8_lossy(&super::to_bytes(self))
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::{Limits, parse_json, to_bytes};
 
-    fn key(k: &str) -> Str<'_> {
-        Str::new(k)
+    fn doc(text: &str) -> Json<'_> {
+        parse_json(text.as_bytes(), Limits::default()).unwrap()
+    }
+
+    fn keys(d: &Json<'_>, obj: NodeId) -> Vec<String> {
+        d.members(obj)
+            .iter()
+            .map(|m| d.str(&m.key).to_string())
+            .collect()
     }
 
     #[test]
     fn objects_stay_sorted_and_unique() {
-        let mut o = Object::default();
-        for k in ["b", "a", "c", "a"] {
-            o.insert(key(k), Json::Null);
+        let mut d = doc(r#"{"b":1,"c":2}"#);
+        let root = d.root();
+        let one = d.push(Node::Null);
+        for k in ["a", "d", "0"] {
+            let i = d.find(root, k).unwrap_err();
+            d.insert_at(root, i, Member::borrowed(k, one));
         }
-        let keys: Vec<&str> = o.iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["a", "b", "c"]);
-        assert_eq!(o.remove("b"), Some(Json::Null));
-        assert!(!o.contains_key("b"));
-        o.get_or_insert_with(key("0"), || Json::Bool(true));
-        assert_eq!(o.get("0"), Some(&Json::Bool(true)));
-        assert_eq!(o.len(), 3);
+        assert_eq!(keys(&d, root), ["0", "a", "b", "c", "d"]);
+        assert!(d.remove(root, "b").is_some());
+        assert!(d.remove(root, "b").is_none());
+        assert_eq!(d.get(root, "0"), Some(one));
+        assert_eq!(to_bytes(&d), r#"{"0":null,"a":null,"c":2,"d":null}"#);
     }
 
     #[test]
-    fn from_members_sorts_and_finds_repeats() {
-        let m = |ks: &[&'static str]| -> Vec<(Str<'static>, Json<'static>)> {
-            ks.iter().map(|k| (Str::new(*k), Json::Null)).collect()
-        };
-        let o = Object::from_members(m(&["b", "a"])).unwrap();
-        assert_eq!(o.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b"]);
+    fn inserts_into_an_object_in_the_middle_leave_its_neighbours_alone() {
+        // The first object's members are followed by the second's: growing
+        // the first must move it, not overwrite the second.
+        let mut d = doc(r#"[{"a":1},{"b":2}]"#);
+        let first = d.items(d.root())[0];
+        let value = d.push(Node::Bool(true));
+        for k in ["c", "d", "e", "f", "g"] {
+            let i = d.find(first, k).unwrap_err();
+            d.insert_at(first, i, Member::borrowed(k, value));
+        }
         assert_eq!(
-            Object::from_members(m(&["b", "a", "b"]))
-                .unwrap_err()
-                .as_str(),
-            "b"
+            to_bytes(&d),
+            r#"[{"a":1,"c":true,"d":true,"e":true,"f":true,"g":true},{"b":2}]"#
         );
-        assert!(Object::from_members(m(&["a", "a"])).is_err());
+    }
+
+    #[test]
+    fn sorting_finds_repeats() {
+        let mut d = Json::with_capacity(0);
+        let ms = |d: &mut Json<'static>, ks: &[&'static str]| -> Vec<Member<'static>> {
+            ks.iter()
+                .map(|k| Member::borrowed(k, d.push(Node::Null)))
+                .collect()
+        };
+        let mut m = ms(&mut d, &["b", "a"]);
+        assert!(sort_members("", &mut m));
+        assert_eq!(m[0].key, Text::Plain("a"));
+        assert!(!sort_members("", &mut ms(&mut d, &["b", "a", "b"])));
+        assert!(!sort_members("", &mut ms(&mut d, &["a", "a"])));
     }
 
     #[test]
     fn escapes_are_found_once() {
-        assert!(!Str::new("plain é").needs_escape());
-        assert!(Str::new("a\"b").needs_escape());
-        assert!(Str::new("a\nb").needs_escape());
-        assert!(Str::new("a\\b").needs_escape());
+        assert_eq!(Text::new("plain é"), Text::Plain("plain é"));
+        for s in ["a\"b", "a\nb", "a\\b"] {
+            assert_eq!(Text::new(s), Text::Escape(s));
+        }
+    }
+
+    #[test]
+    fn copies_keep_the_subtree_and_own_their_text() {
+        let text = String::from(r#"{"a":[1,"x\n",{"k\u0041":null}],"b":2}"#);
+        let d = doc(&text);
+        let a = d.get(d.root(), "a").unwrap();
+        let owned = d.to_owned_at(a);
+        drop(d);
+        drop(text);
+        assert_eq!(to_bytes(&owned), r#"[1,"x\n",{"kA":null}]"#);
+        let mut into = doc("{}");
+        let copy = into.copy_from(&owned, owned.root());
+        into.set_root(copy);
+        assert_eq!(to_bytes(&into), to_bytes(&owned));
+    }
+
+    #[test]
+    fn nodes_stay_small() {
+        // Moving nodes and members is most of what parsing does.
+        assert!(size_of::<Node<'_>>() <= 32, "{}", size_of::<Node<'_>>());
+        assert!(size_of::<Member<'_>>() <= 32, "{}", size_of::<Member<'_>>());
     }
 }
