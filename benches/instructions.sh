@@ -6,6 +6,7 @@
 #
 #   benches/instructions.sh              # release build, 200 and 2200 requests
 #   INSN_BIN=target/profiling/switchyard benches/instructions.sh
+#   INSN_LIMITS=1 benches/instructions.sh   # also with rate limits: the difference
 #
 # The gateway (one worker, the load.sh config: header detection, two
 # versions, no limits, no cache, log level warn) runs under
@@ -15,9 +16,15 @@
 # totals divided by N2 - N1 removes start-up and shutdown. The per-function
 # profile of the larger run is kept for `callgrind_annotate`.
 #
+# With INSN_LIMITS=1 the same binary is measured a second time with the two
+# rate-limit policies load.sh's LOAD_LIMITS=1 adds (per client IP and per
+# route, 1e9 requests a second: every request is allowed), and the script
+# prints what the limits add per request (issue 5: load.sh's throughput
+# with limits at least 0.95x without).
+#
 # Environment: INSN_BIN (default target/release/switchyard, built unless
 # LOAD_NO_BUILD=1), INSN_N1 (200), INSN_N2 (2200), INSN_OUT (directory for
-# the callgrind files, default benches/results).
+# the callgrind files, default benches/results), INSN_LIMITS (0).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,9 +47,10 @@ if [[ -z ${INSN_BIN:-} && ${LOAD_NO_BUILD:-0} != 1 ]]; then
 fi
 [[ -x $BIN ]] || die "$BIN missing"
 
-# Runs the gateway under callgrind for $1 requests; prints its total Ir.
+# Runs the gateway under callgrind for $1 requests, with the rate limits
+# when $2 is "limits"; prints its total Ir.
 measure() {
-    local n=$1 up gw admin up_pid gw_pid
+    local n=$1 variant=${2:-} up gw admin up_pid gw_pid
     read -r up gw admin <<<"$(free_ports 3)"
     RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$up" --version v2 --threads 1 \
         >"$TMP/upstream.log" 2>&1 &
@@ -58,7 +66,8 @@ grace_period_ms = 1000
 EOF
         gateway_table "$up"
     } >"$TMP/gateway.toml"
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$n.out" \
+    [[ $variant == limits ]] && add_limits "$TMP/gateway.toml"
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$n$variant.out" \
         "$BIN" run --config "$TMP/gateway.toml" --workers 1 >"$TMP/gateway.log" 2>&1 &
     gw_pid=$!
     PIDS+=("$gw_pid")
@@ -101,7 +110,7 @@ EOF
     wait "$gw_pid" 2>/dev/null || true
     kill -TERM "$up_pid" 2>/dev/null || true
     wait "$up_pid" 2>/dev/null || true
-    awk '/^totals:/ {print $2}' "$OUT/callgrind.$n.out"
+    awk '/^totals:/ {print $2}' "$OUT/callgrind.$n$variant.out"
 }
 
 log "counting with callgrind: $N1 then $N2 requests (a minute or two)"
@@ -113,3 +122,14 @@ echo "commit $COMMIT, binary $BIN"
 echo "gateway instructions: $T1 for $N1 requests, $T2 for $N2 requests"
 echo "instructions per proxied request: $PER"
 echo "profile: callgrind_annotate $OUT/callgrind.$N2.out"
+if [[ ${INSN_LIMITS:-0} == 1 ]]; then
+    log "again with the per-ip and per-route rate limits"
+    L1=$(measure "$N1" limits)
+    L2=$(measure "$N2" limits)
+    LPER=$(((L2 - L1) / (N2 - N1)))
+    echo "with limits: $L1 for $N1 requests, $L2 for $N2 requests"
+    echo "instructions per proxied request with limits: $LPER"
+    awk -v a="$PER" -v b="$LPER" 'BEGIN {
+        printf "limits add %d instructions per request (%.2f%%)\n", b - a, 100 * (b - a) / a }'
+    echo "profile: callgrind_annotate $OUT/callgrind.${N2}limits.out"
+fi
