@@ -236,30 +236,41 @@ fn traffic(c: &mut Criterion) {
     let h = headers();
     let mut g = c.benchmark_group("traffic");
 
+    // As `pipeline::Gateway::run`: the route's traffic headers in one pass,
+    // then the season, then the split.
     g.bench_function("season_sticky_pick", |b| {
         b.iter(|| {
             let h = black_box(&h);
-            let rule = table.calendar.active(table.calendar.region_of(h));
+            let traffic = route.traffic.find(h);
+            let rule = table
+                .calendar
+                .active(table.calendar.region_of(traffic.region));
             let season = table.calendar.season(rule);
             let profiles = route.splits[0].as_ref().expect("a split");
-            split::pick(&route.split, profiles, season, &route.detection, h, |p| {
+            split::pick(&route.split, profiles, season, &traffic, h, |p| {
                 &*table.pools[p as usize].pool.name
             })
             .pool
         })
     });
 
+    g.bench_function("traffic_headers", |b| {
+        b.iter(|| route.traffic.find(black_box(&h)))
+    });
+    let traffic = route.traffic.find(&h);
     g.bench_function("season_lookup", |b| {
         b.iter(|| {
-            let h = black_box(&h);
+            let region = black_box(traffic.region);
             table
                 .calendar
-                .season(table.calendar.active(table.calendar.region_of(h)))
+                .season(table.calendar.active(table.calendar.region_of(region)))
         })
     });
-    let season = table
-        .calendar
-        .season(table.calendar.active(table.calendar.region_of(&h)));
+    let season = table.calendar.season(
+        table
+            .calendar
+            .active(table.calendar.region_of(traffic.region)),
+    );
     g.bench_function("sticky_pick", |b| {
         b.iter(|| {
             let profiles = route.splits[0].as_ref().expect("a split");
@@ -267,7 +278,7 @@ fn traffic(c: &mut Criterion) {
                 &route.split,
                 profiles,
                 season,
-                &route.detection,
+                black_box(&traffic),
                 black_box(&h),
                 |p| &table.pools[p as usize].pool.name,
             )
@@ -294,10 +305,14 @@ fn traffic(c: &mut Criterion) {
     let peer: IpAddr = "203.0.113.7".parse().unwrap();
     g.bench_function("limits_check_ip_and_client", |b| {
         b.iter(|| {
-            let rule = table.calendar.active(table.calendar.region_of(&h));
+            let h = black_box(&h);
+            let traffic = route.traffic.find(h);
+            let rule = table
+                .calendar
+                .active(table.calendar.region_of(traffic.region));
             table
                 .limits
-                .check(&route.limits, rule, black_box(&h), peer, &route.detection)
+                .check(&route.limits, rule, &traffic, h, peer)
                 .is_ok()
         })
     });
