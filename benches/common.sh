@@ -144,6 +144,31 @@ timeout_ms = 5000
 TOML
 }
 
+# add_limits CONFIG: puts two rate-limit policies on the gateway_table route
+# in CONFIG, one budget per client IP and one per route, each 1e9 requests a
+# second, so every client stays under quota and what they cost is the
+# checking (load.sh's LOAD_LIMITS, instructions.sh's INSN_LIMITS).
+add_limits() {
+    sed -i 's/^timeout_ms = 5000$/timeout_ms = 5000\nlimits = ["per-ip", "per-route"]/' "$1"
+    cat >>"$1" <<EOF
+
+[rate_limits]
+
+[[rate_limits.policies]]
+name = "per-ip"
+key = "ip"
+requests = 1000000000
+window_secs = 1
+
+[[rate_limits.policies]]
+name = "per-route"
+key = "route"
+requests = 1000000000
+window_secs = 1
+EOF
+    grep -q '^limits = ' "$1" || die "could not add limits to the route in $1"
+}
+
 # nginx_conf UPSTREAM_PORT SERVER_LINES [HTTP_LINES] [MORE_SERVERS]: nginx
 # as the equivalent version-routing proxy, under $TMP/nginx (the caller
 # makes its logs/ and tmp/): NGINX_WORKERS workers, access log off, a map on

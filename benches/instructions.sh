@@ -7,6 +7,7 @@
 #   benches/instructions.sh              # release build, 200 and 2200 requests
 #   INSN_BIN=target/profiling/switchyard benches/instructions.sh
 #   INSN_ACCESS_LOG=1 benches/instructions.sh   # the same with the access log on
+#   INSN_LIMITS=1 benches/instructions.sh   # also with rate limits: the difference
 #
 # The gateway (one worker, the load.sh config: header detection, two
 # versions, no limits, no cache, log level warn) runs under
@@ -23,9 +24,16 @@
 # writer thread's work is in the total; the per-thread split (callgrind's
 # --separate-threads) is printed too, to show which thread pays.
 #
+# With INSN_LIMITS=1 the same binary is measured a second time with the two
+# rate-limit policies load.sh's LOAD_LIMITS=1 adds (per client IP and per
+# route, 1e9 requests a second: every request is allowed), and the script
+# prints what the limits add per request (issue 5: load.sh's throughput
+# with limits at least 0.95x without).
+#
 # Environment: INSN_BIN (default target/release/switchyard, built unless
 # LOAD_NO_BUILD=1), INSN_N1 (200), INSN_N2 (2200), INSN_OUT (directory for
-# the callgrind files, default benches/results), INSN_ACCESS_LOG (0).
+# the callgrind files, default benches/results), INSN_ACCESS_LOG (0),
+# INSN_LIMITS (0).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -57,9 +65,10 @@ if [[ -z ${INSN_BIN:-} && ${LOAD_NO_BUILD:-0} != 1 ]]; then
 fi
 [[ -x $BIN ]] || die "$BIN missing"
 
-# Runs the gateway under callgrind for $1 requests; prints its total Ir.
+# Runs the gateway under callgrind for $1 requests, with the rate limits
+# when $2 is "limits"; prints its total Ir.
 measure() {
-    local n=$1 up gw admin up_pid gw_pid
+    local n=$1 variant=${2:-} up gw admin up_pid gw_pid
     read -r up gw admin <<<"$(free_ports 3)"
     RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$up" --version v2 --threads 1 \
         >"$TMP/upstream.log" 2>&1 &
@@ -75,16 +84,17 @@ grace_period_ms = 1000
 EOF
         gateway_table "$up"
     } >"$TMP/gateway.toml"
+    [[ $variant == limits ]] && add_limits "$TMP/gateway.toml"
     # glibc copies and clears blocks past a size threshold (8 KiB and 2 KiB
     # here) with `rep movsb` / `rep stosb`, which callgrind counts once per
     # byte: a request future that grows past it would look 8,000
     # instructions dearer while costing a few hundred cycles. The vector
     # loops for every size keep counts comparable between builds.
     # One file per thread (callgrind.N.out-01, -02, ...): the total is their sum.
-    rm -f "$OUT/callgrind.$TAG$n.out"*
+    rm -f "$OUT/callgrind.$TAG$n$variant.out"*
     GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=16777216:glibc.cpu.x86_rep_stosb_threshold=16777216 \
         RUST_LOG=$LEVEL valgrind --tool=callgrind --separate-threads=yes \
-        --callgrind-out-file="$OUT/callgrind.$TAG$n.out" \
+        --callgrind-out-file="$OUT/callgrind.$TAG$n$variant.out" \
         "$BIN" "${FORMAT[@]}" run --config "$TMP/gateway.toml" --workers 1 \
         >"$TMP/gateway.log" 2>&1 &
     gw_pid=$!
@@ -134,7 +144,7 @@ EOF
         lines=$(grep -c '"target":"switchyard::access"' "$TMP/gateway.log" || true)
         ((lines >= n)) || die "$lines access-log lines for $n+ requests (see $TMP/gateway.log)"
     fi
-    awk '/^totals:/ {t += $2} END {print t}' "$OUT/callgrind.$TAG$n.out"-*
+    awk '/^totals:/ {t += $2} END {print t}' "$OUT/callgrind.$TAG$n$variant.out"-*
 }
 
 # thread_totals FILE-PREFIX: "number=Ir" per thread of one run (callgrind
@@ -158,3 +168,14 @@ echo "instructions per proxied request: $PER"
 echo "per thread (callgrind thread number=instructions), $N1 requests: $(thread_totals "$OUT/callgrind.$TAG$N1.out")"
 echo "per thread, $N2 requests: $(thread_totals "$OUT/callgrind.$TAG$N2.out")"
 echo "profile: callgrind_annotate $OUT/callgrind.$TAG$N2.out-01 (thread 1: main, worker 0)"
+if [[ ${INSN_LIMITS:-0} == 1 ]]; then
+    log "again with the per-ip and per-route rate limits"
+    L1=$(measure "$N1" limits)
+    L2=$(measure "$N2" limits)
+    LPER=$(((L2 - L1) / (N2 - N1)))
+    echo "with limits: $L1 for $N1 requests, $L2 for $N2 requests"
+    echo "instructions per proxied request with limits: $LPER"
+    awk -v a="$PER" -v b="$LPER" 'BEGIN {
+        printf "limits add %d instructions per request (%.2f%%)\n", b - a, 100 * (b - a) / a }'
+    echo "profile: callgrind_annotate $OUT/callgrind.$TAG${N2}limits.out-01"
+fi

@@ -127,25 +127,7 @@ GW_PID=$STARTED
 LIM_PID=
 if [[ $LIMITS == 1 ]]; then
     variant limits "$LIM_PORT" "$LIM_ADMIN_PORT"
-    sed -i 's/^timeout_ms = 5000$/timeout_ms = 5000\nlimits = ["per-ip", "per-route"]/' \
-        "$TMP/gateway-limits.toml"
-    cat >>"$TMP/gateway-limits.toml" <<EOF
-
-[rate_limits]
-
-[[rate_limits.policies]]
-name = "per-ip"
-key = "ip"
-requests = 1000000000
-window_secs = 1
-
-[[rate_limits.policies]]
-name = "per-route"
-key = "route"
-requests = 1000000000
-window_secs = 1
-EOF
-    grep -q '^limits = ' "$TMP/gateway-limits.toml" || die "could not add limits to the route"
+    add_limits "$TMP/gateway-limits.toml"
     start_gateway "$TMP/gateway-limits.toml" "$TMP/switchyard-limits.log" warn
     LIM_PID=$STARTED
 fi

@@ -1,5 +1,9 @@
 //! Header names the gateway reads or writes, in one place, as statics:
-//! the request path compares these, never builds strings.
+//! the request path compares these, never builds strings. Also the lookup
+//! of the few table-configured names (region, client id, API key, canary)
+//! the traffic phases read: one pass over the request's headers for all of
+//! them ([`TrafficNames::find`]), since each separate lookup is a scan (or
+//! a hash) of its own.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -15,10 +19,104 @@ pub const SCAN_UP_TO: usize = 16;
 /// costs a few ns each, so up to [`SCAN_UP_TO`] names a scan is cheaper.
 #[inline]
 pub fn find<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
-    if headers.keys_len() <= SCAN_UP_TO {
-        headers.iter().find(|&(n, _)| n == name).map(|(_, v)| v)
-    } else {
-        headers.get(name)
+    let [found] = find_each(headers, [Some(name)]);
+    found
+}
+
+/// The first value of each of `names` (`None`: not looked for, answered
+/// `None`), as [`find`] answers each, in one pass over the request's
+/// headers; the pass ends once every name has a value. Beyond
+/// [`SCAN_UP_TO`] distinct names each is asked of the map instead. Names
+/// compare as the lower-case text of `HeaderName`s (hyper lower-cases what
+/// it parses), so the lookup is case-insensitive like HTTP field names.
+#[inline]
+pub fn find_each<'h, const N: usize>(
+    headers: &'h HeaderMap,
+    names: [Option<&HeaderName>; N],
+) -> [Option<&'h HeaderValue>; N] {
+    let mut found = [None; N];
+    if headers.keys_len() > SCAN_UP_TO {
+        for (f, name) in found.iter_mut().zip(names) {
+            *f = name.and_then(|n| headers.get(n));
+        }
+        return found;
+    }
+    let wanted = names.map(|n| n.map(HeaderName::as_str));
+    // Bit `len % 64` set for each wanted name's length: most of a request's
+    // headers have no wanted length, and one test rejects them against all
+    // N names (comparing as `HeaderName`s costs a tag, a length and a
+    // bounds check per pair: 4 names over 6 headers were ~600 instructions).
+    let lengths = wanted
+        .iter()
+        .flatten()
+        .fold(0u64, |m, w| m | 1 << (w.len() % 64));
+    let mut missing = wanted.iter().flatten().count();
+    for (name, value) in headers {
+        let name = name.as_str();
+        if lengths & 1 << (name.len() % 64) == 0 {
+            continue;
+        }
+        // `iter` yields a name's further values right after its first:
+        // only a slot still empty takes one.
+        for (f, w) in found.iter_mut().zip(&wanted) {
+            if f.is_none() && *w == Some(name) {
+                *f = Some(value);
+                missing -= 1;
+            }
+        }
+        if missing == 0 {
+            break;
+        }
+    }
+    found
+}
+
+/// The names of the headers the traffic phases read on one route, compiled
+/// with the table: the calendar's region header (if any), the route's
+/// client-id and API-key headers and its canary-override header.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficNames {
+    names: [Option<HeaderName>; 4],
+}
+
+/// What one request carries of a route's [`TrafficNames`]: the first value
+/// of each.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Traffic<'h> {
+    /// The region header (season lookup).
+    pub region: Option<&'h HeaderValue>,
+    /// The client-id header (sticky split, canary allow-list, limits).
+    pub client_id: Option<&'h HeaderValue>,
+    /// The API-key header (sticky split, limits).
+    pub api_key: Option<&'h HeaderValue>,
+    /// The canary-override header (split).
+    pub canary: Option<&'h HeaderValue>,
+}
+
+impl TrafficNames {
+    /// The names a route's traffic phases read.
+    pub fn new(
+        region: Option<HeaderName>,
+        client_id: HeaderName,
+        api_key: HeaderName,
+        canary: HeaderName,
+    ) -> TrafficNames {
+        TrafficNames {
+            names: [region, Some(client_id), Some(api_key), Some(canary)],
+        }
+    }
+
+    /// Their values in `headers`, in one pass ([`find_each`]).
+    #[inline]
+    pub fn find<'h>(&self, headers: &'h HeaderMap) -> Traffic<'h> {
+        let [region, client_id, api_key, canary] =
+            find_each(headers, self.names.each_ref().map(Option::as_ref));
+        Traffic {
+            region,
+            client_id,
+            api_key,
+            canary,
+        }
     }
 }
 
@@ -54,3 +152,145 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Response cache outcome: `HIT`, `MISS` or `STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> HeaderName {
+        HeaderName::from_bytes(n.as_bytes()).unwrap()
+    }
+
+    /// A request's headers, in order; names may be in any case (as a client
+    /// sends them; `HeaderName` lower-cases them, as hyper does).
+    fn request(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(name(n), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    /// The same request with enough other names that `find_each` asks the
+    /// map instead of scanning.
+    fn padded(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = request(pairs);
+        for i in 0..=SCAN_UP_TO {
+            h.append(name(&format!("x-pad-{i}")), HeaderValue::from_static("1"));
+        }
+        h
+    }
+
+    #[test]
+    fn find_each_answers_the_first_value_of_each_name() {
+        let wanted = [
+            Some(name("x-geo")),
+            Some(name("x-client-id")),
+            None,
+            Some(name("x-canary")),
+            Some(name("accept")),
+        ];
+        // (case, request headers, expected values in `wanted` order)
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            [Option<&'static str>; 5],
+        );
+        let cases: &[Case] = &[
+            ("none present", &[("host", "a")], [None; 5]),
+            ("empty request", &[], [None; 5]),
+            (
+                "all present",
+                &[
+                    ("host", "a"),
+                    ("x-client-id", "c1"),
+                    ("accept", "*/*"),
+                    ("x-geo", "US"),
+                    ("x-canary", "always"),
+                ],
+                [Some("US"), Some("c1"), None, Some("always"), Some("*/*")],
+            ),
+            (
+                "present twice: the first value",
+                &[
+                    ("x-geo", "US"),
+                    ("x-client-id", "c1"),
+                    ("x-geo", "IE"),
+                    ("x-client-id", "c2"),
+                ],
+                [Some("US"), Some("c1"), None, None, None],
+            ),
+            (
+                "names in any case",
+                &[("X-Geo", "SG"), ("X-CLIENT-ID", "c3"), ("Accept", "a/b")],
+                [Some("SG"), Some("c3"), None, None, Some("a/b")],
+            ),
+            (
+                "a longer or shorter name is another name",
+                &[("x-geos", "US"), ("x-client", "c1"), ("x-canary-", "never")],
+                [None; 5],
+            ),
+            (
+                "empty value is present",
+                &[("x-canary", "")],
+                [None, None, None, Some(""), None],
+            ),
+        ];
+        for (case, pairs, want) in cases {
+            let names = wanted.each_ref().map(Option::as_ref);
+            for (how, h) in [("scan", request(pairs)), ("map", padded(pairs))] {
+                let got = find_each(&h, names).map(|v| v.map(|v| v.to_str().unwrap()));
+                assert_eq!(&got, want, "case {case} ({how})");
+                for (i, n) in names.iter().enumerate() {
+                    if let Some(n) = n {
+                        assert_eq!(
+                            find(&h, n).map(|v| v.to_str().unwrap()),
+                            want[i],
+                            "case {case} ({how}): find({n}) agrees"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_name_wanted_twice_fills_both_slots() {
+        // A route whose canary header is its client-id header (odd, valid).
+        let h = request(&[("x-client-id", "c1")]);
+        let n = name("x-client-id");
+        let got = find_each(&h, [Some(&n), Some(&n)]);
+        assert_eq!(got, [h.get("x-client-id"), h.get("x-client-id")]);
+    }
+
+    #[test]
+    fn traffic_names_fill_their_fields() {
+        let names = TrafficNames::new(
+            Some(name("x-geo")),
+            name("x-client-id"),
+            name("x-api-key"),
+            name("x-canary"),
+        );
+        let h = request(&[
+            ("x-canary", "always"),
+            ("x-api-key", "k1"),
+            ("x-client-id", "c1"),
+            ("x-geo", "US"),
+        ]);
+        let t = names.find(&h);
+        let s = |v: Option<&HeaderValue>| v.map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(s(t.region).as_deref(), Some("US"));
+        assert_eq!(s(t.client_id).as_deref(), Some("c1"));
+        assert_eq!(s(t.api_key).as_deref(), Some("k1"));
+        assert_eq!(s(t.canary).as_deref(), Some("always"));
+        // Without a region header in the calendar, the region is never read.
+        let no_region = TrafficNames::new(
+            None,
+            name("x-client-id"),
+            name("x-api-key"),
+            name("x-canary"),
+        );
+        assert!(no_region.find(&h).region.is_none());
+        assert!(names.find(&HeaderMap::new()).client_id.is_none());
+    }
+}

@@ -45,9 +45,8 @@ use ipnet::IpNet;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::config::{ConfigError, Document, LimitKey, RouteDoc};
-use crate::headers::X_FORWARDED_FOR;
+use crate::headers::{Traffic, X_FORWARDED_FOR};
 use crate::season::{Calendar, RuleId};
-use crate::version::Detection;
 
 /// How often the serving gateway drops idle limiter keys.
 pub const EVICT_EVERY: Duration = Duration::from_secs(10);
@@ -764,14 +763,16 @@ impl Limits {
     /// response when `headers_on_allowed` is set; `Err` is the strictest
     /// refusal (the longest wait). A policy whose key the request lacks
     /// (no client id, no API key) does not count it. Every policy takes its
-    /// cell even when another refuses, like nginx's `limit_req`.
+    /// cell even when another refuses, like nginx's `limit_req`. `traffic`
+    /// holds the request's client-id and API-key values; `headers` is read
+    /// for `x-forwarded-for` from a trusted proxy.
     pub fn check(
         &self,
         route: &RouteLimits,
         rule: Option<RuleId>,
+        traffic: &Traffic<'_>,
         headers: &HeaderMap,
         peer: IpAddr,
-        detection: &Detection,
     ) -> Result<Option<RateLimitHeaders>, Box<Denied>> {
         // One key per kind, computed once.
         let mut keys: [Option<Option<u64>>; 4] = [None; 4];
@@ -780,7 +781,7 @@ impl Limits {
         for (i, &p) in route.policies.iter().enumerate() {
             let policy = &self.policies[p as usize];
             let key = *keys[policy.key as usize]
-                .get_or_insert_with(|| self.key_of(policy.key, route, headers, peer, detection));
+                .get_or_insert_with(|| self.key_of(policy.key, route, traffic, headers, peer));
             let Some(key) = key else { continue };
             let v = policy.variant(rule);
             let limiter = match policy.key {
@@ -834,18 +835,18 @@ impl Limits {
         &self,
         kind: LimitKey,
         route: &RouteLimits,
+        traffic: &Traffic<'_>,
         headers: &HeaderMap,
         peer: IpAddr,
-        detection: &Detection,
     ) -> Option<u64> {
-        let header = |name| {
-            crate::headers::find(headers, name)
+        let header = |value: Option<&HeaderValue>| {
+            value
                 .filter(|v| !v.is_empty())
                 .map(|v| key_hash(&self.keys, kind, v.as_bytes()))
         };
         match kind {
-            LimitKey::ClientId => header(&detection.client_header),
-            LimitKey::ApiKey => header(&detection.api_key_header),
+            LimitKey::ClientId => header(traffic.client_id),
+            LimitKey::ApiKey => header(traffic.api_key),
             LimitKey::Ip => Some(match client_ip(peer, headers, &self.trusted) {
                 IpAddr::V4(a) => key_hash(&self.keys, kind, &a.octets()),
                 IpAddr::V6(a) => key_hash(&self.keys, kind, &a.octets()),

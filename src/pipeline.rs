@@ -212,6 +212,9 @@ impl Gateway {
         let route = table.route(route_id);
         ctx.route = Some(route_id);
         ctx.table = Some(table.clone());
+        // The region, client-id, API-key and canary headers the phases below
+        // read, in one pass over the request's headers.
+        let traffic = route.traffic.find(req.headers());
         let view = RequestView {
             path: &path,
             query: req.uri().query(),
@@ -236,9 +239,7 @@ impl Gateway {
         if detected.source != Source::Default
             && table.versions[detected.version as usize].lifecycle.status
                 == crate::config::Status::Beta
-            && !route
-                .split
-                .override_allowed(&route.detection, req.headers())
+            && !route.split.override_allowed(traffic.client_id)
         {
             detected.version = route.default_version;
             detected.source = Source::Default;
@@ -265,10 +266,7 @@ impl Gateway {
             });
         }
         if !version.allow_clients.is_empty() {
-            let client = req
-                .headers()
-                .get(&route.detection.client_header)
-                .and_then(|v| v.to_str().ok());
+            let client = traffic.client_id.and_then(|v| v.to_str().ok());
             if !client.is_some_and(|c| version.allow_clients.contains(c)) {
                 return Err(GatewayError::VersionRestricted {
                     version: version.name.clone(),
@@ -276,7 +274,7 @@ impl Gateway {
             }
         }
 
-        if let Some(client) = req.headers().get(&route.detection.client_header) {
+        if let Some(client) = traffic.client_id {
             table
                 .metrics
                 .client_seen(client.as_bytes(), detected.version);
@@ -285,20 +283,14 @@ impl Gateway {
         // season: one atomic load of the region's active rule
         let rule = table
             .calendar
-            .active(table.calendar.region_of(req.headers()));
+            .active(table.calendar.region_of(traffic.region));
         ctx.season = table.calendar.season(rule);
 
         // limit: every policy of the route; the strictest answer wins
         if !route.limits.is_empty() {
             ctx.rate_limit = table
                 .limits
-                .check(
-                    &route.limits,
-                    rule,
-                    req.headers(),
-                    peer.ip(),
-                    &route.detection,
-                )
+                .check(&route.limits, rule, &traffic, req.headers(), peer.ip())
                 .map_err(GatewayError::RateLimited)?;
         }
 
@@ -310,7 +302,7 @@ impl Gateway {
             &route.split,
             profiles,
             ctx.season,
-            &route.detection,
+            &traffic,
             req.headers(),
             |p| &*table.pools[p as usize].pool.name,
         );

@@ -14,12 +14,11 @@
 //! region's zone, so DST days (23 or 25 hours) and local midnight are exact.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderName, HeaderValue};
 use jiff::Timestamp;
 use jiff::civil::{Date, DateTime, Time};
 use jiff::tz::TimeZone;
@@ -45,27 +44,48 @@ pub const MAX_MULTIPLIER: f64 = 1000.0;
 
 const NONE: u8 = u8::MAX;
 
-/// FNV-1a for the region-header lookup: the map is built once from the
-/// table and only read, so a request cannot grow a collision chain; header
-/// values are a few bytes, where SipHash's setup dominates.
-#[derive(Debug, Clone, Copy)]
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
+/// Region-header values (`region_map` keys and region names) to regions,
+/// ASCII case-insensitively, without hashing or copying the value: the
+/// keys, lower-cased, are grouped by length and sorted within a group, so a
+/// lookup indexes its length's group and binary-searches it, lower-casing
+/// the value's bytes as it compares. A 2-letter country code among 250
+/// takes 8 short compares; the usual few keys per length, one or two.
+#[derive(Debug, Default)]
+struct RegionValues {
+    /// `keys[starts[n]..starts[n + 1]]` are the keys of length `n`.
+    starts: Box<[u32]>,
+    /// Sorted by (length, bytes).
+    keys: Box<[(Box<[u8]>, RegionId)]>,
 }
 
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+impl RegionValues {
+    fn compile(values: HashMap<String, RegionId>) -> RegionValues {
+        let mut keys: Vec<(Box<[u8]>, RegionId)> = values
+            .into_iter()
+            .map(|(v, r)| (v.to_ascii_lowercase().into_bytes().into(), r))
+            .collect();
+        keys.sort_unstable_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));
+        let longest = keys.last().map_or(0, |k| k.0.len());
+        let starts = (0..=longest + 1)
+            .map(|n| keys.partition_point(|k| k.0.len() < n) as u32)
+            .collect();
+        RegionValues {
+            starts,
+            keys: keys.into(),
         }
+    }
+
+    /// The region of a header value (surrounding blanks ignored).
+    #[inline]
+    fn get(&self, value: &[u8]) -> Option<RegionId> {
+        let value = value.trim_ascii();
+        let group = self.starts.get(value.len()..value.len() + 2)?;
+        let group = &self.keys[group[0] as usize..group[1] as usize];
+        let lower = value.iter().map(u8::to_ascii_lowercase);
+        let i = group
+            .binary_search_by(|(k, _)| k.iter().copied().cmp(lower.clone()))
+            .ok()?;
+        Some(group[i].1)
     }
 }
 
@@ -131,8 +151,8 @@ pub struct Calendar {
     /// Distinct season names, by id (first appearance order).
     pub seasons: Vec<Arc<str>>,
     header: Option<HeaderName>,
-    /// Lower-cased header value (a `region_map` key or a region name) -> region.
-    by_value: HashMap<Box<str>, RegionId, BuildHasherDefault<Fnv>>,
+    /// Header value (a `region_map` key or a region name) -> region.
+    by_value: RegionValues,
     home: RegionId,
 }
 
@@ -211,13 +231,14 @@ impl Calendar {
                 .position(|r| *r.name == *name)
                 .expect("validated region") as RegionId
         };
-        let mut by_value: HashMap<Box<str>, RegionId, BuildHasherDefault<Fnv>> = regions
+        // A `region_map` key that is also a region's name maps as the map says.
+        let mut by_value: HashMap<String, RegionId> = regions
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.name.to_ascii_lowercase().into(), i as RegionId))
+            .map(|(i, r)| (r.name.to_ascii_lowercase(), i as RegionId))
             .collect();
         for (value, region) in &doc.region_map {
-            by_value.insert(value.to_ascii_lowercase().into(), id(region));
+            by_value.insert(value.to_ascii_lowercase(), id(region));
         }
         let cal = Calendar {
             home: doc.home_region.as_deref().map_or(0, id),
@@ -225,7 +246,7 @@ impl Calendar {
                 .region_header
                 .as_deref()
                 .map(|h| HeaderName::try_from(h).expect("validated header name")),
-            by_value,
+            by_value: RegionValues::compile(by_value),
             regions,
             rules,
             seasons,
@@ -234,27 +255,22 @@ impl Calendar {
         cal
     }
 
-    /// The request's region: the region header's value looked up in
-    /// `region_map` or as a region name (ASCII case-insensitively), else the
-    /// home region. Allocates nothing.
-    pub fn region_of(&self, headers: &HeaderMap) -> RegionId {
-        if let Some(h) = &self.header
-            && let Some(v) = crate::headers::find(headers, h)
-        {
-            let raw = v.as_bytes();
-            let mut buf = [0u8; 64];
-            if raw.len() <= buf.len() {
-                let lower = &mut buf[..raw.len()];
-                lower.copy_from_slice(raw);
-                lower.make_ascii_lowercase();
-                if let Ok(s) = std::str::from_utf8(lower)
-                    && let Some(&r) = self.by_value.get(s.trim())
-                {
-                    return r;
-                }
-            }
-        }
-        self.home
+    /// The region header, if the calendar has one: the request path finds
+    /// its value with the route's other traffic headers
+    /// ([`crate::headers::TrafficNames`]).
+    pub fn header(&self) -> Option<&HeaderName> {
+        self.header.as_ref()
+    }
+
+    /// The request's region from the region header's value (`None`: the
+    /// request has none): the value looked up in `region_map` or as a
+    /// region name (ASCII case-insensitively), else the home region.
+    /// Allocates nothing.
+    #[inline]
+    pub fn region_of(&self, value: Option<&HeaderValue>) -> RegionId {
+        value
+            .and_then(|v| self.by_value.get(v.as_bytes()))
+            .unwrap_or(self.home)
     }
 
     /// The rule active in `region` (one atomic load), if any.
@@ -856,6 +872,25 @@ mod tests {
     }
 
     #[test]
+    fn region_values_match_whole_values_in_any_case() {
+        let mut values: HashMap<String, RegionId> = (0..300)
+            .map(|i| (format!("c{i}"), (i % 7) as RegionId))
+            .collect();
+        values.insert("a-region-name-of-64-bytes-".repeat(3)[..64].into(), 8);
+        values.insert("Mixed-Case".into(), 9);
+        let v = RegionValues::compile(values.clone());
+        for (value, region) in &values {
+            for case in [value.to_ascii_lowercase(), value.to_ascii_uppercase()] {
+                assert_eq!(v.get(case.as_bytes()), Some(*region), "{case}");
+            }
+        }
+        for miss in ["c300", "c", "c1x", "", "mixed-cas", &"x".repeat(65)] {
+            assert_eq!(v.get(miss.as_bytes()), None, "{miss:?}");
+        }
+        assert_eq!(RegionValues::default().get(b"c1"), None, "no keys");
+    }
+
+    #[test]
     fn refresh_publishes_the_active_rule_per_region() {
         let mut doc = CalendarDoc {
             regions: vec![
@@ -890,13 +925,14 @@ mod tests {
         assert_eq!(cal.active(1), Some(1));
         assert_eq!(cal.rules[1].multiplier, 3.0);
 
-        let mut h = HeaderMap::new();
-        assert_eq!(cal.region_of(&h), 0, "home region by default");
-        h.insert("x-geo", "sg".parse().unwrap());
-        assert_eq!(cal.region_of(&h), 1, "mapped, case-insensitively");
-        h.insert("x-geo", "AP-SOUTHEAST-1".parse().unwrap());
-        assert_eq!(cal.region_of(&h), 1, "a region name");
-        h.insert("x-geo", "mars".parse().unwrap());
-        assert_eq!(cal.region_of(&h), 0, "unknown: home");
+        let of = |v: &'static str| cal.region_of(Some(&HeaderValue::from_static(v)));
+        assert_eq!(cal.region_of(None), 0, "home region by default");
+        assert_eq!(of("sg"), 1, "mapped, case-insensitively");
+        assert_eq!(of(" SG "), 1, "blanks around the value ignored");
+        assert_eq!(of("AP-SOUTHEAST-1"), 1, "a region name");
+        assert_eq!(of("mars"), 0, "unknown: home");
+        assert_eq!(of("s"), 0, "a prefix of a key: home");
+        assert_eq!(of("sgx"), 0, "a key plus more: home");
+        assert_eq!(of(""), 0, "empty: home");
     }
 }

@@ -17,9 +17,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus::IntCounter;
 
 use crate::config::{ConfigError, Document, StickySource, WeightDoc};
-use crate::headers;
+use crate::headers::Traffic;
 use crate::season::SeasonId;
-use crate::version::Detection;
 
 /// Index of a pool in the table.
 pub type PoolId = u16;
@@ -178,14 +177,24 @@ impl SplitSettings {
 }
 
 impl SplitSettings {
-    /// Whether this request may override the split (canary header, explicit
-    /// beta version): always without `canary_clients`, else only for a
-    /// listed client. A refusal is counted.
-    pub fn override_allowed(&self, detection: &Detection, headers: &HeaderMap) -> bool {
-        let allowed = self.canary_clients.is_empty()
-            || headers::find(headers, &detection.client_header)
-                .and_then(|c| c.to_str().ok())
-                .is_some_and(|c| self.canary_clients.contains(c));
+    /// The canary-override header's name.
+    pub fn canary_header(&self) -> &HeaderName {
+        &self.canary_header
+    }
+
+    /// Whether a client (its client-id header value) is on the allow-list.
+    fn listed(&self, client_id: Option<&HeaderValue>) -> bool {
+        client_id
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| self.canary_clients.contains(c))
+    }
+
+    /// Whether a request from `client_id` (its client-id header value) may
+    /// override the split (canary header, explicit beta version): always
+    /// without `canary_clients`, else only for a listed client. A refusal
+    /// is counted.
+    pub fn override_allowed(&self, client_id: Option<&HeaderValue>) -> bool {
+        let allowed = self.canary_clients.is_empty() || self.listed(client_id);
         if !allowed {
             self.ignored.inc();
         }
@@ -206,21 +215,20 @@ pub struct Picked {
 
 /// Picks the target pool: an allow-listed client's canary override first,
 /// then the active season's profile at the client's sticky bucket (or a
-/// random one). `pool_name` names a pool id, for overrides by pool name.
-/// Allocates only for a new cookie.
+/// random one). `traffic` is what the request carries of the route's
+/// client-id, API-key and canary headers (found with the region header in
+/// one pass); `headers` is read only for a sticky cookie. `pool_name` names
+/// a pool id, for overrides by pool name. Allocates only for a new cookie.
 pub fn pick<'t>(
     settings: &SplitSettings,
     profiles: &Profiles,
     season: Option<SeasonId>,
-    detection: &Detection,
+    traffic: &Traffic<'_>,
     headers: &HeaderMap,
     pool_name: impl Fn(PoolId) -> &'t str,
 ) -> Picked {
-    if let Some(wanted) = headers::find(headers, &settings.canary_header) {
-        let allowed = !settings.canary_clients.is_empty()
-            && headers::find(headers, &detection.client_header)
-                .and_then(|c| c.to_str().ok())
-                .is_some_and(|c| settings.canary_clients.contains(c));
+    if let Some(wanted) = traffic.canary {
+        let allowed = !settings.canary_clients.is_empty() && settings.listed(traffic.client_id);
         let w = wanted.as_bytes();
         let chosen = allowed
             .then(|| {
@@ -248,7 +256,7 @@ pub fn pick<'t>(
             None => settings.ignored.inc(),
         }
     }
-    let (bucket, set_cookie) = sticky_bucket(settings, detection, headers);
+    let (bucket, set_cookie) = sticky_bucket(settings, traffic, headers);
     Picked {
         pool: profiles.for_season(season).pick(bucket),
         bucket: Some(bucket),
@@ -261,17 +269,13 @@ pub fn pick<'t>(
 /// random bucket.
 fn sticky_bucket(
     settings: &SplitSettings,
-    detection: &Detection,
+    traffic: &Traffic<'_>,
     headers: &HeaderMap,
 ) -> (u32, Option<HeaderValue>) {
     for source in settings.sticky.iter() {
         let id = match source {
-            StickySource::ClientId => {
-                headers::find(headers, &detection.client_header).map(|v| v.as_bytes())
-            }
-            StickySource::ApiKey => {
-                headers::find(headers, &detection.api_key_header).map(|v| v.as_bytes())
-            }
+            StickySource::ClientId => traffic.client_id.map(HeaderValue::as_bytes),
+            StickySource::ApiKey => traffic.api_key.map(HeaderValue::as_bytes),
             StickySource::Cookie => cookie(headers, &settings.cookie),
         };
         if let Some(id) = id.filter(|id| !id.is_empty()) {

@@ -55,6 +55,9 @@ pub struct Route {
     pub splits: Vec<Option<Profiles>>,
     /// Sticky identity and canary override settings.
     pub split: SplitSettings,
+    /// The headers the season, limit and split phases read (region, client
+    /// id, API key, canary), found together in one pass.
+    pub traffic: crate::headers::TrafficNames,
     /// Rate-limit policies.
     pub limits: RouteLimits,
     /// Connect and response timeouts.
@@ -261,9 +264,22 @@ impl RoutingTable {
                     connect: Duration::from_millis(r.connect_timeout_ms),
                     response: Duration::from_millis(r.timeout_ms),
                 };
+                let detection = Detection::compile(&doc.detection, &r.detection);
+                let split = SplitSettings::compile(
+                    r,
+                    registry
+                        .canary_ignored
+                        .with_label_values(&[r.name.as_str()]),
+                );
                 Route {
                     name: r.name.as_str().into(),
-                    detection: Detection::compile(&doc.detection, &r.detection),
+                    traffic: crate::headers::TrafficNames::new(
+                        calendar.header().cloned(),
+                        detection.client_header.clone(),
+                        detection.api_key_header.clone(),
+                        split.canary_header().clone(),
+                    ),
+                    detection,
                     default_version: vid[r.default_version.as_str()],
                     served,
                     supported: served_names
@@ -272,12 +288,7 @@ impl RoutingTable {
                         .map(|n| n.to_string())
                         .collect(),
                     splits,
-                    split: SplitSettings::compile(
-                        r,
-                        registry
-                            .canary_ignored
-                            .with_label_values(&[r.name.as_str()]),
-                    ),
+                    split,
                     limits: limits.route(r, &calendar, registry),
                     timeouts,
                     max_body_bytes: r.max_body_bytes,
