@@ -882,30 +882,25 @@ mod tests {
 
     #[test]
     fn malformed_heads_are_refused() {
-        assert_eq!(
-            head(
+        let cases: [(&[u8], &str); 5] = [
+            (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
-                false
-            )
-            .unwrap_err(),
-            "conflicting content-length values"
-        );
-        assert_eq!(
-            head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false).unwrap_err(),
-            "invalid content-length"
-        );
-        assert_eq!(
-            head(b"HTTP/1.1 2000 OK\r\n\r\n", false).unwrap_err(),
-            "malformed response head"
-        );
-        assert_eq!(
-            head(b"nonsense\r\n\r\n", false).unwrap_err(),
-            "malformed response head"
-        );
-        assert_eq!(
-            head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).unwrap_err(),
-            "upstream switched protocols unasked"
-        );
+                "conflicting content-length values",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                "invalid content-length",
+            ),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", "malformed response head"),
+            (b"nonsense\r\n\r\n", "malformed response head"),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                "upstream switched protocols unasked",
+            ),
+        ];
+        for (bytes, reason) in cases {
+            assert_eq!(head(bytes, false).unwrap_err(), reason);
+        }
         let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
             many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
