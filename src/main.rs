@@ -5,14 +5,6 @@ use clap::Parser;
 use switchyard::cli::{self, Cli, Plan};
 use switchyard::logging;
 
-/// mimalloc rather than glibc's malloc: the request path frees and
-/// allocates 8 KiB read buffers and header maps per request, where glibc
-/// consolidated fastbins on every large request (`malloc_consolidate` was
-/// 1% of the gateway's CPU under load). Measured with the load bench; see
-/// the README's Benchmarks.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args = Cli::parse();
     logging::init(args.log_format, args.log_flush_ms);
