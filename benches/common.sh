@@ -109,6 +109,16 @@ cpu_ticks() {
     echo "$user $sys"
 }
 
+# start_upstream PORT: the small upstream the proxies forward to (hyper, one
+# worker thread, a ~200-byte JSON body, answering as v2) on 127.0.0.1:PORT,
+# logging to $TMP/upstream.log; its PID in UP_PID (and PIDS). Needs $BIN.
+start_upstream() {
+    RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$1" --version v2 --threads 1 \
+        >"$TMP/upstream.log" 2>&1 &
+    UP_PID=$!
+    PIDS+=("$UP_PID")
+}
+
 # gateway_table UPSTREAM_PORT: the routing part of the gateway config, after
 # [server]: header detection first, versions v1 and v2, one pool each on
 # the one upstream, everything under /api/ (default v2).

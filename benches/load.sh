@@ -80,12 +80,9 @@ CLK_TCK=$(getconf CLK_TCK)
 read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT LIM_PORT LIM_ADMIN_PORT \
     CACHE_PORT CACHE_ADMIN_PORT NGX_CACHE_PORT LOG_PORT LOG_ADMIN_PORT <<<"$(free_ports 11)"
 
-# The small upstream: hyper, one worker thread, a ~200-byte JSON body. Both
-# versions' pools point at it; the header routes every request to v2.
-RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" --version v2 --threads 1 \
-    >"$TMP/upstream.log" 2>&1 &
-UP_PID=$!
-PIDS+=("$UP_PID")
+# The small upstream; both versions' pools point at it, and the header
+# routes every request to v2.
+start_upstream "$UP_PORT"
 
 {
     cat <<EOF

@@ -96,12 +96,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 >"$TMP/openssl.log" 2>&1 ||
     { cat "$TMP/openssl.log" >&2; die "openssl could not make a certificate"; }
 
-# The small upstream: hyper, one worker thread, a ~200-byte JSON body. Both
-# versions' pools point at it; the header routes every request to v2.
-RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$UP_PORT" --version v2 --threads 1 \
-    >"$TMP/upstream.log" 2>&1 &
-UP_PID=$!
-PIDS+=("$UP_PID")
+# The small upstream; both versions' pools point at it, and the header
+# routes every request to v2.
+start_upstream "$UP_PORT"
 
 # load.sh's gateway plus a TLS listener. The certificate files are read at
 # start and on SIGHUP only (no polling during the runs).

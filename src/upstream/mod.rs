@@ -813,13 +813,17 @@ impl Reuse {
             since: Instant::now(),
             transport: self.transport,
         };
-        IDLE.with_borrow_mut(|pool| match pool.get_mut(&self.endpoint) {
-            Some(list) if list.len() >= MAX_IDLE_PER_ENDPOINT => {}
-            Some(list) => list.push(idle),
-            None => {
-                pool.insert(self.endpoint, vec![idle]);
-            }
-        });
+        IDLE.with_borrow_mut(|pool| park(pool, self.endpoint, idle));
+    }
+}
+
+/// Adds an idle connection to `endpoint`'s list in a per-thread idle map
+/// (newest last), unless the list holds [`MAX_IDLE_PER_ENDPOINT`] already:
+/// then the connection is dropped, which closes it.
+fn park<T>(pool: &mut IdMap<u64, Vec<T>>, endpoint: u64, idle: T) {
+    let list = pool.entry(endpoint).or_default();
+    if list.len() < MAX_IDLE_PER_ENDPOINT {
+        list.push(idle);
     }
 }
 
