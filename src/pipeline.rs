@@ -326,7 +326,10 @@ impl Gateway {
         {
             return self.cached(ctx, rc, hop, req, peer).await;
         }
-        self.forward(ctx, hop, req, peer).await
+        // Boxed: `forward`'s future is most of the request's, and hyper
+        // and each enclosing future copy theirs whole every time they move
+        // it; on the heap it is built once and never copied again.
+        Box::pin(self.forward(ctx, hop, req, peer)).await
     }
 
     /// Translate up, forward, translate down: everything after the split,

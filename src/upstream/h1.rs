@@ -67,6 +67,10 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// Read buffer growth per read.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// How many fields the pipeline may add to a response on its way to the
+/// client (see `pipeline::Gateway::finish`).
+const RESPONSE_FIELDS_ADDED: usize = 12;
+
 /// One upstream connection and the bytes read from it but not yet used.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -142,7 +146,9 @@ pub(crate) async fn exchange(
                 conn.out.extend_from_slice(data);
                 conn.flush().await.map_err(|e| Fault::Io(e, true))
             }
-            None => send_streamed(&parts, &mut body, &mut conn).await,
+            // Boxed: a streamed upload's future would otherwise add to
+            // every request's (see `super::exchange`).
+            None => Box::pin(send_streamed(&parts, &mut body, &mut conn)).await,
         };
         let result = match sent {
             Ok(()) => roundtrip(&mut conn, head_only).await,
@@ -417,7 +423,10 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for the fields the gateway adds on the way back (`Via`, the
+        // version echo and source, request id, `Vary`, rate-limit fields,
+        // `x-cache`...): a full map doubles and rehashes on the next insert.
+        let mut headers = HeaderMap::with_capacity(count + RESPONSE_FIELDS_ADDED);
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let mut close = minor == 0;

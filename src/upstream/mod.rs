@@ -512,12 +512,27 @@ async fn exchange(
     req: Request<Body>,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, Failed> {
+    // Only the lean client's future is inline: this one is part of every
+    // request's future, which is copied whole each time it is moved (into
+    // its parent's state, into hyper's task), so the rarer paths' larger
+    // futures (hyper's client, h2) are boxed rather than added to it.
     if let Some(t) = transport.filter(|t| t.multiplexed()) {
-        return exchange_h2(ep, t, req, timeouts).await;
+        return Box::pin(exchange_h2(ep, t, req, timeouts)).await;
     }
     if transport.is_none() && h1::eligible(&req) {
         return h1::exchange(ep, req, timeouts).await;
     }
+    Box::pin(exchange_hyper(ep, transport, req, timeouts)).await
+}
+
+/// [`exchange`] through hyper's HTTP/1.1 client: TLS pools and WebSocket
+/// handshakes.
+async fn exchange_hyper(
+    ep: &Endpoint,
+    transport: Option<&Transport>,
+    req: Request<Body>,
+    timeouts: Timeouts,
+) -> Result<Response<Body>, Failed> {
     let id = transport.map_or(0, |t| t.id);
     let fresh = |req: Request<Body>| async move {
         match connect_h1(ep, transport, timeouts.connect).await {
