@@ -7,7 +7,10 @@
 //! response body (the body is dropped then); one with none for the idle
 //! timeout is shut down gracefully (HTTP/1.1: closed; h2: GOAWAY). hyper's
 //! header-read timeout only starts at a request's first byte, so without
-//! this a keep-alive connection could sit open forever.
+//! this a keep-alive connection could sit open forever. A small watcher
+//! task per connection waits for the drain, the idle timeout and the hard
+//! stop, and tells the connection through one atomic and its waker: the
+//! connection's own task, woken for every request, never polls them.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -484,38 +487,92 @@ impl<H: Handler> Conn<H> {
         });
         tracker.spawn(async move {
             let _slot = slot;
+            let signal = Arc::new(Signal::default());
+            // Aborted when the connection ends, whichever way.
+            let _watcher = AbortOnDrop(tokio::spawn(watch(
+                signal.clone(),
+                draining,
+                hard_stop,
+                idle_timeout.map(|t| (t, activity)),
+            )));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
-            let idle = async {
-                match idle_timeout {
-                    Some(t) => activity.idle_for(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(idle);
             let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = draining.cancelled(), if !closing => {
+            // One atomic load per poll instead of polling the drain, idle
+            // and stop futures on every wake-up of the connection (each
+            // would re-register with its notifier, taking its lock).
+            let result = std::future::poll_fn(|cx| {
+                signal.waker.register(cx.waker());
+                match signal.state.load(Ordering::Acquire) {
+                    STOP => return Poll::Ready(None),
+                    CLOSE if !closing => {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    _ = &mut idle, if !closing => {
-                        tracing::debug!(%peer, "idle connection: closing");
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    // Past the grace period: dropping the connection closes it.
-                    _ = hard_stop.cancelled() => break,
+                    _ => {}
                 }
+                conn.as_mut().poll(cx).map(Some)
+            })
+            .await;
+            if let Some(Err(e)) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// What a connection's watcher asks of it.
+const CLOSE: u8 = 1;
+/// Past the grace period: dropping the connection closes it.
+const STOP: u8 = 2;
+
+/// A connection's watcher's verdict ([`CLOSE`], [`STOP`]) and the
+/// connection task's waker.
+#[derive(Default)]
+struct Signal {
+    state: std::sync::atomic::AtomicU8,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl Signal {
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// Watches one connection on its own task, so that the connection's task
+/// is not woken or slowed by it: asks for a graceful close when the
+/// listener drains or the connection has been idle for its timeout, and
+/// for a hard stop when the grace period is over.
+async fn watch(
+    signal: Arc<Signal>,
+    draining: CancellationToken,
+    hard_stop: CancellationToken,
+    idle: Option<(Duration, Arc<Activity>)>,
+) {
+    let idle = async {
+        match &idle {
+            Some((t, activity)) => activity.idle_for(*t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = draining.cancelled() => {}
+        _ = idle => tracing::debug!("idle connection: closing"),
+        _ = hard_stop.cancelled() => return signal.set(STOP),
+    }
+    signal.set(CLOSE);
+    hard_stop.cancelled().await;
+    signal.set(STOP);
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
