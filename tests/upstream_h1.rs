@@ -376,3 +376,84 @@ async fn a_streamed_body_without_a_length_goes_out_chunked() {
         "{sent:?}"
     );
 }
+
+/// An upstream that answers every request at once except those for
+/// `/stall`, which it reads and never answers; counts connections.
+async fn stalling_upstream() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let c = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    if head.starts_with(b"GET /stall ") {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        return;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn the_response_timeout_holds_on_a_reused_connection_and_only_then() {
+    let (addr, connections) = stalling_upstream().await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool_at("v1", "v1", &addr, "")
+            .route("all", "/", "v1", "timeout_ms = 300"),
+    )
+    .await;
+    let elapsed = |started: std::time::Instant| started.elapsed().as_millis();
+
+    // The connection's timer is armed by the first request and passes
+    // while the connection is idle: later requests are not cut by it.
+    assert_eq!(gw.get("/a").send().await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gw.get("/b").send().await.status(), 200);
+
+    // Armed by `/c` (300 ms from its start); a stalled request 150 ms
+    // later has its own 300 ms, not what is left of `/c`'s.
+    assert_eq!(gw.get("/c").send().await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = std::time::Instant::now();
+    let resp = gw.get("/stall").send().await;
+    let took = elapsed(started);
+    assert_eq!(resp.status(), 504);
+    assert!(
+        resp.problem()["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/upstream-timeout")
+    );
+    assert!((300..700).contains(&took), "timed out after {took} ms");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "all on one connection"
+    );
+
+    // The timed-out connection is not reused; a new one answers.
+    assert_eq!(gw.get("/d").send().await.status(), 200);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}

@@ -36,6 +36,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -46,6 +48,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::{Endpoint, Failed, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
 use crate::body::{Body, BodyError};
@@ -79,6 +82,9 @@ pub(crate) struct Conn {
     /// Request head (and body) staging, kept with the connection so a
     /// reused connection allocates nothing to send.
     out: Vec<u8>,
+    /// The response timeout's timer, kept armed across requests (see
+    /// [`within`]); made at the connection's first request.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 struct Idle {
@@ -113,6 +119,10 @@ pub(crate) async fn exchange(
     req: Request<Body>,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, Failed> {
+    // The response timeout covers connecting, sending and the response
+    // head, as `tokio::time::timeout` around it all would, but on the
+    // connection's own timer.
+    let deadline = TokioInstant::now() + timeouts.response;
     let (parts, mut body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
     let mut retried = false;
@@ -128,6 +138,7 @@ pub(crate) async fn exchange(
                     io,
                     buf: BytesMut::new(),
                     out: Vec::new(),
+                    timer: None,
                 },
                 Err(error) => {
                     return Err(Failed {
@@ -140,20 +151,35 @@ pub(crate) async fn exchange(
         // Whether the body can be sent again (buffered, or nothing of it
         // read yet) if this connection turns out to be dead.
         let replayable = body.buffered().is_some() || body.is_end_stream();
-        let sent = match body.buffered() {
-            Some(data) => {
-                encode(&parts, Some(data.len() as u64), &mut conn.out);
-                conn.out.extend_from_slice(data);
-                conn.flush().await.map_err(|e| Fault::Io(e, true))
+        let mut timer = conn.timer.take();
+        let outcome = within(&mut timer, deadline, async {
+            let sent = match body.buffered() {
+                Some(data) => {
+                    encode(&parts, Some(data.len() as u64), &mut conn.out);
+                    conn.out.extend_from_slice(data);
+                    conn.flush().await.map_err(|e| Fault::Io(e, true))
+                }
+                // Boxed: a streamed upload's future would otherwise add to
+                // every request's (see `super::exchange`).
+                None => Box::pin(send_streamed(&parts, &mut body, &mut conn)).await,
+            };
+            match sent {
+                Ok(()) => Ok(roundtrip(&mut conn, head_only).await),
+                Err(fault) => Err(fault),
             }
-            // Boxed: a streamed upload's future would otherwise add to
-            // every request's (see `super::exchange`).
-            None => Box::pin(send_streamed(&parts, &mut body, &mut conn)).await,
-        };
-        let result = match sent {
-            Ok(()) => roundtrip(&mut conn, head_only).await,
-            Err(Fault::Client(error)) => return Err(Failed::sent(error)),
-            Err(Fault::Io(error, silent)) => Err(Broken { error, silent }),
+        })
+        .await;
+        conn.timer = timer;
+        let result = match outcome {
+            Some(Ok(result)) => result,
+            Some(Err(Fault::Client(error))) => return Err(Failed::sent(error)),
+            Some(Err(Fault::Io(error, silent))) => Err(Broken { error, silent }),
+            None => {
+                return Err(Failed::sent(UpstreamError::Timeout {
+                    endpoint: ep.authority.clone(),
+                    after: timeouts.response,
+                }));
+            }
         };
         match result {
             Ok(head) => return Ok(respond(head, conn, ep.id)),
@@ -179,6 +205,40 @@ pub(crate) async fn exchange(
     }
 }
 
+/// Runs `fut` until `deadline` on a connection's reusable `timer`; `None`
+/// when the deadline passed first. A timer made per request would be
+/// registered with the runtime's timer wheel and removed again every
+/// time; this one stays armed at an earlier request's deadline and, when
+/// that passes with a later request in flight, is moved on to the later
+/// deadline: one wheel update per timeout period instead of two per request.
+async fn within<F: Future>(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: TokioInstant,
+    fut: F,
+) -> Option<F::Output> {
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    // Armed later than this request's deadline (a route with a shorter
+    // timeout on the same connection): it cannot wait for that one.
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= deadline {
+                return Poll::Ready(None);
+            }
+            // An earlier request's deadline: wait on for this one's.
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Why sending a request failed.
 enum Fault {
     /// The client's body failed (too large, aborted, timed out).
@@ -201,18 +261,16 @@ async fn send_streamed(
     loop {
         // Frames already here go out with what is staged; the first wait
         // for more sends what is staged first.
-        let frame = match std::future::poll_fn(|cx| {
-            Poll::Ready(std::pin::Pin::new(&mut *body).poll_frame(cx))
-        })
-        .await
-        {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                conn.flush().await.map_err(|e| Fault::Io(e, first))?;
-                first = false;
-                body.frame().await
-            }
-        };
+        let frame =
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
+            {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    conn.flush().await.map_err(|e| Fault::Io(e, first))?;
+                    first = false;
+                    body.frame().await
+                }
+            };
         match frame {
             None => break,
             Some(Err(e)) => return Err(Fault::Client(client_body_error(e))),
@@ -595,8 +653,7 @@ impl ResponseBody {
                 return Poll::Ready(None);
             };
             conn.buf.reserve(READ_CHUNK);
-            match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut conn.io), cx, &mut conn.buf)
-            {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     if self.framing == Framing::Close {

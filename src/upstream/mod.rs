@@ -450,7 +450,11 @@ impl Upstream {
 
         ep.inflight.fetch_add(1, Ordering::Relaxed);
         let _guard = InflightGuard(ep);
-        let result =
+        // The lean client keeps the response timeout on each connection's
+        // own timer; the others get one per request.
+        let result = if transport.is_none() && h1::eligible(&req) {
+            h1::exchange(ep, req, timeouts).await
+        } else {
             match tokio::time::timeout(timeouts.response, exchange(ep, transport, req, timeouts))
                 .await
             {
@@ -462,7 +466,8 @@ impl Upstream {
                     },
                     unsent: None,
                 }),
-            };
+            }
+        };
         let failed = match &result {
             Ok(resp) => resp.status().is_server_error(),
             Err(f) => f.error.is_endpoint_fault(),
@@ -506,21 +511,19 @@ fn h2_uri(t: &Transport, authority: Authority, pq: PathAndQuery) -> Uri {
     Uri::from_parts(parts).expect("scheme, authority and path make a URI")
 }
 
+/// One exchange through hyper's client (h2, TLS, tunnels): everything the
+/// lean client in [`h1`] does not take.
 async fn exchange(
     ep: &Endpoint,
     transport: Option<&Transport>,
     req: Request<Body>,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, Failed> {
-    // Only the lean client's future is inline: this one is part of every
-    // request's future, which is copied whole each time it is moved (into
-    // its parent's state, into hyper's task), so the rarer paths' larger
-    // futures (hyper's client, h2) are boxed rather than added to it.
+    // Boxed: the lean client's future is part of every request's, which
+    // is copied whole each time it is moved (into its parent's state, into
+    // hyper's task); these rarer paths' larger futures are kept out of it.
     if let Some(t) = transport.filter(|t| t.multiplexed()) {
         return Box::pin(exchange_h2(ep, t, req, timeouts)).await;
-    }
-    if transport.is_none() && h1::eligible(&req) {
-        return h1::exchange(ep, req, timeouts).await;
     }
     Box::pin(exchange_hyper(ep, transport, req, timeouts)).await
 }
