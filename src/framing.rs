@@ -4,18 +4,26 @@
 //! `Content-Length` (equal or not). hyper accepts such heads after dropping
 //! or merging the extra `Content-Length`, so the pipeline never sees them;
 //! across proxies that disagree on framing they smuggle requests (RFC 9112
-//! §6.3, §11.2). Owns head scanning and body skipping only; `server` answers
-//! the flagged request. Once a request is flagged, nothing after it on the
+//! §6.3, §11.2). Owns head scanning and body skipping, and the header-read
+//! timeout (slowloris), which needs to know when a head began arriving:
+//! a head that arrives in pieces must be complete within the timeout of
+//! its first byte, or the connection answers 408 itself and closes.
+//! hyper's own header timeout would arm a timer for every request; this
+//! one costs nothing for a head that arrives in one read, as nearly all
+//! do. `server` answers the flagged request. Once a request is flagged, nothing after it on the
 //! connection is trusted, and scanning stops. HTTP/2 connections (prior
 //! knowledge preface) are not scanned: h2 frames carry their own lengths.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// Why a request's framing was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,38 +310,94 @@ fn trim(b: &[u8]) -> &[u8] {
 }
 
 pin_project_lite::pin_project! {
-    /// A client stream whose reads pass through a [`Scanner`]; writes go
+    /// A client stream whose reads pass through a [`Scanner`], and whose
+    /// request heads must arrive within the header timeout; writes go
     /// straight through.
     pub struct Guarded<IO> {
         #[pin]
         io: IO,
         scanner: Scanner,
+        header_timeout: Option<Duration>,
+        // When the head now arriving began to (`None` between heads).
+        head_started: Option<Instant>,
+        // Made at the first head that arrives in pieces, then reused.
+        timer: Option<Pin<Box<Sleep>>>,
+        timed_out: bool,
     }
 }
 
 impl<IO> Guarded<IO> {
-    /// Wraps `io`; flagged requests are reported through `verdict`.
-    pub fn new(io: IO, max_head: usize, verdict: Arc<Verdict>) -> Guarded<IO> {
+    /// Wraps `io`; flagged requests are reported through `verdict`, and a
+    /// request head still incomplete `header_timeout` after its first
+    /// byte gets a 408 problem and ends the connection.
+    pub fn new(
+        io: IO,
+        max_head: usize,
+        verdict: Arc<Verdict>,
+        header_timeout: Option<Duration>,
+    ) -> Guarded<IO> {
         Guarded {
             io,
             scanner: Scanner::new(max_head, verdict),
+            header_timeout,
+            head_started: None,
+            timer: None,
+            timed_out: false,
         }
     }
 }
 
-impl<IO: AsyncRead> AsyncRead for Guarded<IO> {
+impl Scanner {
+    /// Whether part of a request head has arrived and the rest has not.
+    fn mid_head(&self) -> bool {
+        matches!(self.state, State::Head) && !self.line.is_empty()
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite> AsyncRead for Guarded<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if *this.timed_out {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
         let before = buf.filled().len();
-        let polled = this.io.poll_read(cx, buf);
+        let polled = this.io.as_mut().poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             this.scanner.feed(&buf.filled()[before..]);
         }
-        polled
+        // The header timeout (hyper's own is off): a head that arrives in
+        // one read, as nearly all do, costs nothing here; only one that
+        // arrives in pieces starts the clock and the connection's timer.
+        if !this.scanner.mid_head() {
+            *this.head_started = None;
+            return polled;
+        }
+        let Some(after) = *this.header_timeout else {
+            return polled;
+        };
+        let deadline = *this.head_started.get_or_insert_with(Instant::now) + after;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return polled;
+        }
+        // Best effort: the 408 goes out if the socket takes it now.
+        *this.timed_out = true;
+        let answer = crate::problem::GatewayError::HeaderTimeout { after }.to_http1_bytes();
+        if let Poll::Ready(Ok(n)) = this.io.as_mut().poll_write(cx, &answer)
+            && n == answer.len()
+        {
+            let _ = this.io.as_mut().poll_flush(cx);
+        }
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
     }
 }
 

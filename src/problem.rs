@@ -88,6 +88,13 @@ pub enum GatewayError {
         /// Configured limit.
         limit: u64,
     },
+    /// The client did not finish sending its request head in time
+    /// (slowloris); written by the connection itself, which then closes.
+    #[error("the request head did not arrive within {after:?}")]
+    HeaderTimeout {
+        /// The header read timeout.
+        after: std::time::Duration,
+    },
     /// The client stopped sending its request body mid-way (while the
     /// gateway buffered it).
     #[error("no request body data for {after:?}")]
@@ -143,7 +150,7 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout { .. } | Self::HeaderTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RequestTranslation {
                 source: TranslateError::TooLarge { .. },
                 ..
@@ -175,6 +182,7 @@ impl GatewayError {
             Self::UriTooLong { .. } => "uri-too-long",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::BodyTimeout { .. } => "request-body-timeout",
+            Self::HeaderTimeout { .. } => "request-header-timeout",
             Self::RequestTranslation {
                 source: TranslateError::TooLarge { .. },
                 ..
@@ -183,6 +191,29 @@ impl GatewayError {
             Self::ResponseTranslation { .. } => "response-not-translatable",
             Self::Upstream { source, .. } => source.kind(),
         }
+    }
+
+    /// The problem+json response as HTTP/1.1 bytes, for an answer the
+    /// connection writes itself, outside hyper (the header timeout).
+    pub fn to_http1_bytes(&self) -> Vec<u8> {
+        let resp = self.to_response(None);
+        let body = resp.body().buffered().cloned().unwrap_or_default();
+        let status = resp.status();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .into_bytes();
+        for (name, value) in resp.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        out.extend_from_slice(&body);
+        out
     }
 
     /// Renders the problem+json response. `request_id` goes in the body so a
@@ -257,7 +288,8 @@ impl GatewayError {
             | Self::HeadersTooLarge { .. }
             | Self::UriTooLong { .. }
             | Self::BodyTooLarge { .. }
-            | Self::BodyTimeout { .. } => {}
+            | Self::BodyTimeout { .. }
+            | Self::HeaderTimeout { .. } => {}
         }
         let mut resp = Response::new(Body::full(body.to_string()));
         *resp.status_mut() = status;

@@ -1,11 +1,12 @@
 //! Listeners: accept loop, hyper-util's auto builder (HTTP/1.1 and h2c on
-//! one port), hyper's timers (so the header-read timeout is really armed),
-//! the idle timeout, and graceful shutdown: stop accepting, let in-flight
-//! requests finish up to the grace period, then return.
+//! one port), hyper's timers (h2 keep-alive pings), the idle timeout, and
+//! graceful shutdown: stop accepting, let in-flight requests finish up to
+//! the grace period, then return. The header-read timeout (slowloris) is
+//! kept by `framing::Guarded`, which sees the head's bytes arrive.
 //!
 //! Idle: a connection counts its requests from head to the end of the
 //! response body (the body is dropped then); one with none for the idle
-//! timeout is shut down gracefully (HTTP/1.1: closed; h2: GOAWAY). hyper's
+//! timeout is shut down gracefully (HTTP/1.1: closed; h2: GOAWAY). The
 //! header-read timeout only starts at a request's first byte, so without
 //! this a keep-alive connection could sit open forever. A small watcher
 //! task per connection waits for the drain, the idle timeout and the hard
@@ -271,7 +272,9 @@ fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // The header timeout is the connection's (`framing::Guarded`):
+        // hyper's would arm a timer for every request.
+        .header_read_timeout(None)
         .max_buf_size(settings.max_buf_size)
         .keep_alive(true);
     b.http2()
@@ -345,6 +348,8 @@ async fn serve_inner<H: Handler>(
             handler: handler.clone(),
             peer,
             max_head: settings.max_buf_size,
+            header_timeout: (!settings.header_read_timeout.is_zero())
+                .then_some(settings.header_read_timeout),
             hard_stop: hard_stop.clone(),
             draining: draining.clone(),
             tracker: tracker.clone(),
@@ -400,6 +405,8 @@ struct Conn<H> {
     handler: Arc<H>,
     peer: SocketAddr,
     max_head: usize,
+    /// The slowloris guard: a request head must arrive within this.
+    header_timeout: Option<Duration>,
     hard_stop: CancellationToken,
     /// Cancelled when the listener starts draining.
     draining: CancellationToken,
@@ -423,6 +430,7 @@ impl<H: Handler> Conn<H> {
             handler,
             peer,
             max_head,
+            header_timeout,
             hard_stop,
             draining,
             tracker,
@@ -437,7 +445,7 @@ impl<H: Handler> Conn<H> {
         // handler sees the head, so framing is checked on the raw bytes
         // (after decryption, for TLS).
         let verdict = Arc::new(framing::Verdict::default());
-        let stream = framing::Guarded::new(stream, max_head, verdict.clone());
+        let stream = framing::Guarded::new(stream, max_head, verdict.clone(), header_timeout);
         let service = service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
             let violation = verdict.next_request();

@@ -203,20 +203,30 @@ async fn a_slowloris_client_is_cut_at_the_header_timeout() {
     let head =
         b"GET /api/x HTTP/1.1\r\nhost: slow.example\r\nx-drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let mut closed_after = None;
+    let mut answer = Vec::new();
     for b in head.iter() {
         if conn.write_all(&[*b]).await.is_err() {
             closed_after = Some(started.elapsed());
             break;
         }
-        // Anything read back (a 408, or EOF) means the server gave up.
-        let mut buf = [0u8; 256];
+        // Anything read back (the 408, or EOF) means the server gave up.
+        let mut buf = [0u8; 1024];
         match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
                 closed_after = Some(started.elapsed());
                 break;
             }
-            Ok(Ok(_)) => {
+            Ok(Ok(n)) => {
                 closed_after = Some(started.elapsed());
+                answer.extend_from_slice(&buf[..n]);
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    answer.extend_from_slice(&buf[..n]);
+                }
                 break;
             }
             Err(_) => {}
@@ -227,5 +237,51 @@ async fn a_slowloris_client_is_cut_at_the_header_timeout() {
         closed_after >= Duration::from_millis(500) && closed_after < Duration::from_millis(3000),
         "closed after {closed_after:?}, header timeout 600 ms"
     );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 ")
+            && answer.contains("application/problem+json")
+            && answer.contains("/request-header-timeout"),
+        "a 408 problem before the close: {answer:?}"
+    );
     assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_head_in_pieces_has_its_own_header_timeout() {
+    let up = Upstream::spawn("v1").await;
+    let gw = TestGateway::start(
+        table()
+            .server("header_read_timeout_ms = 600")
+            .version("v1", "current", "")
+            .pool("v1", "v1", &up)
+            .route("api", "/api/", "v1", ""),
+    )
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // Two heads on one connection, each in two pieces 400 ms apart: 800 ms
+    // in all, more than the timeout, but each head within its own.
+    for _ in 0..2 {
+        conn.write_all(b"GET /api/x HTTP/1.1\r\nhost: a")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        conn.write_all(b".example\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\"served_by\"") {
+            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200 "),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(up.requests(), 2);
 }
