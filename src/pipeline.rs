@@ -1222,7 +1222,8 @@ async fn forward_with_retries(
         let (serving, ep) = picked.ok_or(UpstreamError::NoEndpoint)?;
         *endpoint = Some(ep.clone());
         let more = tries < policy.attempts;
-        let spare = if more && replayable {
+        // A copy for a retry, unless the request comes back after the try.
+        let spare = if more && replayable && !Upstream::gives_back(serving, &req) {
             req.body().try_clone().map(|body| {
                 let mut copy = Request::new(body);
                 *copy.method_mut() = req.method().clone();
@@ -1247,7 +1248,9 @@ async fn forward_with_retries(
         let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
             more && Instant::now() < deadline && attempts.try_retry()
         };
-        match Upstream::forward_once(serving, ep, req, timeouts).await {
+        let (result, kept) = Upstream::forward_once(serving, ep, req, timeouts).await;
+        let spare = spare.or(kept.filter(|_| more && replayable));
+        match result {
             Ok(resp) if policy.retry_status(resp.status()) && spare.is_some() => {
                 if !again(&mut attempts) {
                     return Ok(resp);

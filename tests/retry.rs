@@ -45,6 +45,37 @@ async fn an_idempotent_request_moves_to_another_endpoint_after_a_503() {
     gw.shutdown().await;
 }
 
+/// The lean client gives a bodiless request back after sending it, and
+/// that is what goes to the next endpoint (no copy is made beforehand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_retried_after_a_503_goes_again_as_it_came() {
+    let (bad, good) = (Upstream::spawn("bad").await, Upstream::spawn("good").await);
+    bad.reply(Method::GET, "/api/x", Reply::json(503, "{\"busy\":true}"));
+    let gw = TestGateway::start(gateway_text(
+        &[bad.endpoint(), good.endpoint()],
+        NO_EJECTION,
+        "",
+    ))
+    .await;
+    for i in 0..20 {
+        let r = gw
+            .get(&format!("/api/x?q={i}"))
+            .header("x-custom", "kept")
+            .send()
+            .await;
+        assert_eq!(r.status(), 200, "{:?}", r.body);
+        let got = good.last();
+        assert_eq!(got.uri, format!("/api/x?q={i}"));
+        assert_eq!(got.header("x-custom"), Some("kept"));
+        assert_eq!(got.headers.get_all("via").iter().count(), 1, "one Via");
+        assert_eq!(got.headers.get_all("host").iter().count(), 1, "one Host");
+        assert_eq!(got.body.as_deref(), Some(&b""[..]), "no body");
+    }
+    assert!(bad.requests() > 0, "the bad endpoint was tried");
+    assert_eq!(good.requests(), 20);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_that_reached_an_upstream_is_never_sent_twice() {
     let (bad, good) = (Upstream::spawn("bad").await, Upstream::spawn("good").await);

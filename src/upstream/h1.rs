@@ -114,16 +114,47 @@ pub(crate) fn eligible(req: &Request<Body>) -> bool {
 /// streamed one frame by frame (`Content-Length` when the client gave
 /// one, else chunked), whatever of it had arrived already going with the
 /// head.
+///
+/// A request with a buffered body is given back after it was sent (with
+/// the response or the failure), so a retry can send it again without a
+/// copy made in advance.
 pub(crate) async fn exchange(
     ep: &Endpoint,
     req: Request<Body>,
     timeouts: Timeouts,
-) -> Result<Response<Body>, Failed> {
+) -> (Result<Response<Body>, Failed>, Option<Request<Body>>) {
+    let (parts, mut body) = req.into_parts();
+    let result = send(ep, &parts, &mut body, timeouts).await;
+    let kept = |parts, body: Body| {
+        body.buffered()
+            .is_some()
+            .then(|| Request::from_parts(parts, body))
+    };
+    match result {
+        Ok(resp) => (Ok(resp), kept(parts, body)),
+        Err((error, false)) => (
+            Err(Failed {
+                error,
+                unsent: Some(Request::from_parts(parts, body)),
+            }),
+            None,
+        ),
+        Err((error, true)) => (Err(Failed::sent(error)), kept(parts, body)),
+    }
+}
+
+/// [`exchange`] with the request borrowed: the failure says whether any
+/// of it may have left (`false`: no connection could be made).
+async fn send(
+    ep: &Endpoint,
+    parts: &http::request::Parts,
+    body: &mut Body,
+    timeouts: Timeouts,
+) -> Result<Response<Body>, (UpstreamError, bool)> {
     // The response timeout covers connecting, sending and the response
     // head, as `tokio::time::timeout` around it all would, but on the
     // connection's own timer.
     let deadline = TokioInstant::now() + timeouts.response;
-    let (parts, mut body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
     let mut retried = false;
     loop {
@@ -140,12 +171,7 @@ pub(crate) async fn exchange(
                     out: Vec::new(),
                     timer: None,
                 },
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        unsent: Some(Request::from_parts(parts, body)),
-                    });
-                }
+                Err(error) => return Err((error, false)),
             },
         };
         // Whether the body can be sent again (buffered, or nothing of it
@@ -155,13 +181,13 @@ pub(crate) async fn exchange(
         let outcome = within(&mut timer, deadline, async {
             let sent = match body.buffered() {
                 Some(data) => {
-                    encode(&parts, Some(data.len() as u64), &mut conn.out);
+                    encode(parts, Some(data.len() as u64), &mut conn.out);
                     conn.out.extend_from_slice(data);
                     conn.flush().await.map_err(|e| Fault::Io(e, true))
                 }
                 // Boxed: a streamed upload's future would otherwise add to
                 // every request's (see `super::exchange`).
-                None => Box::pin(send_streamed(&parts, &mut body, &mut conn)).await,
+                None => Box::pin(send_streamed(parts, &mut *body, &mut conn)).await,
             };
             match sent {
                 Ok(()) => Ok(roundtrip(&mut conn, head_only).await),
@@ -172,13 +198,14 @@ pub(crate) async fn exchange(
         conn.timer = timer;
         let result = match outcome {
             Some(Ok(result)) => result,
-            Some(Err(Fault::Client(error))) => return Err(Failed::sent(error)),
+            Some(Err(Fault::Client(error))) => return Err((error, true)),
             Some(Err(Fault::Io(error, silent))) => Err(Broken { error, silent }),
             None => {
-                return Err(Failed::sent(UpstreamError::Timeout {
+                let error = UpstreamError::Timeout {
                     endpoint: ep.authority.clone(),
                     after: timeouts.response,
-                }));
+                };
+                return Err((error, true));
             }
         };
         match result {
@@ -196,10 +223,11 @@ pub(crate) async fn exchange(
                     retried = true;
                     continue;
                 }
-                return Err(Failed::sent(UpstreamError::Broken {
+                let error = UpstreamError::Broken {
                     endpoint: ep.authority.clone(),
                     source: error,
-                }));
+                };
+                return Err((error, true));
             }
         }
     }

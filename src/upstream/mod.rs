@@ -400,18 +400,27 @@ impl Upstream {
     ) -> Result<Response<Body>, UpstreamError> {
         Self::forward_once(pool, ep, req, timeouts)
             .await
+            .0
             .map_err(|f| f.error)
+    }
+
+    /// Whether [`Upstream::forward_once`] gives `req` back after sending
+    /// it to `pool` (the lean client, a buffered body).
+    pub fn gives_back(pool: &Pool, req: &Request<Body>) -> bool {
+        pool.transport.is_none() && req.body().buffered().is_some() && h1::eligible(req)
     }
 
     /// [`Upstream::forward_to`], giving the request back when it provably
     /// never left (no connection could be made), so a retry can send it
-    /// elsewhere even with a streamed body.
+    /// elsewhere even with a streamed body; and, from the lean client, a
+    /// request with a buffered body after it was sent too (the second
+    /// value), so a retry needs no copy made in advance.
     pub async fn forward_once(
         pool: &Pool,
         ep: &Endpoint,
         mut req: Request<Body>,
         timeouts: Timeouts,
-    ) -> Result<Response<Body>, Failed> {
+    ) -> (Result<Response<Body>, Failed>, Option<Request<Body>>) {
         let client_authority = req.uri().authority().cloned();
         // Origin form: the connection is to the endpoint already.
         let pq = req
@@ -423,12 +432,18 @@ impl Upstream {
         // HTTP/1.1 to the upstream whatever the client used (HTTP/2 pools below).
         *req.version_mut() = http::Version::HTTP_11;
         // HTTP/1.1 needs a Host: without one of the client's, the endpoint's.
+        // Set when this endpoint's own name had to stand in for a missing
+        // Host: taken out again if the request is given back for a retry.
+        let mut endpoint_host = false;
         let host = match &pool.host {
             HostRewrite::Preserve if req.headers().contains_key(http::header::HOST) => None,
             HostRewrite::Preserve => Some(
                 client_authority
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    .unwrap_or_else(|| ep.host_value.clone()),
+                    .unwrap_or_else(|| {
+                        endpoint_host = true;
+                        ep.host_value.clone()
+                    }),
             ),
             HostRewrite::Endpoint => Some(ep.host_value.clone()),
             HostRewrite::Fixed(v) => Some(v.clone()),
@@ -452,11 +467,14 @@ impl Upstream {
         let _guard = InflightGuard(ep);
         // The lean client keeps the response timeout on each connection's
         // own timer; the others get one per request.
-        let result = if transport.is_none() && h1::eligible(&req) {
+        let (mut result, mut kept) = if transport.is_none() && h1::eligible(&req) {
             h1::exchange(ep, req, timeouts).await
         } else {
-            match tokio::time::timeout(timeouts.response, exchange(ep, transport, req, timeouts))
-                .await
+            let result = match tokio::time::timeout(
+                timeouts.response,
+                exchange(ep, transport, req, timeouts),
+            )
+            .await
             {
                 Ok(result) => result,
                 Err(_) => Err(Failed {
@@ -466,14 +484,26 @@ impl Upstream {
                     },
                     unsent: None,
                 }),
-            }
+            };
+            (result, None)
         };
+        if endpoint_host {
+            let unsent = match &mut result {
+                Err(Failed {
+                    unsent: Some(req), ..
+                }) => Some(req),
+                _ => kept.as_mut(),
+            };
+            if let Some(req) = unsent {
+                req.headers_mut().remove(http::header::HOST);
+            }
+        }
         let failed = match &result {
             Ok(resp) => resp.status().is_server_error(),
             Err(f) => f.error.is_endpoint_fault(),
         };
         health::record(pool, ep, failed);
-        result
+        (result, kept)
     }
 }
 
