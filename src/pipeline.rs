@@ -19,6 +19,7 @@ use crate::body::{Body, BodyError};
 use crate::cache::{CacheStatus, Entry, Key, Miss, ResponseCache, RouteCache};
 use crate::config::{ServerSettings, Source, UnderscoreHeaders};
 use crate::headers::*;
+use crate::logging;
 use crate::metrics::{Outcome, RequestMetrics};
 use crate::problem::GatewayError;
 use crate::route::{self, PathError};
@@ -169,9 +170,9 @@ impl Gateway {
             ..Default::default()
         };
         let method = req.method().clone();
-        // Only the access log reads the path after the request is gone.
-        let uri =
-            tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| req.uri().clone());
+        // Only the access log reads the path after the request is gone;
+        // `Some` also tells `finish` the log is on (asked once a request).
+        let uri = access_log_on().then(|| req.uri().clone());
         let result = self.run(&mut ctx, req.map(Some), peer).await;
         self.finish(ctx, &method, uri.as_ref(), result)
     }
@@ -796,7 +797,9 @@ impl Gateway {
             }
             _ => self.metrics.record_unmatched(status, elapsed),
         }
-        access_log(&ctx, method, uri, &resp, elapsed, error);
+        if let Some(uri) = uri {
+            access_log(&ctx, method, uri, trace_id, &resp, elapsed, error);
+        }
         let h = resp.headers_mut();
         if let Some(c) = ctx.cache {
             h.insert(X_CACHE, c.header());
@@ -1091,44 +1094,114 @@ async fn to_entry(
     )))
 }
 
+/// Whether `RUST_LOG` enables the access event. Asked with the event's
+/// target, level, kind and field names, so a directive naming a field
+/// (`switchyard::access[{cache}]=info`) decides as it would for the event.
+fn access_log_on() -> bool {
+    tracing::enabled!(
+        kind: tracing::metadata::Kind::EVENT,
+        target: ACCESS_LOG,
+        tracing::Level::INFO,
+        {
+            message,
+            request_id,
+            trace_id,
+            method,
+            path,
+            route,
+            client_version,
+            source,
+            target_version,
+            status,
+            duration_ms,
+            upstream_ms,
+            pool,
+            endpoint,
+            bytes_in,
+            bytes_out,
+            cache,
+            error
+        }
+    )
+}
+
 /// One event per request on the `switchyard::access` target (JSON with
-/// `--log-format json`). `bytes_out` is the body length when known up
-/// front (`Content-Length` or a buffered body); streamed bodies of unknown
-/// length log none.
+/// `--log-format json`), when [`access_log_on`]. `bytes_out` is the body
+/// length when known up front (`Content-Length` or a buffered body);
+/// streamed bodies of unknown length log none.
 fn access_log(
     ctx: &RequestContext,
     method: &Method,
-    uri: Option<&Uri>,
+    uri: &Uri,
+    trace_id: Option<&str>,
     resp: &Response<Body>,
     elapsed: Duration,
     error: Option<&'static str>,
 ) {
-    if !tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) {
-        return;
-    }
     let table = ctx.table.as_deref();
     let name = |v: version::VersionId| table.map(|t| &*t.versions[v as usize].name);
-    tracing::info!(
-        target: ACCESS_LOG,
-        request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        trace_id = ctx.trace.as_ref().map(TraceContext::trace_id),
-        method = method.as_str(),
-        path = uri.map(Uri::path),
-        route = table.zip(ctx.route).map(|(t, r)| &*t.route(r).name),
-        client_version = ctx.detected.and_then(|d| name(d.version)),
-        source = ctx.detected.map(|d| d.source.as_str()),
-        target_version = ctx.target.and_then(name),
-        status = resp.status().as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1e3,
-        upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
-        pool = table.zip(ctx.pool).map(|(t, p)| &*t.pools[p as usize].pool.name),
-        endpoint = ctx.endpoint.as_ref().map(|e| e.authority.as_str()),
-        bytes_in = ctx.bytes_in,
-        bytes_out = http_body::Body::size_hint(resp.body()).exact(),
-        cache = ctx.cache.map(CacheStatus::as_str),
-        error,
-        "request"
-    );
+    let request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok());
+    let method = method.as_str();
+    let path = Some(uri.path());
+    let route = table.zip(ctx.route).map(|(t, r)| &*t.route(r).name);
+    let client_version = ctx.detected.and_then(|d| name(d.version));
+    let source = ctx.detected.map(|d| d.source.as_str());
+    let target_version = ctx.target.and_then(name);
+    let status = resp.status().as_u16();
+    let duration_ms = elapsed.as_secs_f64() * 1e3;
+    let upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3);
+    let pool = table
+        .zip(ctx.pool)
+        .map(|(t, p)| &*t.pools[p as usize].pool.name);
+    let endpoint = ctx.endpoint.as_ref().map(|e| e.authority.as_str());
+    let bytes_in = ctx.bytes_in;
+    let bytes_out = http_body::Body::size_hint(resp.body()).exact();
+    let cache = ctx.cache.map(CacheStatus::as_str);
+    // The JSON line without a `tracing` event when the subscriber allows
+    // (see `write_json_event`); the event otherwise. Same fields, same
+    // order: a unit test compares the two lines.
+    let written = logging::write_json_event(tracing::Level::INFO, ACCESS_LOG, "request", &|f| {
+        f.str(b"request_id", request_id);
+        f.str(b"trace_id", trace_id);
+        f.str(b"method", Some(method));
+        f.str(b"path", path);
+        f.str(b"route", route);
+        f.str(b"client_version", client_version);
+        f.str(b"source", source);
+        f.str(b"target_version", target_version);
+        f.u64(b"status", Some(status.into()));
+        f.f64(b"duration_ms", Some(duration_ms));
+        f.f64(b"upstream_ms", upstream_ms);
+        f.str(b"pool", pool);
+        f.str(b"endpoint", endpoint);
+        f.u64(b"bytes_in", bytes_in);
+        f.u64(b"bytes_out", bytes_out);
+        f.str(b"cache", cache);
+        f.str(b"error", error);
+    });
+    if !written {
+        tracing::info!(
+            target: ACCESS_LOG,
+            request_id,
+            trace_id,
+            method,
+            path,
+            route,
+            client_version,
+            source,
+            target_version,
+            status,
+            duration_ms,
+            upstream_ms,
+            pool,
+            endpoint,
+            bytes_in,
+            bytes_out,
+            cache,
+            error,
+            "request"
+        );
+    }
 }
 
 fn source_value(s: Source) -> HeaderValue {
