@@ -553,6 +553,20 @@ impl JsonFields<'_> {
         }
     }
 
+    /// A string field whose value needs no escape (no `"`, `\` or control
+    /// character: hex digits, an HTTP token, a name the code chose), so it
+    /// is copied without a scan; `key` as for [`JsonFields::str`].
+    #[inline(always)]
+    pub fn plain<const N: usize>(&mut self, key: &[u8; N], value: Option<&str>) {
+        if let Some(value) = value {
+            debug_assert_eq!(clean_prefix(value.as_bytes()), value.len(), "{value}");
+            self.key(key);
+            self.buf.put_array(b"\"");
+            self.buf.put_str(value);
+            self.buf.put_array(b"\"");
+        }
+    }
+
     /// An integer field; `key` as for [`JsonFields::str`].
     #[inline(always)]
     pub fn u64<const N: usize>(&mut self, key: &[u8; N], value: Option<u64>) {

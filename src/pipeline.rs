@@ -1159,15 +1159,17 @@ fn access_log(
     let cache = ctx.cache.map(CacheStatus::as_str);
     // The JSON line without a `tracing` event when the subscriber allows
     // (see `write_json_event`); the event otherwise. Same fields, same
-    // order: a unit test compares the two lines.
+    // order: tests/access_log.rs compares the two lines.
     let written = logging::write_json_event(tracing::Level::INFO, ACCESS_LOG, "request", &|f| {
         f.str(b"request_id", request_id);
-        f.str(b"trace_id", trace_id);
-        f.str(b"method", Some(method));
+        // Hex, an HTTP token (no `"`, `\` or control character) and
+        // static names: nothing to escape.
+        f.plain(b"trace_id", trace_id);
+        f.plain(b"method", Some(method));
         f.str(b"path", path);
         f.str(b"route", route);
         f.str(b"client_version", client_version);
-        f.str(b"source", source);
+        f.plain(b"source", source);
         f.str(b"target_version", target_version);
         f.u64(b"status", Some(status.into()));
         f.f64(b"duration_ms", Some(duration_ms));
@@ -1176,8 +1178,8 @@ fn access_log(
         f.str(b"endpoint", endpoint);
         f.u64(b"bytes_in", bytes_in);
         f.u64(b"bytes_out", bytes_out);
-        f.str(b"cache", cache);
-        f.str(b"error", error);
+        f.plain(b"cache", cache);
+        f.plain(b"error", error);
     });
     if !written {
         tracing::info!(
