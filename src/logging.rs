@@ -360,8 +360,8 @@ impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for Shared<W> {
 /// cost more than writing the line itself.
 pub fn write_json_event(
     level: tracing::Level,
-    target: &str,
-    message: &str,
+    target: &'static str,
+    message: &'static str,
     fields: &dyn Fn(&mut JsonFields<'_>),
 ) -> bool {
     tracing::dispatcher::get_default(|d| {
@@ -372,9 +372,12 @@ pub fn write_json_event(
             return false;
         }
         with_line(|line| {
-            let mut f = line.start(&level);
-            f.str(b"message", Some(message));
-            fields(&mut f);
+            line.start(&level);
+            line.message(message);
+            fields(&mut JsonFields {
+                buf: &mut line.buf,
+                first: false,
+            });
             (json.direct)(line.finish(target));
         });
         true
@@ -436,6 +439,18 @@ impl Buf {
         self.len = end;
     }
 
+    /// The next `n` bytes, appended: the caller fills them all. One room
+    /// check for a piece made of several.
+    #[inline(always)]
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        let (start, end) = (self.len, self.len + n);
+        if end > self.bytes.len() {
+            self.grow(end);
+        }
+        self.len = end;
+        &mut self.bytes[start..end]
+    }
+
     #[inline(always)]
     fn put_str(&mut self, s: &str) {
         self.put(s.as_bytes());
@@ -462,6 +477,13 @@ struct JsonLine {
     second: u64,
     /// `2026-12-01T09:12:03`.
     second_text: String,
+    /// The message and target of the last direct line (one call site in
+    /// practice), and their JSON: `"message":"request"` and
+    /// `},"target":"switchyard::access"}` with the newline.
+    message: &'static str,
+    message_json: Vec<u8>,
+    target: &'static str,
+    target_json: Vec<u8>,
 }
 
 impl JsonLine {
@@ -470,6 +492,10 @@ impl JsonLine {
             buf: Buf::new(),
             second: u64::MAX,
             second_text: String::new(),
+            message: "",
+            message_json: Vec::new(),
+            target: "",
+            target_json: Vec::new(),
         }
     }
 
@@ -500,12 +526,33 @@ impl JsonLine {
     }
 
     /// Ends the line after its fields: the target and the newline.
-    fn finish(&mut self, target: &str) -> &[u8] {
-        let buf = &mut self.buf;
-        buf.put_array(b"},\"target\":");
-        push_json_str(buf, target);
-        buf.put_array(b"}\n");
-        buf.as_bytes()
+    fn finish(&mut self, target: &'static str) -> &[u8] {
+        // Compared by address: the same `&'static str` of one call site.
+        if !std::ptr::eq(self.target, target) || self.target_json.is_empty() {
+            let mut json = Buf::new();
+            json.put_array(b"},\"target\":");
+            push_json_str(&mut json, target);
+            json.put_array(b"}\n");
+            self.target_json = json.as_bytes().to_vec();
+            self.target = target;
+        }
+        self.buf.put(&self.target_json);
+        self.buf.as_bytes()
+    }
+
+    /// The `message` field, first of the fields [`JsonLine::start`] began.
+    fn message(&mut self, message: &'static str) {
+        if !std::ptr::eq(self.message, message) || self.message_json.is_empty() {
+            let mut json = Buf::new();
+            JsonFields {
+                buf: &mut json,
+                first: true,
+            }
+            .str(b"message", Some(message));
+            self.message_json = json.as_bytes().to_vec();
+            self.message = message;
+        }
+        self.buf.put(&self.message_json);
     }
 }
 
@@ -561,9 +608,7 @@ impl JsonFields<'_> {
         if let Some(value) = value {
             debug_assert_eq!(clean_prefix(value.as_bytes()), value.len(), "{value}");
             self.key(key);
-            self.buf.put_array(b"\"");
-            self.buf.put_str(value);
-            self.buf.put_array(b"\"");
+            push_quoted(self.buf, value);
         }
     }
 
@@ -589,13 +634,16 @@ impl JsonFields<'_> {
     #[inline(always)]
     fn key<const N: usize>(&mut self, key: &[u8; N]) {
         debug_assert_eq!(clean_prefix(key), N, "{key:?}");
-        if std::mem::take(&mut self.first) {
-            self.buf.put_array(b"\"");
-        } else {
-            self.buf.put_array(b",\"");
-        }
-        self.buf.put_array(key);
-        self.buf.put_array(b"\":");
+        let comma = usize::from(!std::mem::take(&mut self.first));
+        let room = self.buf.room(comma + N + 3);
+        room[0] = b',';
+        room[comma] = b'"';
+        let name: &mut [u8; N] = (&mut room[comma + 1..comma + 1 + N])
+            .try_into()
+            .expect("N bytes");
+        *name = *key;
+        room[comma + 1 + N] = b'"';
+        room[comma + 2 + N] = b':';
     }
 
     /// [`JsonFields::key`] for a `tracing` field, whose name may be any
@@ -657,9 +705,26 @@ fn push_f64(buf: &mut Buf, value: f64) {
 /// `\u00XX`); everything else, non-ASCII included, as is.
 #[inline(always)]
 fn push_json_str(buf: &mut Buf, s: &str) {
-    buf.put_array(b"\"");
-    push_escaped(buf, s);
-    buf.put_array(b"\"");
+    // Nearly every value needs no escape: one copy after a scan.
+    let clean = clean_prefix(s.as_bytes());
+    if clean == s.len() {
+        push_quoted(buf, s);
+    } else {
+        buf.put_array(b"\"");
+        push_escaped_from(buf, s, clean);
+        buf.put_array(b"\"");
+    }
+}
+
+/// `s` between quotes, as is.
+#[inline(always)]
+fn push_quoted(buf: &mut Buf, s: &str) {
+    let room = buf.room(s.len() + 2);
+    let (first, rest) = room.split_first_mut().expect("2 bytes or more");
+    let (last, middle) = rest.split_last_mut().expect("1 byte or more");
+    *first = b'"';
+    middle.copy_from_slice(s.as_bytes());
+    *last = b'"';
 }
 
 /// `s` escaped as in [`push_json_str`], without the quotes.
