@@ -1037,6 +1037,36 @@ mod tests {
     }
 
     #[test]
+    fn direct_lines_of_two_call_sites_keep_their_own_message_and_target() {
+        let out = Captured::default();
+        let sites = [
+            ("a::b", "first"),
+            ("c\"d", "second \"q\""),
+            ("a::b", "first"),
+        ];
+        tracing::dispatcher::with_default(&ours(out.clone()), || {
+            for (target, message) in sites {
+                let written = write_json_event(tracing::Level::WARN, target, message, &|f| {
+                    f.u64(b"n", Some(1));
+                });
+                assert!(written);
+            }
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for (line, (target, message)) in lines.iter().zip(sites) {
+            assert_eq!(line["target"], target);
+            assert_eq!(line["level"], "WARN");
+            assert_eq!(line["fields"]["message"], message);
+            assert_eq!(line["fields"]["n"], 1);
+        }
+    }
+
+    #[test]
     fn writes_are_cut_after_a_newline() {
         // (name, lines, max_write, expected pieces)
         let cases: [(&str, &str, usize, &[&str]); 5] = [

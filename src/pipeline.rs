@@ -1579,3 +1579,33 @@ pub fn health(path: &str, tables: &TableHandle) -> Option<Response<Body>> {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Some(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_turns_the_access_log_on_and_off() {
+        // (directives, on)
+        let cases = [
+            ("info", true),
+            ("warn", false),
+            ("warn,switchyard::access=info", true),
+            ("info,switchyard::access=off", false),
+            ("switchyard=debug", true),
+            // A directive naming fields matches an event that has them.
+            ("warn,switchyard::access[{cache}]=info", true),
+            ("warn,switchyard::access[{no_such_field}]=info", false),
+        ];
+        for (directives, on) in cases {
+            let dispatch = tracing::Dispatch::new(
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
+                    .with_writer(std::io::sink)
+                    .finish(),
+            );
+            let got = tracing::dispatcher::with_default(&dispatch, access_log_on);
+            assert_eq!(got, on, "{directives}");
+        }
+    }
+}
