@@ -475,7 +475,7 @@ struct JsonLine {
     buf: Buf,
     /// The UNIX second `second_text` renders (`u64::MAX`: none yet).
     second: u64,
-    /// `2026-12-01T09:12:03`.
+    /// `{"timestamp":"2026-12-01T09:12:03`: the line up to the fraction.
     second_text: String,
     /// The message and target of the last direct line (one call site in
     /// practice), and their JSON: `"message":"request"` and
@@ -512,16 +512,22 @@ impl JsonLine {
     fn start_at(&mut self, level: &tracing::Level, now: Duration) -> JsonFields<'_> {
         if self.second != now.as_secs() {
             self.second = now.as_secs();
-            self.second_text = utc_second(self.second);
+            self.second_text.clear();
+            self.second_text.push_str("{\"timestamp\":\"");
+            push_utc_second(&mut self.second_text, self.second);
         }
         let buf = &mut self.buf;
         buf.len = 0;
-        buf.put_array(b"{\"timestamp\":\"");
         buf.put_str(&self.second_text);
         buf.put_array(&micros(now.subsec_micros()));
-        buf.put_array(b"\",\"level\":\"");
-        buf.put_str(level.as_str());
-        buf.put_array(b"\",\"fields\":{");
+        // One literal per level rather than the level's name between two.
+        match *level {
+            tracing::Level::ERROR => buf.put_array(b"\",\"level\":\"ERROR\",\"fields\":{"),
+            tracing::Level::WARN => buf.put_array(b"\",\"level\":\"WARN\",\"fields\":{"),
+            tracing::Level::INFO => buf.put_array(b"\",\"level\":\"INFO\",\"fields\":{"),
+            tracing::Level::DEBUG => buf.put_array(b"\",\"level\":\"DEBUG\",\"fields\":{"),
+            tracing::Level::TRACE => buf.put_array(b"\",\"level\":\"TRACE\",\"fields\":{"),
+        }
         JsonFields { buf, first: true }
     }
 
@@ -557,22 +563,31 @@ impl JsonLine {
 }
 
 /// `second` (UNIX time) as `2026-12-01T09:12:03`, in UTC.
-fn utc_second(second: u64) -> String {
+fn push_utc_second(text: &mut String, second: u64) {
     let ts = i64::try_from(second)
         .ok()
         .and_then(|s| jiff::Timestamp::from_second(s).ok())
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    ts.strftime("%Y-%m-%dT%H:%M:%S").to_string()
+    // Writing into a `String` cannot fail.
+    let _ = write!(text, "{}", ts.strftime("%Y-%m-%dT%H:%M:%S"));
 }
 
 /// `.120456Z`: the stock formatter's fraction (microseconds) and zone.
 fn micros(micros: u32) -> [u8; 8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut out = *b".000000Z";
-    let mut rest = micros;
-    for d in out[1..7].iter_mut().rev() {
-        // `rest % 10` is a digit.
-        *d = b'0' + (rest % 10) as u8;
-        rest /= 10;
+    // Two digits a step; `micros < 1_000_000`, so each pair is 0..=99.
+    for (i, pair) in [micros / 10_000, micros / 100 % 100, micros % 100]
+        .into_iter()
+        .enumerate()
+    {
+        let at = 2 * (pair as usize % 100);
+        out[1 + 2 * i] = PAIRS[at];
+        out[2 + 2 * i] = PAIRS[at + 1];
     }
     out
 }
