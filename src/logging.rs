@@ -1,8 +1,12 @@
 //! Log output: the `tracing` subscriber the binary installs (`--log-format`,
 //! `RUST_LOG` levels and module filters) and where its lines go. Owns the
 //! line sink on stderr, batching it per proxy worker and flushing it, and the
-//! hand-written JSON line of the access-log event. The pipeline owns the
-//! event and its fields; `main` and `serve_per_core` say which threads batch.
+//! hand-written JSON line of the access log: written straight to the sink by
+//! [`write_json_event`] under `--log-format json` (no `tracing` event is
+//! built), else formatted from the event by [`JsonLines`], same bytes as
+//! tracing-subscriber's JSON either way. The pipeline owns the event, its
+//! fields and the `RUST_LOG` check; `main` and `serve_per_core` say which
+//! threads batch.
 //!
 //! Why batch per worker: a `write(2)` per line cost a worker about 15% of its
 //! throughput (measured at c77b704), and a writer thread (tracing-appender's
