@@ -19,6 +19,7 @@ use crate::body::{Body, BodyError};
 use crate::cache::{CacheStatus, Entry, Key, Miss, ResponseCache, RouteCache};
 use crate::config::{ServerSettings, Source, UnderscoreHeaders};
 use crate::headers::*;
+use crate::logging;
 use crate::metrics::{Outcome, RequestMetrics};
 use crate::problem::GatewayError;
 use crate::route::{self, PathError};
@@ -169,9 +170,9 @@ impl Gateway {
             ..Default::default()
         };
         let method = req.method().clone();
-        // Only the access log reads the path after the request is gone.
-        let uri =
-            tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| req.uri().clone());
+        // Only the access log reads the path after the request is gone;
+        // `Some` also tells `finish` the log is on (asked once a request).
+        let uri = access_log_on().then(|| req.uri().clone());
         let result = self.run(&mut ctx, req.map(Some), peer).await;
         self.finish(ctx, &method, uri.as_ref(), result)
     }
@@ -799,7 +800,9 @@ impl Gateway {
             }
             _ => self.metrics.record_unmatched(status, elapsed),
         }
-        access_log(&ctx, method, uri, &resp, elapsed, error);
+        if let Some(uri) = uri {
+            access_log(&ctx, method, uri, trace_id, &resp, elapsed, error);
+        }
         let h = resp.headers_mut();
         if let Some(c) = ctx.cache {
             h.insert(X_CACHE, c.header());
@@ -1094,44 +1097,142 @@ async fn to_entry(
     )))
 }
 
+/// Whether `RUST_LOG` enables the access event. Asked as `tracing`'s
+/// event macros ask for an event: the call site's interest, which the
+/// subscribers set when it registers (and again when one is added), and
+/// the subscriber's `enabled` only when they disagree ("sometimes").
+/// `tracing::enabled!` calls `enabled` every time, ~140 instructions of
+/// directive matching per request with one subscriber.
+///
+/// The call site has the event's target, level, kind and field names, so a
+/// directive naming a field (`switchyard::access[{cache}]=info`) decides as
+/// it would for the event.
+fn access_log_on() -> bool {
+    use tracing::callsite::{DefaultCallsite, Identifier};
+    use tracing::field::FieldSet;
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    use tracing::{Level, Metadata};
+
+    static CALLSITE: DefaultCallsite = DefaultCallsite::new(&META);
+    static META: Metadata<'static> = Metadata::new(
+        "access log",
+        ACCESS_LOG,
+        Level::INFO,
+        Some(file!()),
+        Some(line!()),
+        Some(module_path!()),
+        FieldSet::new(
+            &[
+                "message",
+                "request_id",
+                "trace_id",
+                "method",
+                "path",
+                "route",
+                "client_version",
+                "source",
+                "target_version",
+                "status",
+                "duration_ms",
+                "upstream_ms",
+                "pool",
+                "endpoint",
+                "bytes_in",
+                "bytes_out",
+                "cache",
+                "error",
+            ],
+            Identifier(&CALLSITE),
+        ),
+        tracing::metadata::Kind::EVENT,
+    );
+    if Level::INFO > STATIC_MAX_LEVEL || Level::INFO > LevelFilter::current() {
+        return false;
+    }
+    let interest = CALLSITE.interest();
+    interest.is_always()
+        || (!interest.is_never() && tracing::dispatcher::get_default(|d| d.enabled(&META)))
+}
+
 /// One event per request on the `switchyard::access` target (JSON with
-/// `--log-format json`). `bytes_out` is the body length when known up
-/// front (`Content-Length` or a buffered body); streamed bodies of unknown
-/// length log none.
+/// `--log-format json`), when [`access_log_on`]. `bytes_out` is the body
+/// length when known up front (`Content-Length` or a buffered body);
+/// streamed bodies of unknown length log none.
 fn access_log(
     ctx: &RequestContext,
     method: &Method,
-    uri: Option<&Uri>,
+    uri: &Uri,
+    trace_id: Option<&str>,
     resp: &Response<Body>,
     elapsed: Duration,
     error: Option<&'static str>,
 ) {
-    if !tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) {
-        return;
-    }
     let table = ctx.table.as_deref();
     let name = |v: version::VersionId| table.map(|t| &*t.versions[v as usize].name);
-    tracing::info!(
-        target: ACCESS_LOG,
-        request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        trace_id = ctx.trace.as_ref().map(TraceContext::trace_id),
-        method = method.as_str(),
-        path = uri.map(Uri::path),
-        route = table.zip(ctx.route).map(|(t, r)| &*t.route(r).name),
-        client_version = ctx.detected.and_then(|d| name(d.version)),
-        source = ctx.detected.map(|d| d.source.as_str()),
-        target_version = ctx.target.and_then(name),
-        status = resp.status().as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1e3,
-        upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
-        pool = table.zip(ctx.pool).map(|(t, p)| &*t.pools[p as usize].pool.name),
-        endpoint = ctx.endpoint.as_ref().map(|e| e.authority.as_str()),
-        bytes_in = ctx.bytes_in,
-        bytes_out = http_body::Body::size_hint(resp.body()).exact(),
-        cache = ctx.cache.map(CacheStatus::as_str),
-        error,
-        "request"
-    );
+    let request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok());
+    let method = method.as_str();
+    let path = Some(uri.path());
+    let route = table.zip(ctx.route).map(|(t, r)| &*t.route(r).name);
+    let client_version = ctx.detected.and_then(|d| name(d.version));
+    let source = ctx.detected.map(|d| d.source.as_str());
+    let target_version = ctx.target.and_then(name);
+    let status = resp.status().as_u16();
+    let duration_ms = elapsed.as_secs_f64() * 1e3;
+    let upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3);
+    let pool = table
+        .zip(ctx.pool)
+        .map(|(t, p)| &*t.pools[p as usize].pool.name);
+    let endpoint = ctx.endpoint.as_ref().map(|e| e.authority.as_str());
+    let bytes_in = ctx.bytes_in;
+    let bytes_out = http_body::Body::size_hint(resp.body()).exact();
+    let cache = ctx.cache.map(CacheStatus::as_str);
+    // The JSON line without a `tracing` event when the subscriber allows
+    // (see `write_json_event`); the event otherwise. Same fields, same
+    // order: tests/access_log.rs compares the two lines.
+    let written = logging::write_json_event(tracing::Level::INFO, ACCESS_LOG, "request", &|f| {
+        f.str(b"request_id", request_id);
+        // Hex, an HTTP token (no `"`, `\` or control character) and
+        // static names: nothing to escape.
+        f.plain(b"trace_id", trace_id);
+        f.plain(b"method", Some(method));
+        f.str(b"path", path);
+        f.str(b"route", route);
+        f.str(b"client_version", client_version);
+        f.plain(b"source", source);
+        f.str(b"target_version", target_version);
+        f.u64(b"status", Some(status.into()));
+        f.f64(b"duration_ms", Some(duration_ms));
+        f.f64(b"upstream_ms", upstream_ms);
+        f.str(b"pool", pool);
+        f.str(b"endpoint", endpoint);
+        f.u64(b"bytes_in", bytes_in);
+        f.u64(b"bytes_out", bytes_out);
+        f.plain(b"cache", cache);
+        f.plain(b"error", error);
+    });
+    if !written {
+        tracing::info!(
+            target: ACCESS_LOG,
+            request_id,
+            trace_id,
+            method,
+            path,
+            route,
+            client_version,
+            source,
+            target_version,
+            status,
+            duration_ms,
+            upstream_ms,
+            pool,
+            endpoint,
+            bytes_in,
+            bytes_out,
+            cache,
+            error,
+            "request"
+        );
+    }
 }
 
 fn source_value(s: Source) -> HeaderValue {
@@ -1509,4 +1610,34 @@ pub fn health(path: &str, tables: &TableHandle) -> Option<Response<Body>> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_turns_the_access_log_on_and_off() {
+        // (directives, on)
+        let cases = [
+            ("info", true),
+            ("warn", false),
+            ("warn,switchyard::access=info", true),
+            ("info,switchyard::access=off", false),
+            ("switchyard=debug", true),
+            // A directive naming fields matches an event that has them.
+            ("warn,switchyard::access[{cache}]=info", true),
+            ("warn,switchyard::access[{no_such_field}]=info", false),
+        ];
+        for (directives, on) in cases {
+            let dispatch = tracing::Dispatch::new(
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
+                    .with_writer(std::io::sink)
+                    .finish(),
+            );
+            let got = tracing::dispatcher::with_default(&dispatch, access_log_on);
+            assert_eq!(got, on, "{directives}");
+        }
+    }
 }
