@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use super::TranslateError;
 use super::doc::{Direction, Responses};
 use super::path::PathPattern;
-use super::pointer::{self, Pointer, Seg, for_each};
+use super::pointer::{self, Pointer, Seg};
 
 /// Which way a change runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,9 +182,9 @@ pub(crate) type Stash = HashMap<(u32, Box<[usize]>), Json<'static>>;
 /// How a body change meets the stash.
 pub(crate) enum StashUse<'a> {
     /// Request leg: record what `remove` takes away.
-    Record(&'a mut Stash, u32),
+    Record(&'a mut Stash),
     /// Response leg: restore from what the request recorded.
-    Restore(&'a Stash, u32),
+    Restore(&'a Stash),
 }
 
 impl Change {
@@ -197,36 +197,60 @@ impl Change {
         }
     }
 
-    /// Runs a body change on `body`. Leaves `body` partly changed on error;
-    /// `Plan` owns the body by value, so such a body is dropped, never sent.
-    /// Keys and values the change writes borrow from the change itself.
-    /// `binds` is scratch for wildcard indexes, reused across changes.
-    pub(crate) fn apply_body<'a>(
+    /// The wildcard part of the change's body pointer: its segments up to
+    /// and including the last `*` (empty without one). A plan runs the
+    /// consecutive changes that share it in one walk, each array element
+    /// getting all of them in turn (see `Plan::run_body`).
+    pub(crate) fn base(&self) -> &[Seg] {
+        let segs = self.anchor();
+        let cut = segs
+            .iter()
+            .rposition(|s| *s == Seg::Any)
+            .map_or(0, |i| i + 1);
+        &segs[..cut]
+    }
+
+    /// The pointer whose node a body change works on: a rename's common
+    /// base, the parent of an added or removed key, the mapped or wrapped
+    /// value.
+    fn anchor(&self) -> &[Seg] {
+        match &self.kind {
+            Kind::Rename { base, .. } => &base.segs,
+            Kind::Add { parent, .. } | Kind::Remove { parent, .. } => &parent.segs,
+            Kind::Map { at, .. } | Kind::Wrap { at, .. } => &at.segs,
+            Kind::RenameHeader { .. } | Kind::RewritePath { .. } | Kind::MapStatus { .. } => &[],
+        }
+    }
+
+    /// Runs a body change under `elem`, one node its [`Change::base`]
+    /// matched with wildcard indexes `b` (the whole body when the base is
+    /// empty). Leaves the body partly changed on error; `Plan` owns the
+    /// body by value, so such a body is dropped, never sent. Keys and values
+    /// the change writes borrow from the change itself. `step` is the
+    /// change's place in its plan, the stash's key.
+    pub(crate) fn apply_at<'a>(
         &'a self,
         dir: Dir,
-        body: &mut Json<'a>,
-        binds: &mut Vec<usize>,
-        mut stash: StashUse<'_>,
+        doc: &mut Json<'a>,
+        elem: NodeId,
+        b: &[usize],
+        step: u32,
+        stash: &mut StashUse<'_>,
     ) -> Result<(), TranslateError> {
-        binds.clear();
-        let root = body.root();
+        let anchor = self.anchor();
+        let Some(id) = pointer::get(doc, elem, &anchor[self.base().len()..]) else {
+            return Ok(());
+        };
         match &self.kind {
             Kind::Rename { base, from, to } => {
                 let (src, dst) = match dir {
                     Dir::Up => (from, to),
                     Dir::Down => (to, from),
                 };
-                for_each(body, root, &base.segs, binds, &mut |doc, id, b| {
-                    move_value(doc, id, src, dst).map_err(|(tail, kind)| {
-                        self.fail(pointer::render_under(base, b, tail), kind)
-                    })
-                })
+                move_value(doc, id, src, dst)
+                    .map_err(|(tail, kind)| self.fail(pointer::render_under(base, b, tail), kind))
             }
-            Kind::Add {
-                parent,
-                key,
-                default,
-            } => for_each(body, root, &parent.segs, binds, &mut |doc, id, _| {
+            Kind::Add { key, default, .. } => {
                 if let Node::Object(_) = doc.node(id) {
                     match (dir, doc.find(id, key)) {
                         (Dir::Up, Err(i)) => {
@@ -239,33 +263,33 @@ impl Change {
                         (Dir::Up, Ok(_)) | (Dir::Down, Err(_)) => {}
                     }
                 }
-                Ok::<(), TranslateError>(())
-            }),
+                Ok(())
+            }
             Kind::Remove {
-                parent,
                 key,
                 default,
                 from_request,
-            } => for_each(body, root, &parent.segs, binds, &mut |doc, id, b| {
+                ..
+            } => {
                 let Node::Object(_) = doc.node(id) else {
-                    return Ok::<(), TranslateError>(());
+                    return Ok(());
                 };
                 match dir {
                     Dir::Up => {
                         if let Some(old) = doc.remove(id, key)
                             && *from_request
-                            && let StashUse::Record(stash, step) = &mut stash
+                            && let StashUse::Record(stash) = stash
                         {
-                            stash.insert((*step, b.into()), doc.to_owned_at(old));
+                            stash.insert((step, b.into()), doc.to_owned_at(old));
                         }
                     }
                     Dir::Down => {
                         let Err(i) = doc.find(id, key) else {
                             return Ok(());
                         };
-                        let kept = match &stash {
-                            StashUse::Restore(stash, step) if *from_request => {
-                                stash.get(&(*step, Box::<[usize]>::from(b)))
+                        let kept = match stash {
+                            StashUse::Restore(stash) if *from_request => {
+                                stash.get(&(step, Box::<[usize]>::from(b)))
                             }
                             StashUse::Restore(..) | StashUse::Record(..) => None,
                         };
@@ -282,46 +306,42 @@ impl Change {
                     }
                 }
                 Ok(())
-            }),
-            Kind::Map { at, up, down } => {
+            }
+            Kind::Map { up, down, .. } => {
                 let table = match dir {
                     Dir::Up => up,
                     Dir::Down => down,
                 };
-                for_each(body, root, &at.segs, binds, &mut |doc, id, _| {
-                    if let Node::String(s) = doc.node(id)
-                        && let Some(new) = table.get(doc.str(&s))
-                    {
-                        doc.set(id, Node::String(Text::new(new)));
-                    }
-                    Ok::<(), TranslateError>(())
-                })
+                if let Node::String(s) = doc.node(id)
+                    && let Some(new) = table.get(doc.str(&s))
+                {
+                    doc.set(id, Node::String(Text::new(new)));
+                }
+                Ok(())
             }
             Kind::Wrap { at, key, unwrap } => {
                 let wrapping = (dir == Dir::Up) != *unwrap;
-                for_each(body, root, &at.segs, binds, &mut |doc, id, b| {
-                    if wrapping {
-                        // In place: the wrapped value moves to a new node and
-                        // `id`, which its parent refers to, becomes the wrapper.
-                        let node = doc.node(id);
-                        let inner = doc.push(node);
-                        let wrapper = doc.push_members(&[Member::borrowed(key, inner)]);
-                        doc.set(id, Node::Object(wrapper));
-                        return Ok(());
-                    }
-                    let Node::Object(span) = doc.node(id) else {
-                        return Ok(());
-                    };
-                    let Ok(i) = doc.find(id, key) else {
-                        return Ok(());
-                    };
-                    if span.len() > 1 {
-                        return Err(self.fail(at.concrete(b), Fail::ExtraKeys));
-                    }
-                    let inner = doc.node(doc.member_value(id, i));
-                    doc.set(id, inner);
-                    Ok(())
-                })
+                if wrapping {
+                    // In place: the wrapped value moves to a new node and
+                    // `id`, which its parent refers to, becomes the wrapper.
+                    let node = doc.node(id);
+                    let inner = doc.push(node);
+                    let wrapper = doc.push_members(&[Member::borrowed(key, inner)]);
+                    doc.set(id, Node::Object(wrapper));
+                    return Ok(());
+                }
+                let Node::Object(span) = doc.node(id) else {
+                    return Ok(());
+                };
+                let Ok(i) = doc.find(id, key) else {
+                    return Ok(());
+                };
+                if span.len() > 1 {
+                    return Err(self.fail(at.concrete(b), Fail::ExtraKeys));
+                }
+                let inner = doc.node(doc.member_value(id, i));
+                doc.set(id, inner);
+                Ok(())
             }
             Kind::RenameHeader { .. } | Kind::RewritePath { .. } | Kind::MapStatus { .. } => Ok(()),
         }

@@ -114,7 +114,8 @@ impl<'a> Member<'a> {
 
 /// The first four bytes of a key as a number that orders as they do.
 /// Keys that share it (or differ only by trailing NULs) are compared in full.
-fn head(key: &[u8]) -> u32 {
+#[inline]
+pub(crate) fn head(key: &[u8]) -> u32 {
     let b = match *key {
         [a, b, c, d, ..] => [a, b, c, d],
         [a, b, c] => [a, b, c, 0],
@@ -126,11 +127,28 @@ fn head(key: &[u8]) -> u32 {
 }
 
 /// Orders a member's key against `key` (whose [`head`] is `h`).
+#[inline]
 fn cmp_key(own: &str, m: &Member<'_>, key: &[u8], h: u32) -> Ordering {
     match m.head.cmp(&h) {
-        Ordering::Equal => resolve(own, &m.key).as_bytes().cmp(key),
+        Ordering::Equal => cmp_after_head(resolve(own, &m.key).as_bytes(), key),
         unequal => unequal,
     }
+}
+
+/// Orders two keys whose heads are equal, so whose first `min(4, len)`
+/// bytes agree. A byte loop: keys are short, and a `memcmp` call cost more
+/// than the comparison it made.
+#[inline]
+fn cmp_after_head(a: &[u8], b: &[u8]) -> Ordering {
+    let n = a.len().min(b.len());
+    let mut i = n.min(4);
+    while i < n {
+        if a[i] != b[i] {
+            return a[i].cmp(&b[i]);
+        }
+        i += 1;
+    }
+    a.len().cmp(&b.len())
 }
 
 /// A parsed JSON body that borrows from the bytes it was parsed from (`'a`)
@@ -255,13 +273,24 @@ impl<'a> Json<'a> {
     /// In object `obj`: the index of `key` among its members, or where it
     /// would go. `obj` must be an object.
     pub(crate) fn find(&self, obj: NodeId, key: &str) -> Result<usize, usize> {
+        let key = key.as_bytes();
+        self.find_key(obj, key, head(key))
+    }
+
+    /// [`Json::find`] with the key's [`head`] already known.
+    pub(crate) fn find_key(&self, obj: NodeId, key: &[u8], h: u32) -> Result<usize, usize> {
         let members = &self.members[self.span(obj).range()];
-        let (key, h) = (key.as_bytes(), head(key.as_bytes()));
         if members.len() <= 8 {
             // Real objects are small: one pass in key order, most steps a
             // comparison of heads, beats a binary search's branches.
             for (i, m) in members.iter().enumerate() {
-                match cmp_key(&self.text, m, key, h) {
+                if m.head < h {
+                    continue;
+                }
+                if m.head > h {
+                    return Err(i);
+                }
+                match cmp_after_head(resolve(&self.text, &m.key).as_bytes(), key) {
                     Ordering::Less => {}
                     Ordering::Equal => return Ok(i),
                     Ordering::Greater => return Err(i),
