@@ -135,16 +135,19 @@ pub(crate) struct ValueMap {
 
 impl ValueMap {
     /// What `from` becomes, if it is mapped.
-    pub(crate) fn get(&self, from: &str) -> Option<&str> {
+    pub(crate) fn get(&self, from: &[u8]) -> Option<&str> {
         if self.pairs.len() <= 8 {
             // A map names a few enum values: equality (lengths first) beats
             // hashing the body's string or a binary search.
             self.pairs
                 .iter()
-                .find(|(k, _)| k.as_bytes() == from.as_bytes())
+                .find(|(k, _)| k.as_bytes() == from)
                 .map(|(_, v)| &**v)
         } else {
-            let i = self.pairs.binary_search_by(|(k, _)| (**k).cmp(from)).ok()?;
+            let i = self
+                .pairs
+                .binary_search_by(|(k, _)| k.as_bytes().cmp(from))
+                .ok()?;
             Some(&self.pairs[i].1)
         }
     }
@@ -315,7 +318,7 @@ impl Change {
                 if let Node::String(s) = doc.node(id)
                     && let Some(new) = table.get(doc.str(&s))
                 {
-                    doc.set(id, Node::String(Text::new(new)));
+                    doc.set(id, Node::String(Text::new(new.as_bytes())));
                 }
                 Ok(())
             }

@@ -39,9 +39,9 @@ pub(crate) const MAX_BODY_BYTES: u64 = 1 << 30;
 pub(crate) enum Text<'a> {
     /// Borrowed text that needs no escape when written (the common case:
     /// a string the parser found between quotes without a backslash).
-    Plain(&'a str),
+    Plain(&'a [u8]),
     /// Borrowed text holding `"`, `\` or a control character.
-    Escape(&'a str),
+    Escape(&'a [u8]),
     /// Decoded text in the document's own buffer (`start..start + len`).
     /// Written through the escaping path, which copies plain runs as they are.
     Own { start: u32, len: u32 },
@@ -49,8 +49,8 @@ pub(crate) enum Text<'a> {
 
 impl<'a> Text<'a> {
     /// Borrowed text, with the escape check done once here, not at every write.
-    pub(crate) fn new(text: &'a str) -> Text<'a> {
-        if text.bytes().any(needs_escape) {
+    pub(crate) fn new(text: &'a [u8]) -> Text<'a> {
+        if text.iter().any(|&b| needs_escape(b)) {
             Text::Escape(text)
         } else {
             Text::Plain(text)
@@ -98,14 +98,21 @@ pub(crate) struct Member<'a> {
     pub(crate) value: NodeId,
     /// The key's first four bytes, big-endian, zero-padded: orders most
     /// pairs of keys without reading them (it fits in `Member`'s padding).
-    head: u32,
+    pub(crate) head: u32,
 }
 
 impl<'a> Member<'a> {
+    /// A member whose key's [`head`] is known (the parser reads it off
+    /// the input).
+    #[inline(always)]
+    pub(crate) fn with_head(key: Text<'a>, value: NodeId, head: u32) -> Member<'a> {
+        Member { key, value, head }
+    }
+
     /// A member whose key is borrowed text (from the plan).
     pub(crate) fn borrowed(key: &'a str, value: NodeId) -> Member<'a> {
         Member {
-            key: Text::new(key),
+            key: Text::new(key.as_bytes()),
             value,
             head: head(key.as_bytes()),
         }
@@ -128,11 +135,19 @@ pub(crate) fn head(key: &[u8]) -> u32 {
 
 /// Orders a member's key against `key` (whose [`head`] is `h`).
 #[inline]
-fn cmp_key(own: &str, m: &Member<'_>, key: &[u8], h: u32) -> Ordering {
+fn cmp_key(own: &[u8], m: &Member<'_>, key: &[u8], h: u32) -> Ordering {
     match m.head.cmp(&h) {
-        Ordering::Equal => cmp_after_head(resolve(own, &m.key).as_bytes(), key),
+        Ordering::Equal => cmp_after_head(resolve(own, &m.key), key),
         unequal => unequal,
     }
+}
+
+/// Whether member `m`'s key sorts strictly before `key`, both of `doc`
+/// and with equal heads.
+#[inline]
+pub(crate) fn key_before(doc: &Json<'_>, m: &Member<'_>, key: &Text<'_>) -> bool {
+    let own = &doc.text;
+    cmp_after_head(resolve(own, &m.key), resolve(own, key)) == Ordering::Less
 }
 
 /// Orders two keys whose heads are equal, so whose first `min(4, len)`
@@ -161,7 +176,7 @@ pub struct Json<'a> {
     members: Vec<Member<'a>>,
     items: Vec<NodeId>,
     /// Decoded text ([`Text::Own`]).
-    text: String,
+    text: Vec<u8>,
     root: NodeId,
     /// Length of the body this was parsed from: sizes the output buffer.
     pub(crate) source_len: usize,
@@ -188,7 +203,7 @@ impl<'a> Json<'a> {
             nodes: Vec::with_capacity(source_len / 12 + 4),
             members: Vec::with_capacity(source_len / 16 + 2),
             items: Vec::with_capacity(source_len / 32 + 2),
-            text: String::new(),
+            text: Vec::new(),
             root: 0,
             source_len,
         }
@@ -202,6 +217,7 @@ impl<'a> Json<'a> {
         self.root = id;
     }
 
+    #[inline]
     pub(crate) fn node(&self, id: NodeId) -> Node<'a> {
         self.nodes[id as usize]
     }
@@ -211,6 +227,7 @@ impl<'a> Json<'a> {
         self.nodes[id as usize] = node;
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, node: Node<'a>) -> NodeId {
         let id = index(self.nodes.len());
         self.nodes.push(node);
@@ -220,7 +237,7 @@ impl<'a> Json<'a> {
     /// Stores decoded text in the document's own buffer.
     pub(crate) fn own_text(&mut self, text: &str) -> Text<'a> {
         let start = index(self.text.len());
-        self.text.push_str(text);
+        self.text.extend_from_slice(text.as_bytes());
         Text::Own {
             start,
             len: index(text.len()),
@@ -228,12 +245,12 @@ impl<'a> Json<'a> {
     }
 
     /// The buffer [`Text::Own`] refers to.
-    pub(crate) fn own(&self) -> &str {
+    pub(crate) fn own(&self) -> &[u8] {
         &self.text
     }
 
     /// The (unescaped) text.
-    pub(crate) fn str<'s>(&'s self, text: &Text<'s>) -> &'s str {
+    pub(crate) fn str<'s>(&'s self, text: &Text<'s>) -> &'s [u8] {
         resolve(&self.text, text)
     }
 
@@ -290,7 +307,7 @@ impl<'a> Json<'a> {
                 if m.head > h {
                     return Err(i);
                 }
-                match cmp_after_head(resolve(&self.text, &m.key).as_bytes(), key) {
+                match cmp_after_head(resolve(&self.text, &m.key), key) {
                     Ordering::Less => {}
                     Ordering::Equal => return Ok(i),
                     Ordering::Greater => return Err(i),
@@ -304,7 +321,7 @@ impl<'a> Json<'a> {
 
     /// A member with key `key` (text of this document or borrowed).
     pub(crate) fn member(&self, key: Text<'a>, value: NodeId) -> Member<'a> {
-        let head = head(self.str(&key).as_bytes());
+        let head = head(self.str(&key));
         Member { key, value, head }
     }
 
@@ -384,7 +401,7 @@ impl<'a> Json<'a> {
     /// plan). Returns the copy's root.
     pub(crate) fn borrow_from(&mut self, src: &'a Json<'_>, id: NodeId) -> NodeId {
         self.copy_tree(src, id, &mut |_, t: &Text<'_>| {
-            let s: &'a str = resolve(&src.text, t);
+            let s: &'a [u8] = resolve(&src.text, t);
             match t {
                 Text::Plain(_) => Text::Plain(s),
                 Text::Escape(_) | Text::Own { .. } => Text::new(s),
@@ -395,9 +412,9 @@ impl<'a> Json<'a> {
     /// Copies the subtree `id` of `src` into this document, copying its
     /// texts into this document's buffer (`src` may not outlive it).
     pub(crate) fn copy_from(&mut self, src: &Json<'_>, id: NodeId) -> NodeId {
-        self.copy_tree(src, id, &mut |text: &mut String, t: &Text<'_>| {
+        self.copy_tree(src, id, &mut |text: &mut Vec<u8>, t: &Text<'_>| {
             let start = index(text.len());
-            text.push_str(resolve(&src.text, t));
+            text.extend_from_slice(resolve(&src.text, t));
             Text::Own {
                 start,
                 len: index(text.len()) - start,
@@ -418,7 +435,7 @@ impl<'a> Json<'a> {
         &mut self,
         src: &'s Json<'b>,
         id: NodeId,
-        text: &mut impl FnMut(&mut String, &Text<'b>) -> Text<'a>,
+        text: &mut impl FnMut(&mut Vec<u8>, &Text<'b>) -> Text<'a>,
     ) -> NodeId {
         let node = match src.node(id) {
             Node::Null => Node::Null,
@@ -501,7 +518,7 @@ fn push_run<T: Copy>(all: &mut Vec<T>, run: &[T]) -> Span {
 }
 
 /// The unescaped text of `t`, given the buffer of its document.
-pub(crate) fn resolve<'s>(own: &'s str, t: &Text<'s>) -> &'s str {
+pub(crate) fn resolve<'s>(own: &'s [u8], t: &Text<'s>) -> &'s [u8] {
     match *t {
         Text::Plain(s) | Text::Escape(s) => s,
         Text::Own { start, len } => &own[start as usize..(start + len) as usize],
@@ -511,9 +528,8 @@ pub(crate) fn resolve<'s>(own: &'s str, t: &Text<'s>) -> &'s str {
 /// Sorts an object's members by key in place and says whether the keys are
 /// unique. Members of real bodies often come sorted (serialisers that sort,
 /// our own output): then this is one comparison per pair.
-pub(crate) fn sort_members(own: &str, members: &mut [Member<'_>]) -> bool {
-    let cmp =
-        |a: &Member<'_>, b: &Member<'_>| cmp_key(own, a, resolve(own, &b.key).as_bytes(), b.head);
+pub(crate) fn sort_members(own: &[u8], members: &mut [Member<'_>]) -> bool {
+    let cmp = |a: &Member<'_>, b: &Member<'_>| cmp_key(own, a, resolve(own, &b.key), b.head);
     if members
         .windows(2)
         .all(|w| cmp(&w[0], &w[1]) == Ordering::Less)
@@ -557,7 +573,7 @@ mod tests {
     fn keys(d: &Json<'_>, obj: NodeId) -> Vec<String> {
         d.members(obj)
             .iter()
-            .map(|m| d.str(&m.key).to_string())
+            .map(|m| String::from_utf8_lossy(d.str(&m.key)).into_owned())
             .collect()
     }
 
@@ -603,17 +619,20 @@ mod tests {
                 .collect()
         };
         let mut m = ms(&mut d, &["b", "a"]);
-        assert!(sort_members("", &mut m));
-        assert_eq!(m[0].key, Text::Plain("a"));
-        assert!(!sort_members("", &mut ms(&mut d, &["b", "a", "b"])));
-        assert!(!sort_members("", &mut ms(&mut d, &["a", "a"])));
+        assert!(sort_members(b"", &mut m));
+        assert_eq!(m[0].key, Text::Plain(b"a"));
+        assert!(!sort_members(b"", &mut ms(&mut d, &["b", "a", "b"])));
+        assert!(!sort_members(b"", &mut ms(&mut d, &["a", "a"])));
     }
 
     #[test]
     fn escapes_are_found_once() {
-        assert_eq!(Text::new("plain é"), Text::Plain("plain é"));
+        assert_eq!(
+            Text::new("plain é".as_bytes()),
+            Text::Plain("plain é".as_bytes())
+        );
         for s in ["a\"b", "a\nb", "a\\b"] {
-            assert_eq!(Text::new(s), Text::Escape(s));
+            assert_eq!(Text::new(s.as_bytes()), Text::Escape(s.as_bytes()));
         }
     }
 
