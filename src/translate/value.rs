@@ -58,6 +58,59 @@ impl<'a> Text<'a> {
     }
 }
 
+/// An object key a change looks up or writes, prepared when the table
+/// compiles: its [`head`] and whether it needs escaping are worked out
+/// once, not at every lookup and insert. Reads as the `str` it names.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    name: Box<str>,
+    head: u32,
+    escape: bool,
+}
+
+impl Key {
+    pub(crate) fn new(name: &str) -> Key {
+        Key {
+            head: head(name.as_bytes()),
+            escape: name.bytes().any(needs_escape),
+            name: name.into(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The key as document text.
+    #[inline]
+    pub(crate) fn text(&self) -> Text<'_> {
+        if self.escape {
+            Text::Escape(self.name.as_bytes())
+        } else {
+            Text::Plain(self.name.as_bytes())
+        }
+    }
+}
+
+impl From<&str> for Key {
+    fn from(name: &str) -> Key {
+        Key::new(name)
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.name, f)
+    }
+}
+
 /// A run of members or items: `len` used of `cap` reserved from `start`.
 /// The spare capacity lets inserts into a grown object stay in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +160,16 @@ impl<'a> Member<'a> {
     #[inline(always)]
     pub(crate) fn with_head(key: Text<'a>, value: NodeId, head: u32) -> Member<'a> {
         Member { key, value, head }
+    }
+
+    /// A member whose key is a change's (borrowed from the plan).
+    #[inline]
+    pub(crate) fn keyed(key: &'a Key, value: NodeId) -> Member<'a> {
+        Member {
+            key: key.text(),
+            value,
+            head: key.head,
+        }
     }
 
     /// A member whose key is borrowed text (from the plan).
@@ -291,11 +354,29 @@ impl<'a> Json<'a> {
     /// would go. `obj` must be an object.
     pub(crate) fn find(&self, obj: NodeId, key: &str) -> Result<usize, usize> {
         let key = key.as_bytes();
-        self.find_key(obj, key, head(key))
+        self.find_head(obj, key, head(key))
+    }
+
+    /// [`Json::find`] for a change's key.
+    #[inline]
+    pub(crate) fn find_key(&self, obj: NodeId, key: &Key) -> Result<usize, usize> {
+        self.find_head(obj, key.name.as_bytes(), key.head)
+    }
+
+    /// The value of member `key` when `id` is an object that has it.
+    #[inline]
+    pub(crate) fn get_key(&self, id: NodeId, key: &Key) -> Option<NodeId> {
+        match self.node(id) {
+            Node::Object(span) => {
+                let i = self.find_key(id, key).ok()?;
+                Some(self.members[span.start as usize + i].value)
+            }
+            _ => None,
+        }
     }
 
     /// [`Json::find`] with the key's [`head`] already known.
-    pub(crate) fn find_key(&self, obj: NodeId, key: &[u8], h: u32) -> Result<usize, usize> {
+    fn find_head(&self, obj: NodeId, key: &[u8], h: u32) -> Result<usize, usize> {
         let members = &self.members[self.span(obj).range()];
         if members.len() <= 8 {
             // Real objects are small: one pass in key order, most steps a
@@ -346,11 +427,20 @@ impl<'a> Json<'a> {
         let mut span = self.span(obj);
         let start = span.start as usize;
         let value = self.members[start + i].value;
-        self.members
-            .copy_within(start + i + 1..start + span.len as usize, start + i);
+        // A loop, not `copy_within`: a few members, and a `memmove` call
+        // cost more than moving them.
+        for k in start + i..start + span.len as usize - 1 {
+            self.members[k] = self.members[k + 1];
+        }
         span.len -= 1;
         self.set(obj, Node::Object(span));
         value
+    }
+
+    /// Removes member `key` of object `obj`, if it has one; returns its value.
+    pub(crate) fn remove_key(&mut self, obj: NodeId, key: &Key) -> Option<NodeId> {
+        let i = self.find_key(obj, key).ok()?;
+        Some(self.remove_at(obj, i))
     }
 
     /// Removes member `key` of object `obj`, if it has one; returns its value.
@@ -378,8 +468,9 @@ impl<'a> Json<'a> {
         }
         let start = span.start as usize;
         let len = span.len as usize;
-        self.members
-            .copy_within(start + i..start + len, start + i + 1);
+        for k in (start + i..start + len).rev() {
+            self.members[k + 1] = self.members[k];
+        }
         self.members[start + i] = member;
         span.len += 1;
         self.set(obj, Node::Object(span));
