@@ -1084,6 +1084,48 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 
+        /// Keys in any order come back sorted as serde_json's map sorts
+        /// them: keys that share their first four bytes, keys shorter than
+        /// four bytes, NULs (which the key heads pad with) and escapes, in
+        /// input order or shuffled; values include escapes and numbers no
+        /// f64 holds. The output is serde_json's, byte for byte.
+        #[test]
+        fn keys_sort_as_serde_json_sorts_them(
+            keys in prop::collection::btree_set(
+                r#"(abcd|ab|\\u0000|a|\\u0061|\\n|é|\\"){0,3}"#,
+                0..12,
+            ),
+            order in any::<prop::sample::Index>(),
+            reverse in any::<bool>(),
+            values in prop::collection::vec(prop_oneof![
+                Just("\"x\\u0007y\"".to_string()),
+                Just("12345678901234567890123".to_string()),
+                Just("-1.5e-400".to_string()),
+                Just("{\"k\\u0000\":[true,null]}".to_string()),
+                "\"[a-z]{0,12}\"",
+            ], 12),
+        ) {
+            // Keys spelled differently may decode to the same key: keep one.
+            let mut seen = std::collections::BTreeSet::new();
+            let mut members: Vec<String> = keys
+                .iter()
+                .filter(|k| seen.insert(serde_json::from_str::<String>(&format!("\"{k}\"")).unwrap()))
+                .zip(&values)
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            if reverse {
+                members.reverse();
+            }
+            if !members.is_empty() {
+                let at = order.index(members.len());
+                members.rotate_left(at);
+            }
+            let text = format!("{{{}}}", members.join(","));
+            let ours = to_bytes(&parse_json(text.as_bytes(), Limits::default()).unwrap());
+            let theirs: Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(&ours[..], &serde_json::to_vec(&theirs).unwrap()[..], "{}", text);
+        }
+
         /// The tree parser and serde_json's strict parser agree on every
         /// input: same verdict, same error, and the same document (serde_json
         /// reads the tree's output as it read the input).
