@@ -179,6 +179,10 @@ impl TranslationTable {
 struct Step {
     change: Arc<Change>,
     dir: Dir,
+    /// An earlier step with the same paths and methods, and no path
+    /// rewrite in between: this step matches a request exactly when that
+    /// one does, so `exchange` copies its answer instead of matching again.
+    same_scope: Option<u32>,
 }
 
 /// The changes between one client version and one target version, in
@@ -230,6 +234,7 @@ impl Plan {
                 steps.push(Step {
                     change: change.clone(),
                     dir: Dir::Down,
+                    same_scope: None,
                 });
             }
         }
@@ -241,8 +246,25 @@ impl Plan {
                 steps.push(Step {
                     change: change.clone(),
                     dir: Dir::Up,
+                    same_scope: None,
                 });
             }
+        }
+        let rewrites = |c: &Change| matches!(c.kind, Kind::RewritePath { .. });
+        for i in 0..steps.len() {
+            let here = &steps[i].change;
+            if rewrites(here) {
+                continue;
+            }
+            let earlier = steps[..i]
+                .iter()
+                .rposition(|s| {
+                    rewrites(&s.change)
+                        || (s.change.scope.paths == here.scope.paths
+                            && s.change.scope.methods == here.scope.methods)
+                })
+                .filter(|&j| !rewrites(&steps[j].change));
+            steps[i].same_scope = earlier.map(|j| j as u32);
         }
         (!steps.is_empty()).then(|| Plan {
             steps: steps.into(),
@@ -269,17 +291,21 @@ impl Plan {
         for (i, step) in self.steps.iter().enumerate() {
             let change = &step.change;
             let here = current.as_deref().unwrap_or(path);
-            let hit = match &change.kind {
-                // A rewrite's own pattern is its path scope; its response
-                // half (Location headers) needs only the method.
-                Kind::RewritePath { .. } => change.scope.admits_method(method),
-                Kind::Rename { .. }
-                | Kind::Add { .. }
-                | Kind::Remove { .. }
-                | Kind::Map { .. }
-                | Kind::Wrap { .. }
-                | Kind::RenameHeader { .. }
-                | Kind::MapStatus { .. } => change.scope.admits(method, here),
+            let hit = if let Some(j) = step.same_scope {
+                matched[j as usize / 64] & (1 << (j % 64)) != 0
+            } else {
+                match &change.kind {
+                    // A rewrite's own pattern is its path scope; its response
+                    // half (Location headers) needs only the method.
+                    Kind::RewritePath { .. } => change.scope.admits_method(method),
+                    Kind::Rename { .. }
+                    | Kind::Add { .. }
+                    | Kind::Remove { .. }
+                    | Kind::Map { .. }
+                    | Kind::Wrap { .. }
+                    | Kind::RenameHeader { .. }
+                    | Kind::MapStatus { .. } => change.scope.admits(method, here),
+                }
             };
             if !hit {
                 continue;
