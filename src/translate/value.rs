@@ -376,6 +376,7 @@ impl<'a> Json<'a> {
     }
 
     /// [`Json::find`] with the key's [`head`] already known.
+    #[inline(always)]
     fn find_head(&self, obj: NodeId, key: &[u8], h: u32) -> Result<usize, usize> {
         let members = &self.members[self.span(obj).range()];
         if members.len() <= 8 {
