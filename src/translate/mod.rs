@@ -17,9 +17,11 @@
 //!   target (each change applied, in order). Sunset versions stay in the
 //!   tree: their changes are still the way from their parent to their child.
 //! * Everything is compiled once per table: pointers and patterns parsed,
-//!   every plan precomputed. At request time a plan walks its steps; the
-//!   body is a [`Json`] tree borrowing from the bytes it was parsed from, and
-//!   the keys and values a change writes borrow from the plan.
+//!   keys prepared, every plan precomputed (with which steps share a scope).
+//!   At request time a plan walks its steps, running consecutive body
+//!   changes over the same wildcard (`/items/*`) in one walk of the body;
+//!   the body is a [`Json`] tree borrowing from the bytes it was parsed
+//!   from, and the keys and values a change writes borrow from the plan.
 //! * Nothing is half-translated: bodies are passed by value and dropped on
 //!   error, and path, headers and status are committed only after the body
 //!   succeeded (header, path and status changes cannot fail).

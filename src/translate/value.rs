@@ -14,6 +14,12 @@
 //! never rounded: `1E+400` comes back as `1E+400`); a string or key without
 //! escapes is a slice too; text with escapes is decoded into the document's
 //! own buffer, so an escaped key compares equal to its unescaped spelling.
+//! Text is bytes: the body was checked to be UTF-8 once, whole, and is only
+//! ever cut at ASCII delimiters.
+//!
+//! Lookups compare a key's first four bytes as one number (`head`, kept in
+//! each member) before any byte; the keys a change looks up or writes are
+//! [`Key`]s, their head and escaping worked out when the table compiles.
 //!
 //! Invariants:
 //! * an object's members are sorted by key (bytes of the unescaped key, as
@@ -173,6 +179,7 @@ impl<'a> Member<'a> {
     }
 
     /// A member whose key is borrowed text (from the plan).
+    #[cfg(test)]
     pub(crate) fn borrowed(key: &'a str, value: NodeId) -> Member<'a> {
         Member {
             key: Text::new(key.as_bytes()),
@@ -260,11 +267,13 @@ impl<'a> Json<'a> {
     /// An empty document sized for a body of `source_len` bytes; its root is
     /// set by the first [`Json::push`] the builder finishes with.
     pub(crate) fn with_capacity(source_len: usize) -> Json<'a> {
-        // About one node per 12 bytes of minified JSON, one member or item
-        // per 16: one allocation each for typical bodies, not a series.
+        // About one node per 12 bytes of minified JSON, one member per 15
+        // (an event list), with a fifth more for what the changes add (a
+        // grown object moves to the end with room): one allocation each
+        // for typical bodies, not a series of regrowths and copies.
         Json {
-            nodes: Vec::with_capacity(source_len / 12 + 4),
-            members: Vec::with_capacity(source_len / 16 + 2),
+            nodes: Vec::with_capacity(source_len / 10 + 8),
+            members: Vec::with_capacity(source_len / 10 + 8),
             items: Vec::with_capacity(source_len / 32 + 2),
             text: Vec::new(),
             root: 0,
@@ -352,6 +361,7 @@ impl<'a> Json<'a> {
 
     /// In object `obj`: the index of `key` among its members, or where it
     /// would go. `obj` must be an object.
+    #[cfg(test)]
     pub(crate) fn find(&self, obj: NodeId, key: &str) -> Result<usize, usize> {
         let key = key.as_bytes();
         self.find_head(obj, key, head(key))
@@ -408,6 +418,7 @@ impl<'a> Json<'a> {
     }
 
     /// The value of member `key` when `id` is an object that has it.
+    #[cfg(test)]
     pub(crate) fn get(&self, id: NodeId, key: &str) -> Option<NodeId> {
         match self.node(id) {
             Node::Object(span) => {
@@ -445,6 +456,7 @@ impl<'a> Json<'a> {
     }
 
     /// Removes member `key` of object `obj`, if it has one; returns its value.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, obj: NodeId, key: &str) -> Option<NodeId> {
         let i = self.find(obj, key).ok()?;
         Some(self.remove_at(obj, i))
