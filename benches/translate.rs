@@ -16,11 +16,12 @@
 //! Results, issue #3 (`cargo bench --bench translate` built at 91a610d,
 //! 2026-12-01, on the 2-core VM shared with three other engineers' builds).
 //! Instruction counts are the A/B figures: callgrind per leg, repeatable
-//! where wall time is not. Wall times are the same binary at load average
-//! 4.4-4.6 by `uptime`; the 364860f times were taken at 6.9-7.9, and
-//! 1639571's binary (75.0k instructions a leg) run at load 7 a quarter of
-//! an hour earlier took 45 µs for the same 1 KiB leg, so read the wall
-//! columns as noise around the instruction counts:
+//! where wall time is not. Wall times are the same binary at 18:07, load
+//! average 1.6-1.7 by `uptime` (the quietest the machine got); at load
+//! 4.4-4.6 ten minutes earlier it took 17.7 / 17.5 µs and 0.71 / 0.80 ms,
+//! and 1639571's binary (75.0k instructions a leg) took 45 µs at load 7,
+//! so only same-load wall figures compare. 364860f's were taken at load
+//! 6.9-7.9:
 //!
 //! | bench | 91a610d | 364860f | e05df5a |
 //! | --- | --- | --- | --- |
@@ -28,10 +29,10 @@
 //! | callgrind, 1 KiB response leg | 73.2k instructions | 112.1k | 157.2k |
 //! | callgrind, 64 KiB request leg | 3.70M instructions | 5.28M | 6.28M |
 //! | callgrind, 64 KiB response leg | 3.83M instructions | 5.33M | 6.43M |
-//! | chain5 1 KiB request | 17.7 µs (57 MiB/s) | 13.2 µs (76 MiB/s) | 19.0 µs |
-//! | chain5 1 KiB response | 17.5 µs (57 MiB/s) | 13.8 µs (73 MiB/s) | 20.3 µs |
-//! | chain5 64 KiB request | 0.71 ms (88 MiB/s) | 0.89 ms (70 MiB/s) | 1.02 ms |
-//! | chain5 64 KiB response | 0.80 ms (78 MiB/s) | 1.13 ms (55 MiB/s) | 1.07 ms |
+//! | chain5 1 KiB request | 6.1 µs (165 MiB/s) | 13.2 µs (76 MiB/s) | 19.0 µs |
+//! | chain5 1 KiB response | 6.7 µs (151 MiB/s) | 13.8 µs (73 MiB/s) | 20.3 µs |
+//! | chain5 64 KiB request | 0.35 ms (179 MiB/s) | 0.89 ms (70 MiB/s) | 1.02 ms |
+//! | chain5 64 KiB response | 0.33 ms (189 MiB/s) | 1.13 ms (55 MiB/s) | 1.07 ms |
 //!
 //! The 2 KB group and the `changes_only` rows were not measured again; the
 //! last ones, at 3c8ac0f, are in this file's history.
@@ -60,8 +61,8 @@
 //! char-boundary checks) and parses scalars inside the container loops;
 //! the serialiser writes scalars in line.
 //!
-//! The issue's target, under 5 µs per direction (about 25k instructions
-//! here), is still not met. The rest is spread thin: a member costs ~95
+//! The issue's target, under 5 µs per direction with headroom (25k
+//! instructions or so), is still not met: 6.1-6.7 µs on a quiet machine. The rest is spread thin: a member costs ~95
 //! instructions to parse and a change ~400 to apply to one element, each
 //! of those a handful of bounds-checked lookups. Next steps, each a
 //! redesign rather than a tweak: (1) per element, one merge pass of its
