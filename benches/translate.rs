@@ -13,46 +13,65 @@
 //!   client; `request`: the same body sent by a v2.2-beta client to a v1
 //!   pool (the other direction through the same five changes).
 //!
-//! Results, issue #3 (`cargo bench --bench translate` built at 364860f; the
-//! `before` column is e05df5a's bench binary, run in the same minute on the
-//! same machine: 2-core CI-class VM shared with three other engineers'
-//! builds, load average 6.9-7.9 by `uptime`, so wall times swing; read the
-//! instruction counts for A/B; 2026-12-01):
+//! Results, issue #3 (`cargo bench --bench translate` built at 91a610d,
+//! 2026-12-01, on the 2-core VM shared with three other engineers' builds).
+//! Instruction counts are the A/B figures: callgrind per leg, repeatable
+//! where wall time is not. Wall times are the same binary at 18:07, load
+//! average 1.6-1.7 by `uptime` (the quietest the machine got); at load
+//! 4.4-4.6 ten minutes earlier it took 17.7 / 17.5 µs and 0.71 / 0.80 ms,
+//! and 1639571's binary (75.0k instructions a leg) took 45 µs at load 7,
+//! so only same-load wall figures compare. 364860f's were taken at load
+//! 6.9-7.9:
 //!
-//! | bench | after (364860f) | before (e05df5a) |
-//! | --- | --- | --- |
-//! | chain5 1 KiB request | 13.2 µs (76 MiB/s) | 19.0 µs (53 MiB/s) |
-//! | chain5 1 KiB response | 13.8 µs (73 MiB/s) | 20.3 µs (49 MiB/s) |
-//! | chain5 64 KiB request | 0.89 ms (70 MiB/s) | 1.02 ms (61 MiB/s) |
-//! | chain5 64 KiB response | 1.13 ms (55 MiB/s) | 1.07 ms (59 MiB/s) |
-//! | callgrind, 1 KiB request leg | 105.8k instructions | 127.4k |
-//! | callgrind, 1 KiB response leg | 112.1k instructions | 157.2k |
-//! | callgrind, 64 KiB request leg | 5.28M instructions | 6.28M |
-//! | callgrind, 64 KiB response leg | 5.33M instructions | 6.43M |
+//! | bench | 91a610d | 364860f | e05df5a |
+//! | --- | --- | --- | --- |
+//! | callgrind, 1 KiB request leg | 73.1k instructions | 105.8k | 127.4k |
+//! | callgrind, 1 KiB response leg | 73.2k instructions | 112.1k | 157.2k |
+//! | callgrind, 64 KiB request leg | 3.70M instructions | 5.28M | 6.28M |
+//! | callgrind, 64 KiB response leg | 3.83M instructions | 5.33M | 6.43M |
+//! | chain5 1 KiB request | 6.1 µs (165 MiB/s) | 13.2 µs (76 MiB/s) | 19.0 µs |
+//! | chain5 1 KiB response | 6.7 µs (151 MiB/s) | 13.8 µs (73 MiB/s) | 20.3 µs |
+//! | chain5 64 KiB request | 0.35 ms (179 MiB/s) | 0.89 ms (70 MiB/s) | 1.02 ms |
+//! | chain5 64 KiB response | 0.33 ms (189 MiB/s) | 1.13 ms (55 MiB/s) | 1.07 ms |
 //!
-//! The 2 KB group and the `changes_only` rows were not measured again: the
-//! runs taken after these were on a saturated machine (the 60 ns copy took
-//! 220 ns), so their numbers said nothing; the last ones, at 3c8ac0f, are
-//! in this file's history. The 64 KiB response row is within that noise:
-//! by callgrind it runs 17% fewer instructions than before.
+//! The 2 KB group and the `changes_only` rows were not measured again; the
+//! last ones, at 3c8ac0f, are in this file's history.
 //!
-//! Instruction counts (repeatable where wall time is not): `valgrind
-//! --tool=callgrind --toggle-collect='*translate::request*' <bench binary>
-//! --bench --profile-time 1 'translate_chain5/1k_request$'` (the binary is
-//! target/release/deps/translate-*; `*translate::response*` for the other
-//! leg), total Ir divided by the calls of `translate::request` that
-//! `callgrind_annotate --tree=caller` shows.
+//! Instruction counts: `valgrind --tool=callgrind
+//! --toggle-collect='*translate::request*' <bench binary> --bench
+//! --profile-time 1 'translate_chain5/1k_request$'` (the binary is
+//! target/release/deps/translate-*; `*translate::response*` and
+//! `64k_...` for the other legs). Divide the total Ir by the calls of
+//! `parse_json` (its entry line costs 7 instructions in
+//! `callgrind_annotate --auto=yes`), after taking off what `translate::main`
+//! spent once in setup (`callgrind_annotate --tree=caller`: one 2 KB
+//! request for the request legs; the two `beta_list` responses, 3.86M, for
+//! the response legs).
 //!
-//! Where a 1 KiB request leg goes now: parse 43k (41%), the changes 46k
-//! (43%; the two list renames are 31k of it, ~1,100 instructions per element
-//! and rename), serialise 11k, scope matching (`exchange`) 4k. The document
-//! (flat vectors, keys compared by a 4-byte head) took allocation and
-//! value moves out of the profile, but the cost is now spread over every
-//! token and every key lookup: the issue's target, under 5 µs per
-//! direction, is still not met. Next steps: fuse the changes of one scope
-//! into one walk per element (one lookup per key instead of probe, take,
-//! prune, insert), intern the plan's keys so a lookup is an integer scan,
-//! and drop the per-string `Result` and slicing checks in the parser.
+//! Where a 1 KiB request leg goes now (73.1k): parse 29.6k (40%), the
+//! changes 29.9k (41%; taking and pruning the two nested fields 9.8k, key
+//! lookups most of the rest), serialise 8.1k (11%), scope matching
+//! (`exchange`) 2.5k. What took it from 105.8k: the changes of one wildcard
+//! base run in one walk (each element gets all of them), a change's keys
+//! carry their 4-byte head and escape check from the table compile, a
+//! one-key rename inserts where its probe found room, member moves are
+//! loops instead of `memmove` calls, steps with the same scope are matched
+//! once; the parser reads key heads off the input and checks key order as
+//! it reads (no sort pass for sorted objects), keeps text as bytes (no
+//! char-boundary checks) and parses scalars inside the container loops;
+//! the serialiser writes scalars in line.
+//!
+//! The issue's target, under 5 µs per direction with headroom (25k
+//! instructions or so), is still not met: 6.1-6.7 µs on a quiet machine. The rest is spread thin: a member costs ~95
+//! instructions to parse and a change ~400 to apply to one element, each
+//! of those a handful of bounds-checked lookups. Next steps, each a
+//! redesign rather than a tweak: (1) per element, one merge pass of its
+//! sorted members against the sorted keys its group of changes reads and
+//! writes, instead of ~8 separate lookups; (2) a lazy document: validate
+//! the whole body (UTF-8, depth, duplicate keys) but materialise only the
+//! containers a change reaches, and write untouched source runs back in
+//! one copy when they are already canonical (no whitespace, sorted keys,
+//! escapes as we write them).
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -404,16 +404,16 @@ fn compile_change(
     if errs.len() > before {
         return None;
     }
-    Some(Change {
+    Some(Change::new(
         id,
-        scope: Scope {
+        Scope {
             paths: paths.into(),
             methods: methods.into(),
             direction: c.direction,
             responses: c.responses,
         },
-        kind: kind?,
-    })
+        kind?,
+    ))
 }
 
 fn is_framing(h: &HeaderName) -> bool {
@@ -766,7 +766,7 @@ fn record(change: &Arc<Change>, path: &str, facts: &mut Vec<Fact>) {
             } else {
                 facts.push(Fact::OnlyKey {
                     at: at.clone(),
-                    key: key.clone(),
+                    key: key.as_str().into(),
                     scope,
                     by,
                 });

@@ -24,7 +24,9 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use super::TranslateError;
-use super::value::{Json, MAX_BODY_BYTES, Member, Node, NodeId, Text, needs_escape, sort_members};
+use super::value::{
+    Json, MAX_BODY_BYTES, Member, Node, NodeId, Text, head, key_before, needs_escape, sort_members,
+};
 
 /// Body limits for translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +103,10 @@ pub fn parse_json(bytes: &[u8], limits: Limits) -> Result<Json<'_>, TranslateErr
         pos: 0,
         max_depth: limits.max_depth.min(MAX_DEPTH),
         doc: Json::with_capacity(bytes.len()),
-        items: Vec::new(),
-        members: Vec::new(),
+        // The open containers' children: sized so that typical bodies
+        // never grow them (a regrowth cost more than the allocation).
+        items: Vec::with_capacity(32),
+        members: Vec::with_capacity(32),
     };
     match p.value(1).and_then(|root| p.end().map(|()| root)) {
         Ok(root) => {
@@ -160,12 +164,19 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    /// Skips whitespace. Bodies written by machines have none between
+    /// tokens, so the first test (anything above a space) usually ends it.
+    #[inline(always)]
     fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
+        while let Some(&b) = self.bytes.get(self.pos) {
+            if b > b' ' || !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
             self.pos += 1;
         }
     }
 
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
@@ -181,14 +192,21 @@ impl<'a> Parser<'a> {
 
     fn value(&mut self, depth: usize) -> Result<NodeId, Refused> {
         self.ws();
+        self.value_here(depth)
+    }
+
+    /// A value starting at `pos` (whitespace skipped). Scalars are parsed
+    /// here, inlined into the container loops; only containers recurse.
+    #[inline(always)]
+    fn value_here(&mut self, depth: usize) -> Result<NodeId, Refused> {
         let node = match self.peek() {
+            Some(b'"') => Node::String(self.string()?),
             Some(b'{') => return self.object(depth),
             Some(b'[') => return self.array(depth),
-            Some(b'"') => Node::String(self.string()?),
+            Some(b'-' | b'0'..=b'9') => self.number()?,
             Some(b't') => self.literal(b"true", Node::Bool(true))?,
             Some(b'f') => self.literal(b"false", Node::Bool(false))?,
             Some(b'n') => self.literal(b"null", Node::Null)?,
-            Some(b'-' | b'0'..=b'9') => self.number()?,
             _ => return Err(Refused),
         };
         Ok(self.doc.push(node))
@@ -203,6 +221,7 @@ impl<'a> Parser<'a> {
         }
     }
 
+    #[inline(always)]
     fn digits(&mut self) -> usize {
         let start = self.pos;
         while let Some(b'0'..=b'9') = self.peek() {
@@ -239,9 +258,10 @@ impl<'a> Parser<'a> {
                 return Err(Refused);
             }
         }
-        Ok(Node::Number(Text::Plain(&self.text[start..self.pos])))
+        Ok(Node::Number(Text::Plain(&self.bytes[start..self.pos])))
     }
 
+    #[inline(never)]
     fn array(&mut self, depth: usize) -> Result<NodeId, Refused> {
         if depth > self.max_depth {
             return Err(Refused);
@@ -253,7 +273,8 @@ impl<'a> Parser<'a> {
             self.pos += 1;
         } else {
             loop {
-                let item = self.value(depth + 1)?;
+                self.ws();
+                let item = self.value_here(depth + 1)?;
                 self.items.push(item);
                 self.ws();
                 match self.peek() {
@@ -271,6 +292,7 @@ impl<'a> Parser<'a> {
         Ok(self.doc.push(Node::Array(span)))
     }
 
+    #[inline(never)]
     fn object(&mut self, depth: usize) -> Result<NodeId, Refused> {
         if depth > self.max_depth {
             return Err(Refused);
@@ -278,6 +300,9 @@ impl<'a> Parser<'a> {
         self.pos += 1;
         self.ws();
         let base = self.members.len();
+        // Whether the keys came in strictly increasing order so far: then
+        // (the common case) there is nothing to sort and no repeat.
+        let mut sorted = true;
         if self.peek() == Some(b'}') {
             self.pos += 1;
         } else {
@@ -286,14 +311,34 @@ impl<'a> Parser<'a> {
                     return Err(Refused);
                 }
                 let key = self.string()?;
+                let head = match key {
+                    // Read off the input: the four bytes after the quote
+                    // (a body has at least `":0}` after any key), masked
+                    // to the key's length.
+                    Text::Plain(k) if k.len() < 4 => head(k),
+                    Text::Plain(k) => {
+                        let at = self.pos - k.len() - 1;
+                        match self.bytes.get(at..at + 4) {
+                            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+                            _ => head(k),
+                        }
+                    }
+                    Text::Escape(_) | Text::Own { .. } => head(self.doc.str(&key)),
+                };
+                if let Some(last) = self.members[base..].last()
+                    && (last.head > head
+                        || (last.head == head && !key_before(&self.doc, last, &key)))
+                {
+                    sorted = false;
+                }
                 self.ws();
                 if self.peek() != Some(b':') {
                     return Err(Refused);
                 }
                 self.pos += 1;
-                let value = self.value(depth + 1)?;
-                let member = self.doc.member(key, value);
-                self.members.push(member);
+                self.ws();
+                let value = self.value_here(depth + 1)?;
+                self.members.push(Member::with_head(key, value, head));
                 self.ws();
                 match self.peek() {
                     Some(b',') => {
@@ -309,7 +354,7 @@ impl<'a> Parser<'a> {
             }
         }
         // A repeated key is refused here; serde_json then names it.
-        if !sort_members(self.doc.own(), &mut self.members[base..]) {
+        if !sorted && !sort_members(self.doc.own(), &mut self.members[base..]) {
             return Err(Refused);
         }
         let span = self.doc.push_members(&self.members[base..]);
@@ -318,16 +363,17 @@ impl<'a> Parser<'a> {
     }
 
     /// A string at `"`: a slice of the input unless it has escapes.
+    #[inline(always)]
     fn string(&mut self) -> Result<Text<'a>, Refused> {
         let start = self.pos + 1;
         let i = special(self.bytes, start).ok_or(Refused)?;
-        match self.bytes[i] {
-            b'"' => {
-                self.pos = i + 1;
-                Ok(Text::Plain(&self.text[start..i]))
-            }
-            b'\\' => self.escaped(start, i),
-            _ => Err(Refused),
+        if self.bytes[i] == b'"' {
+            self.pos = i + 1;
+            Ok(Text::Plain(&self.bytes[start..i]))
+        } else if self.bytes[i] == b'\\' {
+            self.escaped(start, i)
+        } else {
+            Err(Refused)
         }
     }
 
@@ -424,43 +470,76 @@ pub fn to_bytes(body: &Json<'_>) -> Bytes {
 /// Writes the subtree `id` of `doc`.
 pub(crate) fn write(out: &mut Vec<u8>, doc: &Json<'_>, id: NodeId) {
     match doc.node(id) {
-        Node::Null => out.extend_from_slice(b"null"),
-        Node::Bool(true) => out.extend_from_slice(b"true"),
-        Node::Bool(false) => out.extend_from_slice(b"false"),
-        Node::Number(n) => out.extend_from_slice(doc.str(&n).as_bytes()),
-        Node::String(s) => write_text(out, doc, &s),
         Node::Array(_) => {
             out.push(b'[');
-            for (i, &item) in doc.items(id).iter().enumerate() {
-                if i > 0 {
+            if let Some((&first, rest)) = doc.items(id).split_first() {
+                write_value(out, doc, first);
+                for &item in rest {
                     out.push(b',');
+                    write_value(out, doc, item);
                 }
-                write(out, doc, item);
             }
             out.push(b']');
         }
         Node::Object(_) => {
             out.push(b'{');
-            for (i, m) in doc.members(id).iter().enumerate() {
-                if i > 0 {
+            if let Some((first, rest)) = doc.members(id).split_first() {
+                write_key(out, doc, &first.key);
+                write_value(out, doc, first.value);
+                for m in rest {
                     out.push(b',');
+                    write_key(out, doc, &m.key);
+                    write_value(out, doc, m.value);
                 }
-                write_text(out, doc, &m.key);
-                out.push(b':');
-                write(out, doc, m.value);
             }
             out.push(b'}');
         }
+        scalar => write_scalar(out, doc, scalar),
     }
 }
 
-fn write_text(out: &mut Vec<u8>, doc: &Json<'_>, t: &Text<'_>) {
-    out.push(b'"');
-    match *t {
-        Text::Plain(s) => out.extend_from_slice(s.as_bytes()),
-        Text::Escape(_) | Text::Own { .. } => write_escaped(out, doc.str(t).as_bytes()),
+/// One value inside a container: scalars are written in line, only
+/// containers recurse.
+#[inline(always)]
+fn write_value(out: &mut Vec<u8>, doc: &Json<'_>, id: NodeId) {
+    match doc.node(id) {
+        Node::Array(_) | Node::Object(_) => write(out, doc, id),
+        scalar => write_scalar(out, doc, scalar),
     }
+}
+
+#[inline(always)]
+fn write_scalar(out: &mut Vec<u8>, doc: &Json<'_>, node: Node<'_>) {
+    match node {
+        Node::Null => out.extend_from_slice(b"null"),
+        Node::Bool(true) => out.extend_from_slice(b"true"),
+        Node::Bool(false) => out.extend_from_slice(b"false"),
+        Node::Number(Text::Plain(n)) => out.extend_from_slice(n),
+        Node::Number(n) => out.extend_from_slice(doc.str(&n)),
+        Node::String(s) => {
+            out.push(b'"');
+            write_text(out, doc, &s);
+            out.push(b'"');
+        }
+        Node::Array(_) | Node::Object(_) => unreachable!("containers are written by write"),
+    }
+}
+
+/// A key with its quotes and the colon after it.
+#[inline(always)]
+fn write_key(out: &mut Vec<u8>, doc: &Json<'_>, key: &Text<'_>) {
     out.push(b'"');
+    write_text(out, doc, key);
+    out.extend_from_slice(b"\":");
+}
+
+/// The inside of a string: borrowed plain text as it is, the rest escaped.
+#[inline(always)]
+fn write_text(out: &mut Vec<u8>, doc: &Json<'_>, t: &Text<'_>) {
+    match *t {
+        Text::Plain(s) => out.extend_from_slice(s),
+        Text::Escape(_) | Text::Own { .. } => write_escaped(out, doc.str(t)),
+    }
 }
 
 /// Copies `text` with `"`, `\` and control characters escaped.
@@ -1004,6 +1083,48 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Keys in any order come back sorted as serde_json's map sorts
+        /// them: keys that share their first four bytes, keys shorter than
+        /// four bytes, NULs (which the key heads pad with) and escapes, in
+        /// input order or shuffled; values include escapes and numbers no
+        /// f64 holds. The output is serde_json's, byte for byte.
+        #[test]
+        fn keys_sort_as_serde_json_sorts_them(
+            keys in prop::collection::btree_set(
+                r#"(abcd|ab|\\u0000|a|\\u0061|\\n|é|\\"){0,3}"#,
+                0..12,
+            ),
+            order in any::<prop::sample::Index>(),
+            reverse in any::<bool>(),
+            values in prop::collection::vec(prop_oneof![
+                Just("\"x\\u0007y\"".to_string()),
+                Just("12345678901234567890123".to_string()),
+                Just("-1.5e-400".to_string()),
+                Just("{\"k\\u0000\":[true,null]}".to_string()),
+                "\"[a-z]{0,12}\"",
+            ], 12),
+        ) {
+            // Keys spelled differently may decode to the same key: keep one.
+            let mut seen = std::collections::BTreeSet::new();
+            let mut members: Vec<String> = keys
+                .iter()
+                .filter(|k| seen.insert(serde_json::from_str::<String>(&format!("\"{k}\"")).unwrap()))
+                .zip(&values)
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            if reverse {
+                members.reverse();
+            }
+            if !members.is_empty() {
+                let at = order.index(members.len());
+                members.rotate_left(at);
+            }
+            let text = format!("{{{}}}", members.join(","));
+            let ours = to_bytes(&parse_json(text.as_bytes(), Limits::default()).unwrap());
+            let theirs: Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(&ours[..], &serde_json::to_vec(&theirs).unwrap()[..], "{}", text);
+        }
 
         /// The tree parser and serde_json's strict parser agree on every
         /// input: same verdict, same error, and the same document (serde_json

@@ -17,9 +17,11 @@
 //!   target (each change applied, in order). Sunset versions stay in the
 //!   tree: their changes are still the way from their parent to their child.
 //! * Everything is compiled once per table: pointers and patterns parsed,
-//!   every plan precomputed. At request time a plan walks its steps; the
-//!   body is a [`Json`] tree borrowing from the bytes it was parsed from, and
-//!   the keys and values a change writes borrow from the plan.
+//!   keys prepared, every plan precomputed (with which steps share a scope).
+//!   At request time a plan walks its steps, running consecutive body
+//!   changes over the same wildcard (`/items/*`) in one walk of the body;
+//!   the body is a [`Json`] tree borrowing from the bytes it was parsed
+//!   from, and the keys and values a change writes borrow from the plan.
 //! * Nothing is half-translated: bodies are passed by value and dropped on
 //!   error, and path, headers and status are committed only after the body
 //!   succeeded (header, path and status changes cannot fail).
@@ -179,6 +181,10 @@ impl TranslationTable {
 struct Step {
     change: Arc<Change>,
     dir: Dir,
+    /// An earlier step with the same paths and methods, and no path
+    /// rewrite in between: this step matches a request exactly when that
+    /// one does, so `exchange` copies its answer instead of matching again.
+    same_scope: Option<u32>,
 }
 
 /// The changes between one client version and one target version, in
@@ -230,6 +236,7 @@ impl Plan {
                 steps.push(Step {
                     change: change.clone(),
                     dir: Dir::Down,
+                    same_scope: None,
                 });
             }
         }
@@ -241,8 +248,25 @@ impl Plan {
                 steps.push(Step {
                     change: change.clone(),
                     dir: Dir::Up,
+                    same_scope: None,
                 });
             }
+        }
+        let rewrites = |c: &Change| matches!(c.kind, Kind::RewritePath { .. });
+        for i in 0..steps.len() {
+            let here = &steps[i].change;
+            if rewrites(here) {
+                continue;
+            }
+            let earlier = steps[..i]
+                .iter()
+                .rposition(|s| {
+                    rewrites(&s.change)
+                        || (s.change.scope.paths == here.scope.paths
+                            && s.change.scope.methods == here.scope.methods)
+                })
+                .filter(|&j| !rewrites(&steps[j].change));
+            steps[i].same_scope = earlier.map(|j| j as u32);
         }
         (!steps.is_empty()).then(|| Plan {
             steps: steps.into(),
@@ -269,17 +293,21 @@ impl Plan {
         for (i, step) in self.steps.iter().enumerate() {
             let change = &step.change;
             let here = current.as_deref().unwrap_or(path);
-            let hit = match &change.kind {
-                // A rewrite's own pattern is its path scope; its response
-                // half (Location headers) needs only the method.
-                Kind::RewritePath { .. } => change.scope.admits_method(method),
-                Kind::Rename { .. }
-                | Kind::Add { .. }
-                | Kind::Remove { .. }
-                | Kind::Map { .. }
-                | Kind::Wrap { .. }
-                | Kind::RenameHeader { .. }
-                | Kind::MapStatus { .. } => change.scope.admits(method, here),
+            let hit = if let Some(j) = step.same_scope {
+                matched[j as usize / 64] & (1 << (j % 64)) != 0
+            } else {
+                match &change.kind {
+                    // A rewrite's own pattern is its path scope; its response
+                    // half (Location headers) needs only the method.
+                    Kind::RewritePath { .. } => change.scope.admits_method(method),
+                    Kind::Rename { .. }
+                    | Kind::Add { .. }
+                    | Kind::Remove { .. }
+                    | Kind::Map { .. }
+                    | Kind::Wrap { .. }
+                    | Kind::RenameHeader { .. }
+                    | Kind::MapStatus { .. } => change.scope.admits(method, here),
+                }
             };
             if !hit {
                 continue;
@@ -337,21 +365,18 @@ impl Plan {
     ) -> Result<Option<Json<'a>>, TranslateError> {
         let body = match body {
             Some(mut value) => {
-                let mut binds = Vec::new();
-                for (i, step) in self.steps.iter().enumerate() {
-                    if ex.is_matched(i)
-                        && step.change.scope.direction.request()
-                        && step.change.kind.is_body()
-                    {
-                        let stash = StashUse::Record(&mut ex.stash, i as u32);
-                        let applied = step
-                            .change
-                            .apply_body(step.dir, &mut value, &mut binds, stash);
-                        if let Err(e) = applied {
-                            ex.stash.clear();
-                            return Err(e);
-                        }
-                    }
+                let active: Vec<(usize, Dir)> = (self.steps.iter().enumerate())
+                    .filter(|(i, step)| {
+                        ex.is_matched(*i)
+                            && step.change.scope.direction.request()
+                            && step.change.kind.is_body()
+                    })
+                    .map(|(i, step)| (i, step.dir))
+                    .collect();
+                let ran = self.run_body(&mut value, &active, &mut StashUse::Record(&mut ex.stash));
+                if let Err(e) = ran {
+                    ex.stash.clear();
+                    return Err(e);
                 }
                 Some(value)
             }
@@ -384,16 +409,16 @@ impl Plan {
         let body = match body {
             Some(mut value) => {
                 let mut s = *status;
-                let mut binds = Vec::new();
+                let mut active = Vec::with_capacity(self.steps.len());
                 for (i, step) in self.steps.iter().enumerate().rev() {
                     if let Some(dir) = self.response_dir(ex, i, s) {
                         if step.change.kind.is_body() {
-                            let stash = StashUse::Restore(&ex.stash, i as u32);
-                            step.change.apply_body(dir, &mut value, &mut binds, stash)?;
+                            active.push((i, dir));
                         }
                         s = step.change.map_status(dir, s);
                     }
                 }
+                self.run_body(&mut value, &active, &mut StashUse::Restore(&ex.stash))?;
                 Some(value)
             }
             None => None,
@@ -410,6 +435,53 @@ impl Plan {
         }
         *status = s;
         Ok(body)
+    }
+
+    /// Runs the body changes `active` (step, direction), in order, on
+    /// `body`. Consecutive changes with the same [`ops::Change::base`] run
+    /// in one walk: each element the base matches gets all of them in turn,
+    /// instead of one walk (and one lookup of every key on the way) per
+    /// change. Elements are disjoint subtrees, so the result is the one
+    /// change-by-change order gives, and so is the error: after a change
+    /// fails, later elements get only the changes before it (which would
+    /// have run on every element), and the failure of the earliest change,
+    /// at its first failing element, is the one reported.
+    fn run_body<'a>(
+        &'a self,
+        body: &mut Json<'a>,
+        active: &[(usize, Dir)],
+        stash: &mut StashUse<'_>,
+    ) -> Result<(), TranslateError> {
+        let mut binds = Vec::new();
+        let mut rest = active;
+        while let Some(&(first, _)) = rest.first() {
+            let base = self.steps[first].change.base();
+            let n = rest
+                .iter()
+                .take_while(|(i, _)| self.steps[*i].change.base() == base)
+                .count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            let mut failed = None;
+            let mut limit = group.len();
+            let root = body.root();
+            // `Err(())` only stops the walk once no change is left to run.
+            let _ = pointer::for_each(body, root, base, &mut binds, &mut |doc, id, b| {
+                for (k, &(i, dir)) in group[..limit].iter().enumerate() {
+                    let change = &self.steps[i].change;
+                    if let Err(e) = change.apply_at(dir, doc, id, b, i as u32, stash) {
+                        failed = Some(e);
+                        limit = k;
+                        break;
+                    }
+                }
+                if limit == 0 { Err(()) } else { Ok(()) }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// The direction step `i` runs in on a response with status `status` at
@@ -987,6 +1059,39 @@ to = "/y"
             }
         );
         assert_eq!(path, "/a");
+    }
+
+    #[test]
+    fn changes_walked_together_fail_as_one_by_one() {
+        // Both renames run in one walk over `/g/*`: the second fails on
+        // element 0 before the first fails on element 1, yet change by
+        // change the first one fails first, and that is the error.
+        let t = two(r#"
+[[versions.changes]]
+op = "rename"
+from = "/g/*/a"
+to = "/g/*/b"
+[[versions.changes]]
+op = "rename"
+from = "/g/*/c"
+to = "/g/*/d"
+"#);
+        let plan = t.plan(V1, V2).unwrap();
+        let body = json!({"g": [{"c": 1, "d": 2}, {"a": 1, "b": 2}]});
+        let err = up(plan, Method::POST, "/x", body).unwrap_err();
+        assert_eq!(
+            err,
+            TranslateError::Collision {
+                change: ChangeId {
+                    version: "v2".into(),
+                    index: 0
+                },
+                pointer: "/g/1/b".into()
+            }
+        );
+        let ok = json!({"g": [{"a": 1, "c": 2}, {"x": 3}, {"c": 4}]});
+        let (got, _) = up(plan, Method::POST, "/x", ok).unwrap();
+        assert_eq!(got, json!({"g": [{"b": 1, "d": 2}, {"x": 3}, {"d": 4}]}));
     }
 
     #[test]

@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::value::{Json, Member, Node, NodeId, Text};
+use super::value::{Json, Key, Member, Node, NodeId, Text};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use super::TranslateError;
 use super::doc::{Direction, Responses};
 use super::path::PathPattern;
-use super::pointer::{self, Pointer, Seg, for_each};
+use super::pointer::{self, Pointer, Seg};
 
 /// Which way a change runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,8 @@ pub(crate) struct Change {
     pub(crate) id: ChangeId,
     pub(crate) scope: Scope,
     pub(crate) kind: Kind,
+    /// Length of [`Change::base`], worked out once.
+    cut: usize,
 }
 
 /// What a change does, with everything parsed.
@@ -96,13 +98,13 @@ pub(crate) enum Kind {
     /// Sets `parent/key` to `default` on upgrade when absent.
     Add {
         parent: Pointer,
-        key: Box<str>,
+        key: Key,
         default: Json<'static>,
     },
     /// Removes `parent/key` on upgrade; restores it on downgrade.
     Remove {
         parent: Pointer,
-        key: Box<str>,
+        key: Key,
         default: Option<Json<'static>>,
         from_request: bool,
     },
@@ -114,11 +116,7 @@ pub(crate) enum Kind {
     },
     /// Upgrade wraps the value at `at` as `{key: value}` (`unwrap: false`) or
     /// unwraps it (`unwrap: true`).
-    Wrap {
-        at: Pointer,
-        key: Box<str>,
-        unwrap: bool,
-    },
+    Wrap { at: Pointer, key: Key, unwrap: bool },
     /// Renames a header.
     RenameHeader { from: HeaderName, to: HeaderName },
     /// Rewrites the request path (and response `Location`s back).
@@ -135,16 +133,19 @@ pub(crate) struct ValueMap {
 
 impl ValueMap {
     /// What `from` becomes, if it is mapped.
-    pub(crate) fn get(&self, from: &str) -> Option<&str> {
+    pub(crate) fn get(&self, from: &[u8]) -> Option<&str> {
         if self.pairs.len() <= 8 {
             // A map names a few enum values: equality (lengths first) beats
             // hashing the body's string or a binary search.
             self.pairs
                 .iter()
-                .find(|(k, _)| k.as_bytes() == from.as_bytes())
+                .find(|(k, _)| k.as_bytes() == from)
                 .map(|(_, v)| &**v)
         } else {
-            let i = self.pairs.binary_search_by(|(k, _)| (**k).cmp(from)).ok()?;
+            let i = self
+                .pairs
+                .binary_search_by(|(k, _)| k.as_bytes().cmp(from))
+                .ok()?;
             Some(&self.pairs[i].1)
         }
     }
@@ -182,9 +183,9 @@ pub(crate) type Stash = HashMap<(u32, Box<[usize]>), Json<'static>>;
 /// How a body change meets the stash.
 pub(crate) enum StashUse<'a> {
     /// Request leg: record what `remove` takes away.
-    Record(&'a mut Stash, u32),
+    Record(&'a mut Stash),
     /// Response leg: restore from what the request recorded.
-    Restore(&'a Stash, u32),
+    Restore(&'a Stash),
 }
 
 impl Change {
@@ -197,41 +198,78 @@ impl Change {
         }
     }
 
-    /// Runs a body change on `body`. Leaves `body` partly changed on error;
-    /// `Plan` owns the body by value, so such a body is dropped, never sent.
-    /// Keys and values the change writes borrow from the change itself.
-    /// `binds` is scratch for wildcard indexes, reused across changes.
-    pub(crate) fn apply_body<'a>(
+    /// The wildcard part of the change's body pointer: its segments up to
+    /// and including the last `*` (empty without one). A plan runs the
+    /// consecutive changes that share it in one walk, each array element
+    /// getting all of them in turn (see `Plan::run_body`).
+    #[inline]
+    pub(crate) fn base(&self) -> &[Seg] {
+        &self.anchor()[..self.cut]
+    }
+
+    /// A compiled change; works out its base.
+    pub(crate) fn new(id: ChangeId, scope: Scope, kind: Kind) -> Change {
+        let mut change = Change {
+            id,
+            scope,
+            kind,
+            cut: 0,
+        };
+        let segs = change.anchor();
+        change.cut = segs
+            .iter()
+            .rposition(|s| *s == Seg::Any)
+            .map_or(0, |i| i + 1);
+        change
+    }
+
+    /// The pointer whose node a body change works on: a rename's common
+    /// base, the parent of an added or removed key, the mapped or wrapped
+    /// value.
+    #[inline]
+    fn anchor(&self) -> &[Seg] {
+        match &self.kind {
+            Kind::Rename { base, .. } => &base.segs,
+            Kind::Add { parent, .. } | Kind::Remove { parent, .. } => &parent.segs,
+            Kind::Map { at, .. } | Kind::Wrap { at, .. } => &at.segs,
+            Kind::RenameHeader { .. } | Kind::RewritePath { .. } | Kind::MapStatus { .. } => &[],
+        }
+    }
+
+    /// Runs a body change under `elem`, one node its [`Change::base`]
+    /// matched with wildcard indexes `b` (the whole body when the base is
+    /// empty). Leaves the body partly changed on error; `Plan` owns the
+    /// body by value, so such a body is dropped, never sent. Keys and values
+    /// the change writes borrow from the change itself. `step` is the
+    /// change's place in its plan, the stash's key.
+    pub(crate) fn apply_at<'a>(
         &'a self,
         dir: Dir,
-        body: &mut Json<'a>,
-        binds: &mut Vec<usize>,
-        mut stash: StashUse<'_>,
+        doc: &mut Json<'a>,
+        elem: NodeId,
+        b: &[usize],
+        step: u32,
+        stash: &mut StashUse<'_>,
     ) -> Result<(), TranslateError> {
-        binds.clear();
-        let root = body.root();
+        let anchor = self.anchor();
+        let Some(id) = pointer::get(doc, elem, &anchor[self.cut..]) else {
+            return Ok(());
+        };
         match &self.kind {
             Kind::Rename { base, from, to } => {
                 let (src, dst) = match dir {
                     Dir::Up => (from, to),
                     Dir::Down => (to, from),
                 };
-                for_each(body, root, &base.segs, binds, &mut |doc, id, b| {
-                    move_value(doc, id, src, dst).map_err(|(tail, kind)| {
-                        self.fail(pointer::render_under(base, b, tail), kind)
-                    })
-                })
+                move_value(doc, id, src, dst)
+                    .map_err(|(tail, kind)| self.fail(pointer::render_under(base, b, tail), kind))
             }
-            Kind::Add {
-                parent,
-                key,
-                default,
-            } => for_each(body, root, &parent.segs, binds, &mut |doc, id, _| {
+            Kind::Add { key, default, .. } => {
                 if let Node::Object(_) = doc.node(id) {
-                    match (dir, doc.find(id, key)) {
+                    match (dir, doc.find_key(id, key)) {
                         (Dir::Up, Err(i)) => {
                             let value = doc.borrow_from(default, default.root());
-                            doc.insert_at(id, i, Member::borrowed(key, value));
+                            doc.insert_at(id, i, Member::keyed(key, value));
                         }
                         (Dir::Down, Ok(i)) => {
                             doc.remove_at(id, i);
@@ -239,33 +277,33 @@ impl Change {
                         (Dir::Up, Ok(_)) | (Dir::Down, Err(_)) => {}
                     }
                 }
-                Ok::<(), TranslateError>(())
-            }),
+                Ok(())
+            }
             Kind::Remove {
-                parent,
                 key,
                 default,
                 from_request,
-            } => for_each(body, root, &parent.segs, binds, &mut |doc, id, b| {
+                ..
+            } => {
                 let Node::Object(_) = doc.node(id) else {
-                    return Ok::<(), TranslateError>(());
+                    return Ok(());
                 };
                 match dir {
                     Dir::Up => {
-                        if let Some(old) = doc.remove(id, key)
+                        if let Some(old) = doc.remove_key(id, key)
                             && *from_request
-                            && let StashUse::Record(stash, step) = &mut stash
+                            && let StashUse::Record(stash) = stash
                         {
-                            stash.insert((*step, b.into()), doc.to_owned_at(old));
+                            stash.insert((step, b.into()), doc.to_owned_at(old));
                         }
                     }
                     Dir::Down => {
-                        let Err(i) = doc.find(id, key) else {
+                        let Err(i) = doc.find_key(id, key) else {
                             return Ok(());
                         };
-                        let kept = match &stash {
-                            StashUse::Restore(stash, step) if *from_request => {
-                                stash.get(&(*step, Box::<[usize]>::from(b)))
+                        let kept = match stash {
+                            StashUse::Restore(stash) if *from_request => {
+                                stash.get(&(step, Box::<[usize]>::from(b)))
                             }
                             StashUse::Restore(..) | StashUse::Record(..) => None,
                         };
@@ -277,51 +315,47 @@ impl Change {
                             (None, None) => None,
                         };
                         if let Some(value) = value {
-                            doc.insert_at(id, i, Member::borrowed(key, value));
+                            doc.insert_at(id, i, Member::keyed(key, value));
                         }
                     }
                 }
                 Ok(())
-            }),
-            Kind::Map { at, up, down } => {
+            }
+            Kind::Map { up, down, .. } => {
                 let table = match dir {
                     Dir::Up => up,
                     Dir::Down => down,
                 };
-                for_each(body, root, &at.segs, binds, &mut |doc, id, _| {
-                    if let Node::String(s) = doc.node(id)
-                        && let Some(new) = table.get(doc.str(&s))
-                    {
-                        doc.set(id, Node::String(Text::new(new)));
-                    }
-                    Ok::<(), TranslateError>(())
-                })
+                if let Node::String(s) = doc.node(id)
+                    && let Some(new) = table.get(doc.str(&s))
+                {
+                    doc.set(id, Node::String(Text::new(new.as_bytes())));
+                }
+                Ok(())
             }
             Kind::Wrap { at, key, unwrap } => {
                 let wrapping = (dir == Dir::Up) != *unwrap;
-                for_each(body, root, &at.segs, binds, &mut |doc, id, b| {
-                    if wrapping {
-                        // In place: the wrapped value moves to a new node and
-                        // `id`, which its parent refers to, becomes the wrapper.
-                        let node = doc.node(id);
-                        let inner = doc.push(node);
-                        let wrapper = doc.push_members(&[Member::borrowed(key, inner)]);
-                        doc.set(id, Node::Object(wrapper));
-                        return Ok(());
-                    }
-                    let Node::Object(span) = doc.node(id) else {
-                        return Ok(());
-                    };
-                    let Ok(i) = doc.find(id, key) else {
-                        return Ok(());
-                    };
-                    if span.len() > 1 {
-                        return Err(self.fail(at.concrete(b), Fail::ExtraKeys));
-                    }
-                    let inner = doc.node(doc.member_value(id, i));
-                    doc.set(id, inner);
-                    Ok(())
-                })
+                if wrapping {
+                    // In place: the wrapped value moves to a new node and
+                    // `id`, which its parent refers to, becomes the wrapper.
+                    let node = doc.node(id);
+                    let inner = doc.push(node);
+                    let wrapper = doc.push_members(&[Member::keyed(key, inner)]);
+                    doc.set(id, Node::Object(wrapper));
+                    return Ok(());
+                }
+                let Node::Object(span) = doc.node(id) else {
+                    return Ok(());
+                };
+                let Ok(i) = doc.find_key(id, key) else {
+                    return Ok(());
+                };
+                if span.len() > 1 {
+                    return Err(self.fail(at.concrete(b), Fail::ExtraKeys));
+                }
+                let inner = doc.node(doc.member_value(id, i));
+                doc.set(id, inner);
+                Ok(())
             }
             Kind::RenameHeader { .. } | Kind::RewritePath { .. } | Kind::MapStatus { .. } => Ok(()),
         }
@@ -429,78 +463,112 @@ where
     // Check the whole destination before taking anything: a failure then
     // reports the input as it was, not our own half-done move. Absent is
     // never an error, so a failure counts only when there is a source.
-    if let Err(e) = probe(doc, container, dst) {
-        return match pointer::get(doc, container, src) {
-            Some(_) => Err(e),
-            None => Ok(()),
-        };
-    }
-    let Some(value) = take_pruning(doc, container, src) else {
+    let free = match probe(doc, container, dst) {
+        Ok(free) => free,
+        Err(e) => {
+            return match pointer::get(doc, container, src) {
+                Some(_) => Err(e),
+                None => Ok(()),
+            };
+        }
+    };
+    let mut removed = None;
+    let Some(value) = take_pruning(doc, container, src, &mut removed) else {
         return Ok(());
     };
+    let key = |seg: &'a Seg| {
+        seg.as_key()
+            .expect("validated: no wildcard in a rename tail")
+    };
+    if let ([last], Some(i)) = (dst, free) {
+        // A key of `container` itself (the common rename): where the probe
+        // found it free, one to the left if the take removed a member
+        // before it, without looking it up again.
+        let i = match removed {
+            Some(j) if j < i => i - 1,
+            Some(_) | None => i,
+        };
+        doc.insert_at(container, i, Member::keyed(key(last), value));
+        return Ok(());
+    }
     let (last, parents) = dst.split_last().expect("validated non-empty");
-    let name = |seg: &'a Seg| seg.name().expect("validated: no wildcard in a rename tail");
     let mut obj = container;
     for (k, seg) in parents.iter().enumerate() {
-        match doc.find(obj, name(seg)) {
+        match doc.find_key(obj, key(seg)) {
             Ok(i) => obj = doc.member_value(obj, i),
             Err(i) => {
                 // The rest of the path is new: build it inside out.
                 let mut v = value;
                 for seg in dst[k + 1..].iter().rev() {
-                    v = doc.single(Member::borrowed(name(seg), v));
+                    v = doc.single(Member::keyed(key(seg), v));
                 }
-                doc.insert_at(obj, i, Member::borrowed(name(seg), v));
+                doc.insert_at(obj, i, Member::keyed(key(seg), v));
                 return Ok(());
             }
         }
     }
     let i = doc
-        .find(obj, name(last))
+        .find_key(obj, key(last))
         .expect_err("probed: the destination is free");
-    doc.insert_at(obj, i, Member::borrowed(name(last), value));
+    doc.insert_at(obj, i, Member::keyed(key(last), value));
     Ok(())
 }
 
 /// Whether `dst` under `at` can be written: every existing value on the way
-/// is an object and the last key is free.
-fn probe<'s>(doc: &Json<'_>, mut at: NodeId, dst: &'s [Seg]) -> Result<(), (&'s [Seg], Fail)> {
+/// is an object and the last key is free. For a one-key `dst`, where in
+/// `at` that key would go.
+fn probe<'s>(
+    doc: &Json<'_>,
+    mut at: NodeId,
+    dst: &'s [Seg],
+) -> Result<Option<usize>, (&'s [Seg], Fail)> {
     for (i, seg) in dst.iter().enumerate() {
         if !matches!(doc.node(at), Node::Object(_)) {
             return Err((&dst[..i], Fail::NotAnObject));
         }
-        match doc.get(at, seg.name().unwrap_or_default()) {
-            Some(_) if i + 1 == dst.len() => return Err((dst, Fail::Collision)),
-            Some(next) => at = next,
-            None => break,
+        let Some(key) = seg.as_key() else { break };
+        match doc.find_key(at, key) {
+            Ok(_) if i + 1 == dst.len() => return Err((dst, Fail::Collision)),
+            Ok(m) => at = doc.member_value(at, m),
+            Err(free) if dst.len() == 1 => return Ok(Some(free)),
+            Err(_) => break,
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Removes the value at `segs` under `id` and returns it, then removes the
 /// objects on the way that it left empty (deepest first, up to but not
 /// including `id`; an array on the way stops the pruning, as it is not
 /// empty). `None` when there is no such value or its parent is no object.
-fn take_pruning(doc: &mut Json<'_>, id: NodeId, segs: &[Seg]) -> Option<NodeId> {
+/// `removed` is set to the index of the member of `id` itself that went,
+/// if one did.
+fn take_pruning(
+    doc: &mut Json<'_>,
+    id: NodeId,
+    segs: &[Seg],
+    removed: &mut Option<usize>,
+) -> Option<NodeId> {
     let (first, rest) = segs.split_first()?;
     match doc.node(id) {
         Node::Object(_) => {
-            let i = doc.find(id, first.name()?).ok()?;
+            let i = doc.find_key(id, first.as_key()?).ok()?;
             if rest.is_empty() {
+                *removed = Some(i);
                 return Some(doc.remove_at(id, i));
             }
             let child = doc.member_value(id, i);
-            let value = take_pruning(doc, child, rest)?;
+            let value = take_pruning(doc, child, rest, &mut None)?;
             // Only `child`'s members changed, so `i` still points at it.
             if doc.is_empty_object(child) {
+                *removed = Some(i);
                 doc.remove_at(id, i);
             }
             Some(value)
         }
         Node::Array(_) if !rest.is_empty() => {
             let child = pointer::child(doc, id, first)?;
-            take_pruning(doc, child, rest)
+            take_pruning(doc, child, rest, &mut None)
         }
         _ => None,
     }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use super::value::{Json, Node, NodeId};
+use super::value::{Json, Key, Node, NodeId};
 
 /// One pointer segment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -18,7 +18,7 @@ pub(crate) enum Seg {
     /// An object key, or an array index when `index` is set.
     Key {
         /// The unescaped key.
-        name: Box<str>,
+        name: Key,
         /// `name` as an array index, when it is one.
         index: Option<usize>,
     },
@@ -38,9 +38,17 @@ impl Seg {
         }
     }
 
-    pub(crate) fn name(&self) -> Option<&str> {
+    /// The key, prepared for lookups.
+    pub(crate) fn as_key(&self) -> Option<&Key> {
         match self {
             Seg::Key { name, .. } => Some(name),
+            Seg::Any => None,
+        }
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        match self {
+            Seg::Key { name, .. } => Some(name.as_str()),
             Seg::Any => None,
         }
     }
@@ -188,7 +196,7 @@ pub(crate) fn render_under(base: &Pointer, binds: &[usize], tail: &[Seg]) -> Str
 /// The child of node `id` at one literal segment.
 pub(crate) fn child(doc: &Json<'_>, id: NodeId, seg: &Seg) -> Option<NodeId> {
     match (doc.node(id), seg) {
-        (Node::Object(_), Seg::Key { name, .. }) => doc.get(id, name),
+        (Node::Object(_), Seg::Key { name, .. }) => doc.get_key(id, name),
         (Node::Array(_), Seg::Key { index: Some(i), .. }) => doc.items(id).get(*i).copied(),
         _ => None,
     }

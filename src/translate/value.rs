@@ -14,6 +14,12 @@
 //! never rounded: `1E+400` comes back as `1E+400`); a string or key without
 //! escapes is a slice too; text with escapes is decoded into the document's
 //! own buffer, so an escaped key compares equal to its unescaped spelling.
+//! Text is bytes: the body was checked to be UTF-8 once, whole, and is only
+//! ever cut at ASCII delimiters.
+//!
+//! Lookups compare a key's first four bytes as one number (`head`, kept in
+//! each member) before any byte; the keys a change looks up or writes are
+//! [`Key`]s, their head and escaping worked out when the table compiles.
 //!
 //! Invariants:
 //! * an object's members are sorted by key (bytes of the unescaped key, as
@@ -39,9 +45,9 @@ pub(crate) const MAX_BODY_BYTES: u64 = 1 << 30;
 pub(crate) enum Text<'a> {
     /// Borrowed text that needs no escape when written (the common case:
     /// a string the parser found between quotes without a backslash).
-    Plain(&'a str),
+    Plain(&'a [u8]),
     /// Borrowed text holding `"`, `\` or a control character.
-    Escape(&'a str),
+    Escape(&'a [u8]),
     /// Decoded text in the document's own buffer (`start..start + len`).
     /// Written through the escaping path, which copies plain runs as they are.
     Own { start: u32, len: u32 },
@@ -49,12 +55,65 @@ pub(crate) enum Text<'a> {
 
 impl<'a> Text<'a> {
     /// Borrowed text, with the escape check done once here, not at every write.
-    pub(crate) fn new(text: &'a str) -> Text<'a> {
-        if text.bytes().any(needs_escape) {
+    pub(crate) fn new(text: &'a [u8]) -> Text<'a> {
+        if text.iter().any(|&b| needs_escape(b)) {
             Text::Escape(text)
         } else {
             Text::Plain(text)
         }
+    }
+}
+
+/// An object key a change looks up or writes, prepared when the table
+/// compiles: its [`head`] and whether it needs escaping are worked out
+/// once, not at every lookup and insert. Reads as the `str` it names.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    name: Box<str>,
+    head: u32,
+    escape: bool,
+}
+
+impl Key {
+    pub(crate) fn new(name: &str) -> Key {
+        Key {
+            head: head(name.as_bytes()),
+            escape: name.bytes().any(needs_escape),
+            name: name.into(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The key as document text.
+    #[inline]
+    pub(crate) fn text(&self) -> Text<'_> {
+        if self.escape {
+            Text::Escape(self.name.as_bytes())
+        } else {
+            Text::Plain(self.name.as_bytes())
+        }
+    }
+}
+
+impl From<&str> for Key {
+    fn from(name: &str) -> Key {
+        Key::new(name)
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.name, f)
     }
 }
 
@@ -98,14 +157,32 @@ pub(crate) struct Member<'a> {
     pub(crate) value: NodeId,
     /// The key's first four bytes, big-endian, zero-padded: orders most
     /// pairs of keys without reading them (it fits in `Member`'s padding).
-    head: u32,
+    pub(crate) head: u32,
 }
 
 impl<'a> Member<'a> {
+    /// A member whose key's [`head`] is known (the parser reads it off
+    /// the input).
+    #[inline(always)]
+    pub(crate) fn with_head(key: Text<'a>, value: NodeId, head: u32) -> Member<'a> {
+        Member { key, value, head }
+    }
+
+    /// A member whose key is a change's (borrowed from the plan).
+    #[inline]
+    pub(crate) fn keyed(key: &'a Key, value: NodeId) -> Member<'a> {
+        Member {
+            key: key.text(),
+            value,
+            head: key.head,
+        }
+    }
+
     /// A member whose key is borrowed text (from the plan).
+    #[cfg(test)]
     pub(crate) fn borrowed(key: &'a str, value: NodeId) -> Member<'a> {
         Member {
-            key: Text::new(key),
+            key: Text::new(key.as_bytes()),
             value,
             head: head(key.as_bytes()),
         }
@@ -114,7 +191,8 @@ impl<'a> Member<'a> {
 
 /// The first four bytes of a key as a number that orders as they do.
 /// Keys that share it (or differ only by trailing NULs) are compared in full.
-fn head(key: &[u8]) -> u32 {
+#[inline]
+pub(crate) fn head(key: &[u8]) -> u32 {
     let b = match *key {
         [a, b, c, d, ..] => [a, b, c, d],
         [a, b, c] => [a, b, c, 0],
@@ -126,11 +204,36 @@ fn head(key: &[u8]) -> u32 {
 }
 
 /// Orders a member's key against `key` (whose [`head`] is `h`).
-fn cmp_key(own: &str, m: &Member<'_>, key: &[u8], h: u32) -> Ordering {
+#[inline]
+fn cmp_key(own: &[u8], m: &Member<'_>, key: &[u8], h: u32) -> Ordering {
     match m.head.cmp(&h) {
-        Ordering::Equal => resolve(own, &m.key).as_bytes().cmp(key),
+        Ordering::Equal => cmp_after_head(resolve(own, &m.key), key),
         unequal => unequal,
     }
+}
+
+/// Whether member `m`'s key sorts strictly before `key`, both of `doc`
+/// and with equal heads.
+#[inline]
+pub(crate) fn key_before(doc: &Json<'_>, m: &Member<'_>, key: &Text<'_>) -> bool {
+    let own = &doc.text;
+    cmp_after_head(resolve(own, &m.key), resolve(own, key)) == Ordering::Less
+}
+
+/// Orders two keys whose heads are equal, so whose first `min(4, len)`
+/// bytes agree. A byte loop: keys are short, and a `memcmp` call cost more
+/// than the comparison it made.
+#[inline]
+fn cmp_after_head(a: &[u8], b: &[u8]) -> Ordering {
+    let n = a.len().min(b.len());
+    let mut i = n.min(4);
+    while i < n {
+        if a[i] != b[i] {
+            return a[i].cmp(&b[i]);
+        }
+        i += 1;
+    }
+    a.len().cmp(&b.len())
 }
 
 /// A parsed JSON body that borrows from the bytes it was parsed from (`'a`)
@@ -143,7 +246,7 @@ pub struct Json<'a> {
     members: Vec<Member<'a>>,
     items: Vec<NodeId>,
     /// Decoded text ([`Text::Own`]).
-    text: String,
+    text: Vec<u8>,
     root: NodeId,
     /// Length of the body this was parsed from: sizes the output buffer.
     pub(crate) source_len: usize,
@@ -164,13 +267,15 @@ impl<'a> Json<'a> {
     /// An empty document sized for a body of `source_len` bytes; its root is
     /// set by the first [`Json::push`] the builder finishes with.
     pub(crate) fn with_capacity(source_len: usize) -> Json<'a> {
-        // About one node per 12 bytes of minified JSON, one member or item
-        // per 16: one allocation each for typical bodies, not a series.
+        // About one node per 12 bytes of minified JSON, one member per 15
+        // (an event list), with a fifth more for what the changes add (a
+        // grown object moves to the end with room): one allocation each
+        // for typical bodies, not a series of regrowths and copies.
         Json {
-            nodes: Vec::with_capacity(source_len / 12 + 4),
-            members: Vec::with_capacity(source_len / 16 + 2),
+            nodes: Vec::with_capacity(source_len / 10 + 8),
+            members: Vec::with_capacity(source_len / 10 + 8),
             items: Vec::with_capacity(source_len / 32 + 2),
-            text: String::new(),
+            text: Vec::new(),
             root: 0,
             source_len,
         }
@@ -184,6 +289,7 @@ impl<'a> Json<'a> {
         self.root = id;
     }
 
+    #[inline]
     pub(crate) fn node(&self, id: NodeId) -> Node<'a> {
         self.nodes[id as usize]
     }
@@ -193,6 +299,7 @@ impl<'a> Json<'a> {
         self.nodes[id as usize] = node;
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, node: Node<'a>) -> NodeId {
         let id = index(self.nodes.len());
         self.nodes.push(node);
@@ -202,7 +309,7 @@ impl<'a> Json<'a> {
     /// Stores decoded text in the document's own buffer.
     pub(crate) fn own_text(&mut self, text: &str) -> Text<'a> {
         let start = index(self.text.len());
-        self.text.push_str(text);
+        self.text.extend_from_slice(text.as_bytes());
         Text::Own {
             start,
             len: index(text.len()),
@@ -210,12 +317,12 @@ impl<'a> Json<'a> {
     }
 
     /// The buffer [`Text::Own`] refers to.
-    pub(crate) fn own(&self) -> &str {
+    pub(crate) fn own(&self) -> &[u8] {
         &self.text
     }
 
     /// The (unescaped) text.
-    pub(crate) fn str<'s>(&'s self, text: &Text<'s>) -> &'s str {
+    pub(crate) fn str<'s>(&'s self, text: &Text<'s>) -> &'s [u8] {
         resolve(&self.text, text)
     }
 
@@ -254,14 +361,45 @@ impl<'a> Json<'a> {
 
     /// In object `obj`: the index of `key` among its members, or where it
     /// would go. `obj` must be an object.
+    #[cfg(test)]
     pub(crate) fn find(&self, obj: NodeId, key: &str) -> Result<usize, usize> {
+        let key = key.as_bytes();
+        self.find_head(obj, key, head(key))
+    }
+
+    /// [`Json::find`] for a change's key.
+    #[inline]
+    pub(crate) fn find_key(&self, obj: NodeId, key: &Key) -> Result<usize, usize> {
+        self.find_head(obj, key.name.as_bytes(), key.head)
+    }
+
+    /// The value of member `key` when `id` is an object that has it.
+    #[inline]
+    pub(crate) fn get_key(&self, id: NodeId, key: &Key) -> Option<NodeId> {
+        match self.node(id) {
+            Node::Object(span) => {
+                let i = self.find_key(id, key).ok()?;
+                Some(self.members[span.start as usize + i].value)
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Json::find`] with the key's [`head`] already known.
+    #[inline(always)]
+    fn find_head(&self, obj: NodeId, key: &[u8], h: u32) -> Result<usize, usize> {
         let members = &self.members[self.span(obj).range()];
-        let (key, h) = (key.as_bytes(), head(key.as_bytes()));
         if members.len() <= 8 {
             // Real objects are small: one pass in key order, most steps a
             // comparison of heads, beats a binary search's branches.
             for (i, m) in members.iter().enumerate() {
-                match cmp_key(&self.text, m, key, h) {
+                if m.head < h {
+                    continue;
+                }
+                if m.head > h {
+                    return Err(i);
+                }
+                match cmp_after_head(resolve(&self.text, &m.key), key) {
                     Ordering::Less => {}
                     Ordering::Equal => return Ok(i),
                     Ordering::Greater => return Err(i),
@@ -275,11 +413,12 @@ impl<'a> Json<'a> {
 
     /// A member with key `key` (text of this document or borrowed).
     pub(crate) fn member(&self, key: Text<'a>, value: NodeId) -> Member<'a> {
-        let head = head(self.str(&key).as_bytes());
+        let head = head(self.str(&key));
         Member { key, value, head }
     }
 
     /// The value of member `key` when `id` is an object that has it.
+    #[cfg(test)]
     pub(crate) fn get(&self, id: NodeId, key: &str) -> Option<NodeId> {
         match self.node(id) {
             Node::Object(span) => {
@@ -300,14 +439,24 @@ impl<'a> Json<'a> {
         let mut span = self.span(obj);
         let start = span.start as usize;
         let value = self.members[start + i].value;
-        self.members
-            .copy_within(start + i + 1..start + span.len as usize, start + i);
+        // A loop, not `copy_within`: a few members, and a `memmove` call
+        // cost more than moving them.
+        for k in start + i..start + span.len as usize - 1 {
+            self.members[k] = self.members[k + 1];
+        }
         span.len -= 1;
         self.set(obj, Node::Object(span));
         value
     }
 
     /// Removes member `key` of object `obj`, if it has one; returns its value.
+    pub(crate) fn remove_key(&mut self, obj: NodeId, key: &Key) -> Option<NodeId> {
+        let i = self.find_key(obj, key).ok()?;
+        Some(self.remove_at(obj, i))
+    }
+
+    /// Removes member `key` of object `obj`, if it has one; returns its value.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, obj: NodeId, key: &str) -> Option<NodeId> {
         let i = self.find(obj, key).ok()?;
         Some(self.remove_at(obj, i))
@@ -332,8 +481,9 @@ impl<'a> Json<'a> {
         }
         let start = span.start as usize;
         let len = span.len as usize;
-        self.members
-            .copy_within(start + i..start + len, start + i + 1);
+        for k in (start + i..start + len).rev() {
+            self.members[k + 1] = self.members[k];
+        }
         self.members[start + i] = member;
         span.len += 1;
         self.set(obj, Node::Object(span));
@@ -355,7 +505,7 @@ impl<'a> Json<'a> {
     /// plan). Returns the copy's root.
     pub(crate) fn borrow_from(&mut self, src: &'a Json<'_>, id: NodeId) -> NodeId {
         self.copy_tree(src, id, &mut |_, t: &Text<'_>| {
-            let s: &'a str = resolve(&src.text, t);
+            let s: &'a [u8] = resolve(&src.text, t);
             match t {
                 Text::Plain(_) => Text::Plain(s),
                 Text::Escape(_) | Text::Own { .. } => Text::new(s),
@@ -366,9 +516,9 @@ impl<'a> Json<'a> {
     /// Copies the subtree `id` of `src` into this document, copying its
     /// texts into this document's buffer (`src` may not outlive it).
     pub(crate) fn copy_from(&mut self, src: &Json<'_>, id: NodeId) -> NodeId {
-        self.copy_tree(src, id, &mut |text: &mut String, t: &Text<'_>| {
+        self.copy_tree(src, id, &mut |text: &mut Vec<u8>, t: &Text<'_>| {
             let start = index(text.len());
-            text.push_str(resolve(&src.text, t));
+            text.extend_from_slice(resolve(&src.text, t));
             Text::Own {
                 start,
                 len: index(text.len()) - start,
@@ -389,7 +539,7 @@ impl<'a> Json<'a> {
         &mut self,
         src: &'s Json<'b>,
         id: NodeId,
-        text: &mut impl FnMut(&mut String, &Text<'b>) -> Text<'a>,
+        text: &mut impl FnMut(&mut Vec<u8>, &Text<'b>) -> Text<'a>,
     ) -> NodeId {
         let node = match src.node(id) {
             Node::Null => Node::Null,
@@ -472,7 +622,7 @@ fn push_run<T: Copy>(all: &mut Vec<T>, run: &[T]) -> Span {
 }
 
 /// The unescaped text of `t`, given the buffer of its document.
-pub(crate) fn resolve<'s>(own: &'s str, t: &Text<'s>) -> &'s str {
+pub(crate) fn resolve<'s>(own: &'s [u8], t: &Text<'s>) -> &'s [u8] {
     match *t {
         Text::Plain(s) | Text::Escape(s) => s,
         Text::Own { start, len } => &own[start as usize..(start + len) as usize],
@@ -482,9 +632,8 @@ pub(crate) fn resolve<'s>(own: &'s str, t: &Text<'s>) -> &'s str {
 /// Sorts an object's members by key in place and says whether the keys are
 /// unique. Members of real bodies often come sorted (serialisers that sort,
 /// our own output): then this is one comparison per pair.
-pub(crate) fn sort_members(own: &str, members: &mut [Member<'_>]) -> bool {
-    let cmp =
-        |a: &Member<'_>, b: &Member<'_>| cmp_key(own, a, resolve(own, &b.key).as_bytes(), b.head);
+pub(crate) fn sort_members(own: &[u8], members: &mut [Member<'_>]) -> bool {
+    let cmp = |a: &Member<'_>, b: &Member<'_>| cmp_key(own, a, resolve(own, &b.key), b.head);
     if members
         .windows(2)
         .all(|w| cmp(&w[0], &w[1]) == Ordering::Less)
@@ -528,7 +677,7 @@ mod tests {
     fn keys(d: &Json<'_>, obj: NodeId) -> Vec<String> {
         d.members(obj)
             .iter()
-            .map(|m| d.str(&m.key).to_string())
+            .map(|m| String::from_utf8_lossy(d.str(&m.key)).into_owned())
             .collect()
     }
 
@@ -574,17 +723,20 @@ mod tests {
                 .collect()
         };
         let mut m = ms(&mut d, &["b", "a"]);
-        assert!(sort_members("", &mut m));
-        assert_eq!(m[0].key, Text::Plain("a"));
-        assert!(!sort_members("", &mut ms(&mut d, &["b", "a", "b"])));
-        assert!(!sort_members("", &mut ms(&mut d, &["a", "a"])));
+        assert!(sort_members(b"", &mut m));
+        assert_eq!(m[0].key, Text::Plain(b"a"));
+        assert!(!sort_members(b"", &mut ms(&mut d, &["b", "a", "b"])));
+        assert!(!sort_members(b"", &mut ms(&mut d, &["a", "a"])));
     }
 
     #[test]
     fn escapes_are_found_once() {
-        assert_eq!(Text::new("plain é"), Text::Plain("plain é"));
+        assert_eq!(
+            Text::new("plain é".as_bytes()),
+            Text::Plain("plain é".as_bytes())
+        );
         for s in ["a\"b", "a\nb", "a\\b"] {
-            assert_eq!(Text::new(s), Text::Escape(s));
+            assert_eq!(Text::new(s.as_bytes()), Text::Escape(s.as_bytes()));
         }
     }
 
