@@ -10,9 +10,10 @@
 //! its first byte, or the connection answers 408 itself and closes.
 //! hyper's own header timeout would arm a timer for every request; this
 //! one costs nothing for a head that arrives in one read, as nearly all
-//! do. `server` answers the flagged request. Once a request is flagged, nothing after it on the
-//! connection is trusted, and scanning stops. HTTP/2 connections (prior
-//! knowledge preface) are not scanned: h2 frames carry their own lengths.
+//! do. `server` answers the flagged request. Once a request is flagged,
+//! nothing after it on the connection is trusted, and scanning stops.
+//! HTTP/2 connections (prior knowledge preface) are not scanned: h2 frames
+//! carry their own lengths.
 
 use std::future::Future;
 use std::io;

@@ -30,7 +30,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::body::Body;
 use crate::config::ServerSettings;
@@ -497,8 +497,9 @@ impl<H: Handler> Conn<H> {
             let _slot = slot;
             let signal = Arc::new(Signal::default());
             // Aborted when the connection ends, whichever way.
-            let _watcher = AbortOnDrop(tokio::spawn(watch(
+            let _watcher = AbortOnDropHandle::new(tokio::spawn(watch(
                 signal.clone(),
+                peer,
                 draining,
                 hard_stop,
                 idle_timeout.map(|t| (t, activity)),
@@ -555,6 +556,7 @@ impl Signal {
 /// for a hard stop when the grace period is over.
 async fn watch(
     signal: Arc<Signal>,
+    peer: SocketAddr,
     draining: CancellationToken,
     hard_stop: CancellationToken,
     idle: Option<(Duration, Arc<Activity>)>,
@@ -567,21 +569,12 @@ async fn watch(
     };
     tokio::select! {
         _ = draining.cancelled() => {}
-        _ = idle => tracing::debug!("idle connection: closing"),
+        _ = idle => tracing::debug!(%peer, "idle connection: closing"),
         _ = hard_stop.cancelled() => return signal.set(STOP),
     }
     signal.set(CLOSE);
     hard_stop.cancelled().await;
     signal.set(STOP);
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Binds a listener with `SO_REUSEADDR` and a deep backlog.

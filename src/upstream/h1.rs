@@ -189,10 +189,8 @@ async fn send(
                 // every request's (see `super::exchange`).
                 None => Box::pin(send_streamed(parts, &mut *body, &mut conn)).await,
             };
-            match sent {
-                Ok(()) => Ok(roundtrip(&mut conn, head_only).await),
-                Err(fault) => Err(fault),
-            }
+            sent?;
+            Ok::<_, Fault>(roundtrip(&mut conn, head_only).await)
         })
         .await;
         conn.timer = timer;

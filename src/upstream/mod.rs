@@ -407,7 +407,7 @@ impl Upstream {
     /// Whether [`Upstream::forward_once`] gives `req` back after sending
     /// it to `pool` (the lean client, a buffered body).
     pub fn gives_back(pool: &Pool, req: &Request<Body>) -> bool {
-        pool.transport.is_none() && req.body().buffered().is_some() && h1::eligible(req)
+        lean(pool, req) && req.body().buffered().is_some()
     }
 
     /// [`Upstream::forward_to`], giving the request back when it provably
@@ -467,7 +467,7 @@ impl Upstream {
         let _guard = InflightGuard(ep);
         // The lean client keeps the response timeout on each connection's
         // own timer; the others get one per request.
-        let (mut result, mut kept) = if transport.is_none() && h1::eligible(&req) {
+        let (mut result, mut kept) = if lean(pool, &req) {
             h1::exchange(ep, req, timeouts).await
         } else {
             let result = match tokio::time::timeout(
@@ -539,6 +539,11 @@ fn h2_uri(t: &Transport, authority: Authority, pq: PathAndQuery) -> Uri {
     parts.authority = Some(authority);
     parts.path_and_query = Some(pq);
     Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+}
+
+/// Whether `req` goes to `pool` through the lean HTTP/1.1 client.
+fn lean(pool: &Pool, req: &Request<Body>) -> bool {
+    pool.transport.is_none() && h1::eligible(req)
 }
 
 /// One exchange through hyper's client (h2, TLS, tunnels): everything the
