@@ -130,19 +130,23 @@ impl Body {
         }
     }
 
-    /// An upstream response body: `reuse` returns its connection to the pool
-    /// once the body has been read to the end (right away if it is empty).
-    pub(crate) fn upstream(inner: Incoming, reuse: Reuse) -> Body {
+    /// An upstream response body: `reuse`, if any, returns its connection
+    /// to the pool once the body has been read to the end (right away if
+    /// it is empty); with `gap`, a wait longer than that for the next
+    /// frame fails with [`BodyError::Timeout`].
+    pub(crate) fn upstream(inner: Incoming, reuse: Option<Reuse>, gap: Option<Duration>) -> Body {
         if inner.is_end_stream() {
-            reuse.release();
+            if let Some(r) = reuse {
+                r.release();
+            }
             return Body::stream(inner);
         }
         Body::Stream {
             inner,
             limit: u64::MAX,
             seen: 0,
-            reuse: Some(reuse),
-            timeout: None,
+            reuse,
+            timeout: gap.map(ReadTimeout::new),
         }
     }
 

@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -415,8 +416,8 @@ impl Gateway {
         };
         let client_upgrade = websocket.and_then(|kind| {
             let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-            let busy = parts.extensions.remove::<crate::server::Busy>();
-            Some((kind, on, busy))
+            let lease = parts.extensions.remove::<Arc<crate::server::Lease>>();
+            Some((kind, on, lease))
         });
         let te_trailers = prepare_upstream_headers(
             &mut parts.headers,
@@ -576,7 +577,7 @@ impl Gateway {
         strip_hop_by_hop(&mut parts.headers);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-            let (Some((kind, client, busy)), Some(upstream)) = (client_upgrade, upstream_upgrade)
+            let (Some((kind, client, lease)), Some(upstream)) = (client_upgrade, upstream_upgrade)
             else {
                 // A 101 nobody asked for (or that cannot be tunnelled).
                 return Err(upstream_failed(UpstreamError::UnexpectedUpgrade));
@@ -595,7 +596,13 @@ impl Gateway {
                     parts.headers.remove(header::CONTENT_LENGTH);
                 }
             }
-            tunnel(client, upstream, ctx.endpoint.clone(), busy);
+            tunnel(
+                client,
+                upstream,
+                ctx.endpoint.clone(),
+                lease,
+                route.tunnel_idle,
+            );
         } else if parts.status.is_success()
             && matches!(client_upgrade, Some((Handshake::ExtendedConnect, ..)))
         {
@@ -641,13 +648,23 @@ impl Gateway {
                                 BodyError::TooLarge { limit } => {
                                     fail(TranslateError::TooLarge { limit })
                                 }
-                                BodyError::Stream(_) | BodyError::Timeout { .. } => {
-                                    fail(TranslateError::InvalidJson {
-                                        line: 0,
-                                        column: 0,
-                                        reason: "the upstream's body stream failed".into(),
+                                // A body that stopped arriving is the
+                                // upstream being slow (504), not bad JSON.
+                                e @ BodyError::Timeout { .. } => {
+                                    upstream_failed(UpstreamError::ResponseBody {
+                                        endpoint: ctx
+                                            .endpoint
+                                            .as_ref()
+                                            .map(|e| e.authority.clone())
+                                            .expect("a forwarded request has an endpoint"),
+                                        source: e,
                                     })
                                 }
+                                BodyError::Stream(_) => fail(TranslateError::InvalidJson {
+                                    line: 0,
+                                    column: 0,
+                                    reason: "the upstream's body stream failed".into(),
+                                }),
                             })?;
                     // An empty body (a 201 with `Content-Length: 0`) is no body.
                     let value = if bytes.is_empty() {
@@ -1345,6 +1362,7 @@ async fn forward_with_retries(
         let timeouts = crate::upstream::Timeouts {
             connect: route.timeouts.connect.min(left),
             response: policy.per_try.map_or(left, |t| t.min(left)),
+            body: route.timeouts.body,
         };
         let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
             more && Instant::now() < deadline && attempts.try_retry()
@@ -1418,35 +1436,132 @@ fn websocket_key() -> HeaderValue {
 }
 
 /// Once the 101 (or, for an h2 client, the 200) has gone out and both
-/// sides have upgraded, copies bytes both ways until either side closes
-/// (on the current worker's runtime). `busy` keeps an h2 client
-/// connection from counting as idle meanwhile.
+/// sides have upgraded, copies bytes both ways until either side closes,
+/// nothing has moved either way for `idle`, or the listener's grace period
+/// is over (on the current worker's runtime). The client connection's
+/// `lease` keeps it counted (connection limit, drain, h2 idleness) while
+/// the tunnel is open.
 fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     endpoint: Option<Arc<Endpoint>>,
-    busy: Option<crate::server::Busy>,
+    lease: Option<Arc<crate::server::Lease>>,
+    idle: Option<Duration>,
 ) {
     tokio::spawn(async move {
-        let _busy = busy;
         let (client, upstream) = tokio::join!(client, upstream);
         let endpoint = endpoint.as_ref().map(|e| e.authority.as_str());
-        match (client, upstream) {
-            (Ok(client), Ok(upstream)) => {
-                let mut client = hyper_util::rt::TokioIo::new(client);
-                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    Ok((up, down)) => {
-                        tracing::debug!(endpoint, up, down, "WebSocket tunnel closed")
-                    }
-                    Err(e) => tracing::debug!(endpoint, error = %e, "WebSocket tunnel broke"),
-                }
-            }
+        let (client, upstream) = match (client, upstream) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::debug!(endpoint, error = %e, "WebSocket upgrade failed");
+                return;
             }
+        };
+        let moved = Arc::new(AtomicU64::new(0));
+        let mut client = Counted {
+            io: hyper_util::rt::TokioIo::new(client),
+            reads: moved.clone(),
+        };
+        let mut upstream = Counted {
+            io: hyper_util::rt::TokioIo::new(upstream),
+            reads: moved.clone(),
+        };
+        let stopped = async {
+            match &lease {
+                Some(l) => l.stopped().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
+                Ok((up, down)) => tracing::debug!(endpoint, up, down, "WebSocket tunnel closed"),
+                Err(e) => tracing::debug!(endpoint, error = %e, "WebSocket tunnel broke"),
+            },
+            _ = quiet_for(&moved, idle) => {
+                tracing::debug!(endpoint, ?idle, "WebSocket tunnel idle: closing");
+            }
+            _ = stopped => tracing::debug!(endpoint, "grace period over: closing WebSocket tunnel"),
         }
+        // Dropping both ends closes them; the lease goes last.
+        drop((client, upstream));
+        drop(lease);
     });
+}
+
+/// Resolves once `reads` has not moved for `idle` (checked every quarter
+/// of it, so within 1.25 x `idle`); never without an `idle`. A timer per
+/// read would cost a wheel update per message.
+async fn quiet_for(reads: &AtomicU64, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let step = (idle / 4).max(Duration::from_millis(1));
+    let mut seen = reads.load(Ordering::Relaxed);
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        let now = reads.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            quiet = Duration::ZERO;
+            continue;
+        }
+        quiet += step;
+        if quiet >= idle {
+            return;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A tunnel end that counts its reads that brought bytes (for the
+    /// tunnel's idle timeout).
+    struct Counted<T> {
+        #[pin]
+        io: T,
+        reads: Arc<AtomicU64>,
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
 }
 
 /// Buffers a body up to `limit` bytes.

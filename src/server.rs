@@ -224,12 +224,25 @@ impl Clone for Active {
     }
 }
 
-/// Keeps an h2 connection from counting as idle while a tunnel opened by
-/// one of its CONNECT streams (WebSocket, RFC 8441) is open: a request
-/// extension of CONNECT requests, which the tunnel holds.
-#[derive(Clone)]
-pub struct Busy {
-    _active: Active,
+/// What a tunnel (WebSocket, after a `101` or an RFC 8441 CONNECT's `200`)
+/// keeps of its client connection: a request extension of every request
+/// that can upgrade, which the tunnel holds for its life. While held, the
+/// connection still counts against `max_connections`, the listener's
+/// drain waits for it, and (h2) the connection does not count as idle;
+/// [`Lease::stopped`] resolves when the grace period is over.
+pub struct Lease {
+    _slot: Arc<Slot>,
+    _token: tokio_util::task::task_tracker::TaskTrackerToken,
+    stop: CancellationToken,
+    _active: Option<Active>,
+}
+
+impl Lease {
+    /// Resolves when the listener's grace period is over: the tunnel must
+    /// close.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
+    }
 }
 
 impl Drop for Active {
@@ -446,6 +459,10 @@ impl<H: Handler> Conn<H> {
         // (after decryption, for TLS).
         let verdict = Arc::new(framing::Verdict::default());
         let stream = framing::Guarded::new(stream, max_head, verdict.clone(), header_timeout);
+        // Shared with the tunnels this connection may open (see `Lease`).
+        let slot = Arc::new(slot);
+        let (lease_slot, lease_tracker, lease_stop) =
+            (slot.clone(), tracker.clone(), hard_stop.clone());
         let service = service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
             let violation = verdict.next_request();
@@ -453,10 +470,21 @@ impl<H: Handler> Conn<H> {
                 req.extensions_mut().insert(info.clone());
             }
             let active = track.as_ref().map(Activity::begin);
-            if req.method() == http::Method::CONNECT
-                && let Some(a) = &active
+            // hyper gives every request that can upgrade (HTTP/1.1
+            // `Upgrade`, h2 CONNECT) an `OnUpgrade`; others have no
+            // extensions, so the check is one null test.
+            if req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some()
             {
-                req.extensions_mut().insert(Busy { _active: a.clone() });
+                let lease = Lease {
+                    _slot: lease_slot.clone(),
+                    _token: lease_tracker.token(),
+                    stop: lease_stop.clone(),
+                    _active: active.clone(),
+                };
+                req.extensions_mut().insert(Arc::new(lease));
             }
             let (request_slot, over) = admission.request();
             let overload = if shed {

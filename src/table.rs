@@ -62,6 +62,8 @@ pub struct Route {
     pub limits: RouteLimits,
     /// Connect and response timeouts.
     pub timeouts: Timeouts,
+    /// A WebSocket tunnel idle this long is closed.
+    pub tunnel_idle: Option<Duration>,
     /// Request body cap.
     pub max_body_bytes: u64,
     /// Body limits for translation.
@@ -263,6 +265,8 @@ impl RoutingTable {
                 let timeouts = Timeouts {
                     connect: Duration::from_millis(r.connect_timeout_ms),
                     response: Duration::from_millis(r.timeout_ms),
+                    body: (r.body_timeout_ms != 0)
+                        .then(|| Duration::from_millis(r.body_timeout_ms)),
                 };
                 let detection = Detection::compile(&doc.detection, &r.detection);
                 let split = SplitSettings::compile(
@@ -291,6 +295,8 @@ impl RoutingTable {
                     split,
                     limits: limits.route(r, &calendar, registry),
                     timeouts,
+                    tunnel_idle: (r.tunnel_idle_timeout_ms != 0)
+                        .then(|| Duration::from_millis(r.tunnel_idle_timeout_ms)),
                     max_body_bytes: r.max_body_bytes,
                     translate_limits: crate::translate::Limits {
                         max_bytes: r.translate_max_body_bytes,

@@ -279,6 +279,90 @@ async fn a_truncated_body_fails_the_client_response_instead_of_ending_short() {
 }
 
 #[tokio::test]
+async fn a_body_that_stalls_is_cut_at_the_routes_body_timeout_and_a_slow_one_is_not() {
+    // Ten bytes of a hundred, then silence for longer than the test.
+    let up = RawUpstream::spawn(Script {
+        pieces: vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten.."],
+        close_after: Some(Duration::from_secs(30)),
+    })
+    .await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool_at("v1", "v1", &up.addr, "")
+            .route("all", "/", "v1", "body_timeout_ms = 300"),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), gw.get("/a").try_send())
+        .await
+        .expect("the stalled body was cut, not left hanging");
+    assert!(
+        outcome.is_err(),
+        "a cut body must not look complete: {outcome:?}"
+    );
+    let after = start.elapsed();
+    assert!(
+        after >= Duration::from_millis(280) && after < Duration::from_secs(3),
+        "cut after {after:?}"
+    );
+
+    // A body whose pieces each come within the timeout is never cut, however
+    // long it takes in all: 12 pieces 100 ms apart against 300 ms.
+    let mut pieces: Vec<&'static [u8]> = vec![b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n"];
+    pieces.extend(std::iter::repeat_n(&b"x"[..], 12));
+    let slow = RawUpstream::spawn(Script {
+        pieces,
+        close_after: None,
+    })
+    .await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool_at("v1", "v1", &slow.addr, "")
+            .route("all", "/", "v1", "body_timeout_ms = 300"),
+    )
+    .await;
+    let resp = gw.get("/a").send().await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&resp.body[..], b"xxxxxxxxxxxx");
+}
+
+#[tokio::test]
+async fn a_translated_body_that_stalls_gets_504() {
+    let up = RawUpstream::spawn(Script {
+        pieces: vec![
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"b\":",
+        ],
+        close_after: Some(Duration::from_secs(30)),
+    })
+    .await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "stable", "")
+            .version(
+                "v2",
+                "current",
+                "[[versions.changes]]\nop = \"rename\"\nfrom = \"/a\"\nto = \"/b\"",
+            )
+            .pool_at("v2", "v2", &up.addr, "")
+            .route(
+                "all",
+                "/",
+                "v2",
+                "body_timeout_ms = 300\n[routes.split]\nv1 = [{ pool = \"v2\", weight = 100 }]",
+            ),
+    )
+    .await;
+    let resp = gw.get("/a").header("x-api-version", "v1").send().await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(
+        resp.problem()["type"].as_str().unwrap().rsplit('/').next(),
+        Some("upstream-timeout")
+    );
+}
+
+#[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_not_used() {
     // The upstream answers keep-alive style, then closes the idle
     // connection 50 ms later, as an upstream keep-alive timeout does.

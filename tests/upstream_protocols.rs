@@ -190,6 +190,19 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     tokio::time::sleep(delay).await;
+    if parts.uri.path().starts_with("/stall/") {
+        // Ten bytes of a hundred, then nothing more, ever.
+        let frames = futures_util::StreamExt::chain(
+            futures_util::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+                b"only ten..",
+            )))]),
+            futures_util::stream::pending(),
+        );
+        let mut resp = Response::new(StreamBody::new(frames).boxed());
+        resp.headers_mut()
+            .insert("content-length", HeaderValue::from_static("100"));
+        return resp;
+    }
     if parts.uri.path().starts_with("/grpc/") {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
@@ -380,6 +393,33 @@ async fn grpc_trailers_pass_through_from_an_h2c_upstream_to_an_h2c_client() {
     assert_eq!(seen[0].version, Version::HTTP_2);
     assert_eq!(seen[0].path, "/grpc/pkg.Greeter/SayHello");
     assert_eq!(seen[0].headers["te"], "trailers");
+}
+
+#[tokio::test]
+async fn an_h2c_response_body_that_stalls_is_cut_at_the_routes_body_timeout() {
+    let up = H2Upstream::spawn("stall", None, Duration::ZERO).await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool_at("v1", "v1", &up.addr.to_string(), "protocol = \"h2c\"")
+            .route("api", "/", "v1", "body_timeout_ms = 300"),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), gw.get("/stall/x").try_send())
+        .await
+        .expect("the stalled body was cut, not left hanging");
+    assert!(
+        outcome.is_err(),
+        "a cut body must not look complete: {outcome:?}"
+    );
+    let after = start.elapsed();
+    assert!(
+        after >= Duration::from_millis(280) && after < Duration::from_secs(3),
+        "cut after {after:?}"
+    );
+    // The h2 connection is shared: other requests on it are unaffected.
+    assert_eq!(gw.get("/ok").send().await.status(), 200);
 }
 
 #[test]

@@ -313,3 +313,132 @@ async fn an_extended_connect_the_upstream_answers_without_101_gets_502() {
     assert_eq!(got.header("upgrade"), Some("websocket"));
     assert_eq!(got.header("sec-websocket-key").map(str::len), Some(24));
 }
+
+/// Waits (up to 5 s) for the client's side of a tunnel to end, whichever
+/// way (a close frame, an error or end of stream).
+async fn tunnel_ends(ws: &mut Client) -> bool {
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+async fn gateway_route(
+    v1: &EchoUpstream,
+    v2: &EchoUpstream,
+    server: &str,
+    route: &str,
+) -> TestGateway {
+    TestGateway::start(
+        table()
+            .server(server)
+            .version("v1", "stable", "")
+            .version("v2", "current", "")
+            .pool_at("v1", "v1", &v1.addr.to_string(), "")
+            .pool_at("v2", "v2", &v2.addr.to_string(), "")
+            .route("ws", "/ws/", "v2", route),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_tunnel_idle_for_the_routes_timeout_is_closed_and_a_busy_one_is_not() {
+    let (v1, v2) = (
+        EchoUpstream::spawn("v1").await,
+        EchoUpstream::spawn("v2").await,
+    );
+    let gw = gateway_route(&v1, &v2, "", "tunnel_idle_timeout_ms = 400").await;
+    let (mut ws, _) = connect(&gw, "/ws/chat", Some("v1")).await;
+    // Busy for three times the timeout: messages keep it open.
+    for i in 0..12 {
+        ws.send(Message::text(format!("tick {i}"))).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, format!("v1: tick {i}"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Then quiet: closed within 1.25 x the timeout (plus scheduling).
+    let quiet = std::time::Instant::now();
+    assert!(tunnel_ends(&mut ws).await, "an idle tunnel was closed");
+    let after = quiet.elapsed();
+    assert!(
+        after >= std::time::Duration::from_millis(350)
+            && after < std::time::Duration::from_millis(1500),
+        "closed after {after:?} of quiet"
+    );
+}
+
+#[tokio::test]
+async fn an_open_tunnel_counts_against_the_connection_limit() {
+    let (v1, v2) = (
+        EchoUpstream::spawn("v1").await,
+        EchoUpstream::spawn("v2").await,
+    );
+    let gw = gateway_with(&v1, &v2, "max_connections = 1").await;
+    let (mut ws, _) = connect(&gw, "/ws/chat", Some("v1")).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "v1: hi");
+    // The handshake's connection is the tunnel now, and still the one
+    // connection allowed.
+    let resp = gw
+        .raw(b"GET /health/live HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await;
+    assert_eq!(
+        resp.status, 503,
+        "a second connection is shed while the tunnel is open"
+    );
+    ws.send(Message::text("bye")).await.unwrap();
+    assert!(tunnel_ends(&mut ws).await);
+    // The client closes its end after the close handshake, as a browser
+    // does once the server's side has closed.
+    drop(ws);
+    support::eventually("the tunnel's connection is given back", || async {
+        gw.raw(b"GET /health/live HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .status
+            == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_drain_waits_for_an_open_tunnel_and_closes_it_at_the_grace_period() {
+    let (v1, v2) = (
+        EchoUpstream::spawn("v1").await,
+        EchoUpstream::spawn("v2").await,
+    );
+    // A tunnel that closes during the drain lets it complete in time.
+    let gw = gateway_with(&v1, &v2, "grace_period_ms = 3000").await;
+    let (mut ws, _) = connect(&gw, "/ws/chat", Some("v1")).await;
+    gw.begin_shutdown();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        next_text(&mut ws).await,
+        "v1: still here",
+        "the drain leaves the tunnel open"
+    );
+    ws.send(Message::text("bye")).await.unwrap();
+    assert!(tunnel_ends(&mut ws).await);
+    drop(ws);
+    assert!(
+        gw.shutdown().await,
+        "the drain completed once the tunnel closed"
+    );
+
+    // One that stays open is closed at the grace period.
+    let gw = gateway_with(&v1, &v2, "grace_period_ms = 500").await;
+    let (mut ws, _) = connect(&gw, "/ws/chat", Some("v1")).await;
+    let start = std::time::Instant::now();
+    let drained = gw.shutdown().await;
+    assert!(!drained, "the drain reports the tunnel it had to cut");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(450));
+    assert!(
+        tunnel_ends(&mut ws).await,
+        "the tunnel was closed at the grace period"
+    );
+}

@@ -500,6 +500,15 @@ pub struct RouteDoc {
     /// Time to the upstream's response headers in ms; then 504. Default 15000.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// Longest wait for the next piece of an upstream response body, in ms
+    /// (0 = never); then the response is cut off (like nginx's
+    /// `proxy_read_timeout`). Default 60000.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// A WebSocket tunnel with no bytes either way for this long is closed,
+    /// in ms (0 = never). Default 3600000 (one hour).
+    #[serde(default = "default_tunnel_idle_timeout")]
+    pub tunnel_idle_timeout_ms: u64,
     /// Largest request body in bytes; more gets 413. Default 10485760 (10 MiB).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
@@ -763,6 +772,12 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_timeout() -> u64 {
     15_000
+}
+fn default_body_timeout() -> u64 {
+    60_000
+}
+fn default_tunnel_idle_timeout() -> u64 {
+    3_600_000
 }
 fn default_translate_max_body() -> u64 {
     crate::translate::DEFAULT_MAX_BYTES

@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -207,7 +207,7 @@ async fn send(
             }
         };
         match result {
-            Ok(head) => return Ok(respond(head, conn, ep.id)),
+            Ok(head) => return Ok(respond(head, conn, ep.id, timeouts.body)),
             Err(Broken { error, silent }) => {
                 // The upstream closed an idle connection as the request
                 // went out: nothing was processed, so an idempotent request
@@ -601,12 +601,15 @@ fn content_length(v: &[u8]) -> Option<u64> {
     out
 }
 
-fn respond(head: Head, conn: Conn, endpoint: u64) -> Response<Body> {
+fn respond(head: Head, conn: Conn, endpoint: u64, gap: Option<Duration>) -> Response<Body> {
     let body = ResponseBody {
         conn: Some(conn),
         framing: head.framing,
         keep_alive: head.keep_alive,
         endpoint,
+        gap,
+        armed: false,
+        progress: false,
     };
     let mut resp = Response::new(Body::lean(body));
     *resp.status_mut() = head.status;
@@ -624,6 +627,12 @@ pub struct ResponseBody {
     framing: Framing,
     keep_alive: bool,
     endpoint: u64,
+    /// The longest wait for the next bytes (the route's body timeout).
+    gap: Option<Duration>,
+    /// The connection's timer is set for this body's gap.
+    armed: bool,
+    /// Bytes arrived since the timer was last set.
+    progress: bool,
 }
 
 impl ResponseBody {
@@ -680,7 +689,28 @@ impl ResponseBody {
             };
             conn.buf.reserve(READ_CHUNK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let Some(gap) = self.gap else {
+                        return Poll::Pending;
+                    };
+                    // On the connection's own timer (see `within`): set
+                    // when a read first waits, and again only when bytes
+                    // came since, so a body that arrives with its head
+                    // never touches it.
+                    let timer = conn
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                    if !self.armed || self.progress {
+                        timer.as_mut().reset(TokioInstant::now() + gap);
+                        self.armed = true;
+                        self.progress = false;
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.fail();
+                        return Poll::Ready(Some(Err(BodyError::Timeout { after: gap })));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0)) => {
                     if self.framing == Framing::Close {
                         self.framing = Framing::Empty;
@@ -692,7 +722,7 @@ impl ResponseBody {
                         "upstream closed the connection mid-body".into(),
                     ))));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => self.progress = true,
                 Poll::Ready(Err(e)) => {
                     self.fail();
                     return Poll::Ready(Some(Err(BodyError::Stream(e.into()))));

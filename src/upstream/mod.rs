@@ -147,13 +147,18 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConnectTimeout { .. }
+            | Self::Timeout { .. }
+            | Self::ResponseBody {
+                source: BodyError::Timeout { .. },
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
             Self::Connect { .. }
             | Self::Protocol { .. }
             | Self::Broken { .. }
             | Self::ResponseBody { .. }
             | Self::UnexpectedUpgrade
             | Self::NoUpgrade { .. } => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyAborted => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -180,7 +185,11 @@ impl UpstreamError {
             Self::NoEndpoint => "no-upstream-endpoint",
             Self::Connect { .. } => "upstream-connect-failed",
             Self::ConnectTimeout { .. } => "upstream-connect-timeout",
-            Self::Timeout { .. } => "upstream-timeout",
+            Self::Timeout { .. }
+            | Self::ResponseBody {
+                source: BodyError::Timeout { .. },
+                ..
+            } => "upstream-timeout",
             Self::Protocol { .. } | Self::Broken { .. } | Self::ResponseBody { .. } => {
                 "upstream-protocol-error"
             }
@@ -346,6 +355,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Until response headers.
     pub response: Duration,
+    /// The longest wait for the next piece of the response body.
+    pub body: Option<Duration>,
 }
 
 /// Long-lived upstream resources: endpoint state by address.
@@ -583,7 +594,7 @@ async fn exchange_hyper(
     };
     let (mut sender, req) = match checkout(ep.id, id) {
         Some(mut sender) => match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(respond(resp, sender, ep, id)),
+            Ok(resp) => return Ok(respond(resp, sender, ep, id, timeouts.body)),
             Err(mut e) => match e.take_message() {
                 // Never started: closed while idle. Once more, on a new one.
                 Some(req) => Box::pin(fresh(req)).await?,
@@ -596,7 +607,7 @@ async fn exchange_hyper(
         None => Box::pin(fresh(req)).await?,
     };
     match sender.send_request(req).await {
-        Ok(resp) => Ok(respond(resp, sender, ep, id)),
+        Ok(resp) => Ok(respond(resp, sender, ep, id, timeouts.body)),
         Err(e) => Err(Failed::sent(classify(e, ep))),
     }
 }
@@ -647,7 +658,7 @@ async fn exchange_h2(
         });
     }
     match sender.send_request(req).await {
-        Ok(resp) => Ok(resp.map(Body::stream)),
+        Ok(resp) => Ok(resp.map(|body| Body::upstream(body, None, timeouts.body))),
         Err(e) => Err(Failed::sent(classify(e, ep))),
     }
 }
@@ -657,6 +668,7 @@ fn respond(
     sender: SendRequest<Body>,
     ep: &Endpoint,
     transport: u64,
+    gap: Option<Duration>,
 ) -> Response<Body> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // Upgraded: the connection now belongs to the tunnel, never the pool.
@@ -667,7 +679,7 @@ fn respond(
         endpoint: ep.id,
         transport,
     };
-    resp.map(|body| Body::upstream(body, reuse))
+    resp.map(|body| Body::upstream(body, Some(reuse), gap))
 }
 
 /// A new connection's request sender.
