@@ -331,8 +331,18 @@ async fn an_h2_pool_multiplexes_concurrent_requests_over_one_tls_connection() {
         ),
     )
     .await;
-    // One first, so the connection exists before the burst.
-    assert_eq!(gw.get("/first").send().await.served_by(), "h2-v1");
+    // A burst of first requests: one waits for another's connection
+    // rather than each opening (and handshaking) its own.
+    let first: Vec<_> = (0..10)
+        .map(|i| {
+            let req = gw.get(&format!("/first/{i}")).send();
+            async move { req.await.served_by() }
+        })
+        .collect();
+    for served in futures_util::future::join_all(first).await {
+        assert_eq!(served, "h2-v1");
+    }
+    assert_eq!(up.connections(), 1, "one connection for the first burst");
     let burst: Vec<_> = (0..10)
         .map(|i| {
             let req = gw.get(&format!("/x/{i}")).send();
@@ -349,7 +359,7 @@ async fn an_h2_pool_multiplexes_concurrent_requests_over_one_tls_connection() {
         started.elapsed()
     );
     let seen = up.seen();
-    assert_eq!(seen.len(), 11);
+    assert_eq!(seen.len(), 20);
     assert!(
         seen.iter().all(|s| s.version == Version::HTTP_2),
         "{seen:?}"
@@ -420,6 +430,34 @@ async fn an_h2c_response_body_that_stalls_is_cut_at_the_routes_body_timeout() {
     );
     // The h2 connection is shared: other requests on it are unaffected.
     assert_eq!(gw.get("/ok").send().await.status(), 200);
+}
+
+#[tokio::test]
+async fn requests_waiting_on_a_failed_h2_dial_fail_fast_too() {
+    let dead = support::dead_endpoint().await;
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool_at("v1", "v1", &dead, "protocol = \"h2c\"")
+            .route("api", "/", "v1", ""),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let burst: Vec<_> = (0..10)
+        .map(|i| {
+            let req = gw.get(&format!("/x/{i}")).send();
+            async move { req.await.status() }
+        })
+        .collect();
+    for status in futures_util::future::join_all(burst).await {
+        // 502 connect failed, or 503 once the endpoint has been ejected.
+        assert!(status == 502 || status == 503, "{status}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waiters were released: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

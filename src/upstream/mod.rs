@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -613,9 +613,89 @@ async fn exchange_hyper(
 }
 
 thread_local! {
-    /// This thread's HTTP/2 connections, one per endpoint and transport.
-    static H2: RefCell<IdMap<(u64, u64), http2::SendRequest<Body>>> =
-        RefCell::new(HashMap::default());
+    /// This thread's HTTP/2 connections, one per endpoint and transport,
+    /// or the dial that is making one.
+    static H2: RefCell<IdMap<(u64, u64), H2Conn>> = RefCell::new(HashMap::default());
+}
+
+/// An entry of [`H2`].
+#[derive(Clone)]
+enum H2Conn {
+    Ready(http2::SendRequest<Body>),
+    /// A request is connecting: others wait for it rather than each
+    /// opening a connection of their own (a burst of first requests after
+    /// a start or a lost connection would otherwise cost the endpoint as
+    /// many TLS handshakes).
+    Dialing(Arc<Dial>),
+}
+
+/// A connection being made: `done` (set, and the waiters woken, when the
+/// dial ends whichever way, cancellation included) tells a waiter to look
+/// again.
+#[derive(Default)]
+struct Dial {
+    done: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+/// Ends a dial when dropped.
+struct Dialer(Arc<Dial>);
+
+impl Drop for Dialer {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+}
+
+/// This thread's HTTP/2 connection to `ep` over `t`: the one there is, the
+/// one another request is making (waited for), or a new one.
+async fn h2_sender(
+    ep: &Endpoint,
+    t: &Transport,
+    connect_timeout: Duration,
+) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    let key = (ep.id, t.id);
+    let mut waited = false;
+    loop {
+        let dial = match H2.with_borrow(|m| m.get(&key).cloned()) {
+            Some(H2Conn::Ready(s)) if !s.is_closed() => return Ok(s),
+            // Once only: if that dial failed, this request makes its own.
+            Some(H2Conn::Dialing(d)) if !waited && !d.done.load(Ordering::Acquire) => {
+                let notified = d.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if !d.done.load(Ordering::Acquire) {
+                    notified.await;
+                }
+                waited = true;
+                continue;
+            }
+            _ => Arc::new(Dial::default()),
+        };
+        H2.with_borrow_mut(|m| m.insert(key, H2Conn::Dialing(dial.clone())));
+        let _dialer = Dialer(dial.clone());
+        // Boxed, as in `exchange`: a TLS handshake is a large future.
+        let made = Box::pin(connect(ep, Some(t), connect_timeout)).await;
+        return H2.with_borrow_mut(|m| {
+            // A task can move threads while it connects (multi-threaded
+            // runtimes): only this dial's own entry is replaced.
+            let own = matches!(m.get(&key), Some(H2Conn::Dialing(d)) if Arc::ptr_eq(d, &dial));
+            match made {
+                Ok(Sender::H2(s)) => {
+                    m.insert(key, H2Conn::Ready(s.clone()));
+                    Ok(s)
+                }
+                Ok(Sender::H1(_)) => unreachable!("a multiplexed transport connects with h2"),
+                Err(error) => {
+                    if own {
+                        m.remove(&key);
+                    }
+                    Err(error)
+                }
+            }
+        });
+    }
 }
 
 /// Sends on this thread's HTTP/2 connection to `ep` (made if there is none
@@ -628,27 +708,22 @@ async fn exchange_h2(
     timeouts: Timeouts,
 ) -> Result<Response<Body>, Failed> {
     let key = (ep.id, t.id);
-    let shared = H2.with_borrow(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
-    let mut sender = match shared {
-        Some(s) => s,
-        // Boxed, as in `exchange`: a TLS handshake is a large future.
-        None => match Box::pin(connect(ep, Some(t), timeouts.connect)).await {
-            Ok(Sender::H2(s)) => {
-                H2.with_borrow_mut(|m| m.insert(key, s.clone()));
-                s
-            }
-            Ok(Sender::H1(_)) => unreachable!("a multiplexed transport connects with h2"),
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    unsent: Some(req),
-                });
-            }
-        },
+    let mut sender = match h2_sender(ep, t, timeouts.connect).await {
+        Ok(s) => s,
+        Err(error) => {
+            return Err(Failed {
+                error,
+                unsent: Some(req),
+            });
+        }
     };
     if sender.ready().await.is_err() {
         // Closed between the check and now: nothing was sent.
-        H2.with_borrow_mut(|m| m.remove(&key));
+        H2.with_borrow_mut(|m| {
+            if matches!(m.get(&key), Some(H2Conn::Ready(s)) if s.is_closed()) {
+                m.remove(&key);
+            }
+        });
         return Err(Failed {
             error: UpstreamError::Connect {
                 endpoint: ep.authority.clone(),
