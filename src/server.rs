@@ -12,6 +12,11 @@
 //! task per connection waits for the drain, the idle timeout and the hard
 //! stop, and tells the connection through one atomic and its waker: the
 //! connection's own task, woken for every request, never polls them.
+//!
+//! Tunnels: a request that can upgrade carries a [`Lease`] on its
+//! connection (its connection-limit slot, a drain token and the hard stop),
+//! which the WebSocket tunnel holds once the connection is handed over, so
+//! an upgraded connection stays counted and drained like any other.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,6 +1,7 @@
 //! Upstream forwarding: keep-alive connections, endpoints and their
-//! in-flight counts, power-of-two-choices endpoint choice, connect and
-//! response timeouts, and the mapping of failures to 502/503/504.
+//! in-flight counts, power-of-two-choices endpoint choice, connect,
+//! response and response-body timeouts, and the mapping of failures to
+//! 502/503/504.
 //!
 //! Plain HTTP/1.1 exchanges go through the lean client in [`h1`] (no
 //! connection task, no channels); upgrades, TLS and HTTP/2 pools through
