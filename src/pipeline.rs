@@ -1489,28 +1489,13 @@ fn tunnel(
     });
 }
 
-/// Resolves once `reads` has not moved for `idle` (checked every quarter
-/// of it, so within 1.25 x `idle`); never without an `idle`. A timer per
-/// read would cost a wheel update per message.
+/// Resolves once `reads` has not moved for `idle`; never without an `idle`.
 async fn quiet_for(reads: &AtomicU64, idle: Option<Duration>) {
-    let Some(idle) = idle else {
-        return std::future::pending().await;
-    };
-    let step = (idle / 4).max(Duration::from_millis(1));
-    let mut seen = reads.load(Ordering::Relaxed);
-    let mut quiet = Duration::ZERO;
-    loop {
-        tokio::time::sleep(step).await;
-        let now = reads.load(Ordering::Relaxed);
-        if now != seen {
-            seen = now;
-            quiet = Duration::ZERO;
-            continue;
+    match idle {
+        Some(idle) => {
+            crate::server::quiet_for(idle, || (reads.load(Ordering::Relaxed), false)).await
         }
-        quiet += step;
-        if quiet >= idle {
-            return;
-        }
+        None => std::future::pending().await,
     }
 }
 

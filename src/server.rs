@@ -200,21 +200,34 @@ impl Activity {
     /// Resolves once no request has been in flight or started for
     /// `timeout` (checked every quarter of it, so within 1.25 x `timeout`).
     async fn idle_for(&self, timeout: Duration) {
-        let step = (timeout / 4).max(Duration::from_millis(1));
-        let mut seen = self.started.load(Ordering::Relaxed);
-        let mut quiet = Duration::ZERO;
-        loop {
-            tokio::time::sleep(step).await;
-            let started = self.started.load(Ordering::Relaxed);
-            if started != seen || self.active.load(Ordering::Relaxed) > 0 {
-                seen = started;
-                quiet = Duration::ZERO;
-                continue;
-            }
-            quiet += step;
-            if quiet >= timeout {
-                return;
-            }
+        quiet_for(timeout, || {
+            (
+                self.started.load(Ordering::Relaxed),
+                self.active.load(Ordering::Relaxed) > 0,
+            )
+        })
+        .await
+    }
+}
+
+/// Resolves once `probe`'s count has not moved and it has not reported busy
+/// for `timeout`, polled every quarter of it (so within 1.25 x `timeout`):
+/// a timer per event would cost a wheel update per request or message.
+pub(crate) async fn quiet_for(timeout: Duration, mut probe: impl FnMut() -> (u64, bool)) {
+    let step = (timeout / 4).max(Duration::from_millis(1));
+    let mut seen = probe().0;
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        let (count, busy) = probe();
+        if count != seen || busy {
+            seen = count;
+            quiet = Duration::ZERO;
+            continue;
+        }
+        quiet += step;
+        if quiet >= timeout {
+            return;
         }
     }
 }

@@ -52,6 +52,25 @@ where
     }
 }
 
+/// Sends `req` and checks that its response body was cut off (an error,
+/// never a short success) between `at` and 3 s after it was sent: a
+/// stalled upstream body meeting the route's `body_timeout_ms`.
+pub async fn assert_body_cut(req: Req<'_>, at: Duration) {
+    let start = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), req.try_send())
+        .await
+        .expect("the stalled body was cut, not left hanging");
+    assert!(
+        outcome.is_err(),
+        "a cut body must not look complete: {outcome:?}"
+    );
+    let after = start.elapsed();
+    assert!(
+        after >= at.mul_f32(0.9) && after < Duration::from_secs(3),
+        "cut after {after:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Upstream
 
