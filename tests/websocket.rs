@@ -81,6 +81,14 @@ impl EchoUpstream {
     }
 }
 
+/// Echo upstreams for `v1` and `v2`.
+async fn echo_pair() -> (EchoUpstream, EchoUpstream) {
+    (
+        EchoUpstream::spawn("v1").await,
+        EchoUpstream::spawn("v2").await,
+    )
+}
+
 async fn gateway(v1: &EchoUpstream, v2: &EchoUpstream) -> TestGateway {
     gateway_with(v1, v2, "idle_timeout_ms = 60000").await
 }
@@ -161,10 +169,7 @@ async fn next_text(ws: &mut Client) -> String {
 
 #[tokio::test]
 async fn a_websocket_handshake_is_routed_by_version_and_echoes_through_the_gateway() {
-    let (v1, v2) = (
-        EchoUpstream::spawn("v1").await,
-        EchoUpstream::spawn("v2").await,
-    );
+    let (v1, v2) = echo_pair().await;
     let gw = gateway(&v1, &v2).await;
 
     let (mut ws, headers) = connect(&gw, "/ws/chat?room=7", Some("v1")).await;
@@ -201,10 +206,7 @@ async fn a_websocket_handshake_is_routed_by_version_and_echoes_through_the_gatew
 
 #[tokio::test]
 async fn the_upstream_closing_ends_the_tunnel() {
-    let (v1, v2) = (
-        EchoUpstream::spawn("v1").await,
-        EchoUpstream::spawn("v2").await,
-    );
+    let (v1, v2) = echo_pair().await;
     let gw = gateway(&v1, &v2).await;
     let (mut ws, _) = connect(&gw, "/ws/x", Some("v2")).await;
     ws.send(Message::text("bye")).await.unwrap();
@@ -254,10 +256,7 @@ async fn an_upstream_that_declines_the_upgrade_answers_as_usual() {
 async fn an_h2_client_gets_a_websocket_by_extended_connect() {
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    let (v1, v2) = (
-        EchoUpstream::spawn("v1").await,
-        EchoUpstream::spawn("v2").await,
-    );
+    let (v1, v2) = echo_pair().await;
     // Idle timeout shorter than the conversation: the open tunnel keeps
     // the h2 connection busy.
     let gw = gateway_with(&v1, &v2, "idle_timeout_ms = 200").await;
@@ -349,10 +348,7 @@ async fn gateway_route(
 
 #[tokio::test]
 async fn a_tunnel_idle_for_the_routes_timeout_is_closed_and_a_busy_one_is_not() {
-    let (v1, v2) = (
-        EchoUpstream::spawn("v1").await,
-        EchoUpstream::spawn("v2").await,
-    );
+    let (v1, v2) = echo_pair().await;
     let gw = gateway_route(&v1, &v2, "", "tunnel_idle_timeout_ms = 400").await;
     let (mut ws, _) = connect(&gw, "/ws/chat", Some("v1")).await;
     // Busy for three times the timeout: messages keep it open.
@@ -374,10 +370,7 @@ async fn a_tunnel_idle_for_the_routes_timeout_is_closed_and_a_busy_one_is_not() 
 
 #[tokio::test]
 async fn an_open_tunnel_counts_against_the_connection_limit() {
-    let (v1, v2) = (
-        EchoUpstream::spawn("v1").await,
-        EchoUpstream::spawn("v2").await,
-    );
+    let (v1, v2) = echo_pair().await;
     let gw = gateway_with(&v1, &v2, "max_connections = 1").await;
     let (mut ws, _) = connect(&gw, "/ws/chat", Some("v1")).await;
     ws.send(Message::text("hi")).await.unwrap();
@@ -407,10 +400,7 @@ async fn an_open_tunnel_counts_against_the_connection_limit() {
 
 #[tokio::test]
 async fn the_drain_waits_for_an_open_tunnel_and_closes_it_at_the_grace_period() {
-    let (v1, v2) = (
-        EchoUpstream::spawn("v1").await,
-        EchoUpstream::spawn("v2").await,
-    );
+    let (v1, v2) = echo_pair().await;
     // A tunnel that closes during the drain lets it complete in time.
     let gw = gateway_with(&v1, &v2, "grace_period_ms = 3000").await;
     let (mut ws, _) = connect(&gw, "/ws/chat", Some("v1")).await;
