@@ -94,6 +94,16 @@ async fn gateway(v1: &EchoUpstream, v2: &EchoUpstream) -> TestGateway {
 }
 
 async fn gateway_with(v1: &EchoUpstream, v2: &EchoUpstream, server: &str) -> TestGateway {
+    gateway_route(v1, v2, server, "").await
+}
+
+/// [`gateway_with`] with `route` keys on the `/ws/` route.
+async fn gateway_route(
+    v1: &EchoUpstream,
+    v2: &EchoUpstream,
+    server: &str,
+    route: &str,
+) -> TestGateway {
     TestGateway::start(
         table()
             .server(server)
@@ -101,7 +111,7 @@ async fn gateway_with(v1: &EchoUpstream, v2: &EchoUpstream, server: &str) -> Tes
             .version("v2", "current", "")
             .pool_at("v1", "v1", &v1.addr.to_string(), "")
             .pool_at("v2", "v2", &v2.addr.to_string(), "")
-            .route("ws", "/ws/", "v2", ""),
+            .route("ws", "/ws/", "v2", route),
     )
     .await
 }
@@ -326,24 +336,6 @@ async fn tunnel_ends(ws: &mut Client) -> bool {
     })
     .await
     .is_ok()
-}
-
-async fn gateway_route(
-    v1: &EchoUpstream,
-    v2: &EchoUpstream,
-    server: &str,
-    route: &str,
-) -> TestGateway {
-    TestGateway::start(
-        table()
-            .server(server)
-            .version("v1", "stable", "")
-            .version("v2", "current", "")
-            .pool_at("v1", "v1", &v1.addr.to_string(), "")
-            .pool_at("v2", "v2", &v2.addr.to_string(), "")
-            .route("ws", "/ws/", "v2", route),
-    )
-    .await
 }
 
 #[tokio::test]
