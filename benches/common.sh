@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Sourced by the load scripts (load.sh, tls_load.sh, instructions.sh): log
-# and die, installing missing tools, the list of started processes and its
-# cleanup on exit, free loopback ports, CPU ticks from /proc, readiness
+# Sourced by the load scripts (load.sh, tls_load.sh, instructions.sh,
+# instructions_h2.sh): log and die, installing missing tools, the list of
+# started processes and its cleanup on exit, free loopback ports, CPU ticks
+# from /proc, readiness
 # polling, and the demo-like routing table every one of them proxies
 # through. The caller sets BENCH (its name, for messages) and HDR (the
 # version header wait_ready sends) before using them.

@@ -1,7 +1,8 @@
 //! Client connection timeouts: an idle keep-alive connection (HTTP/1.1
 //! and h2) is closed after `idle_timeout_ms`, one in use never is; a client
 //! that stops sending its request body gets 408 problem+json after
-//! `body_read_timeout_ms` and the upstream request is aborted.
+//! `body_read_timeout_ms` and the upstream request is aborted. Also how
+//! h2 responses are encoded: the per-request id as a never-indexed field.
 
 mod support;
 
@@ -166,4 +167,109 @@ async fn a_slow_but_steady_body_is_not_cut() {
     let resp = conn.response().await;
     assert_eq!(resp.status, 200);
     assert_eq!(up.last().body.as_deref(), Some(&b"abcdefgh"[..]));
+}
+
+/// Reads one HPACK integer with an `n`-bit prefix at `b[*i]`.
+fn hpack_int(b: &[u8], i: &mut usize, n: u32) -> usize {
+    let max = (1usize << n) - 1;
+    let mut v = usize::from(b[*i]) & max;
+    *i += 1;
+    if v == max {
+        let mut shift = 0;
+        loop {
+            let byte = b[*i];
+            *i += 1;
+            v += usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    v
+}
+
+/// How many fields of an HPACK block are (incrementally indexed,
+/// never-indexed) literals (RFC 7541 section 6).
+fn hpack_literals(b: &[u8]) -> (usize, usize) {
+    let (mut indexed, mut never) = (0, 0);
+    let mut i = 0;
+    while i < b.len() {
+        let first = b[i];
+        let (prefix, literal) = match first {
+            _ if first & 0x80 != 0 => (7, false),
+            _ if first & 0xc0 == 0x40 => {
+                indexed += 1;
+                (6, true)
+            }
+            _ if first & 0xe0 == 0x20 => (5, false),
+            _ if first & 0xf0 == 0x10 => {
+                never += 1;
+                (4, true)
+            }
+            _ => (4, true),
+        };
+        let name = hpack_int(b, &mut i, prefix);
+        if literal {
+            // A new name (index 0) is a string before the value.
+            for _ in 0..if name == 0 { 2 } else { 1 } {
+                let len = hpack_int(b, &mut i, 7);
+                i += len;
+            }
+        }
+    }
+    (indexed, never)
+}
+
+#[tokio::test]
+async fn h2_request_ids_go_out_as_never_indexed_literals() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::spawn("v1").await;
+    let gw = gateway(&up, &[]).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // h2c by prior knowledge: the preface, empty SETTINGS, then three GETs
+    // (static-table :method and :scheme, literal :authority and :path).
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    for stream in [1u8, 3, 5] {
+        let mut block = vec![0x82, 0x86, 0x01, 9];
+        block.extend_from_slice(b"a.example");
+        block.extend_from_slice(&[0x04, 6]);
+        block.extend_from_slice(b"/api/x");
+        out.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, stream]);
+        out.extend_from_slice(&block);
+    }
+    s.write_all(&out).await.unwrap();
+    // Each response's HEADERS block, in arrival order.
+    let mut blocks = Vec::new();
+    let read = async {
+        while blocks.len() < 3 {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.expect("a frame header");
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.expect("a frame payload");
+            if head[3] == 0x01 {
+                assert_eq!(head[4] & 0x04, 0x04, "one HEADERS frame, no CONTINUATION");
+                blocks.push(payload);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("three responses in time");
+    for (n, block) in blocks.iter().enumerate() {
+        let (indexed, never) = hpack_literals(block);
+        // x-request-id is the only field here whose value is new each time
+        // (no rate limits, so no RateLimit field).
+        assert_eq!(never, 1, "response {n}: {block:02x?}");
+        if n > 0 {
+            // Later answers find their other fields in the dynamic table,
+            // bar a Date that moved on a second.
+            assert!(
+                indexed <= 1,
+                "response {n} added {indexed} fields to the table"
+            );
+        }
+    }
+    assert_eq!(up.requests(), 3);
 }
