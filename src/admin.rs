@@ -37,7 +37,12 @@ pub struct Admin {
 }
 
 impl Handler for Admin {
-    async fn call(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    async fn call(
+        &self,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+        _https: bool,
+    ) -> Response<Body> {
         let path = req.uri().path();
         if let Some(resp) = health(path, &self.tables) {
             return resp;

@@ -102,6 +102,8 @@ struct RequestContext {
     upstream_time: Option<Duration>,
     /// The cache outcome on a cached route.
     cache: Option<CacheStatus>,
+    /// The client connection is TLS (`x-forwarded-proto: https`).
+    https: bool,
 }
 
 /// Everything after the split needs: the snapshot, the route, the version
@@ -160,10 +162,16 @@ impl Gateway {
         }
     }
 
-    /// Handles one request. Always answers.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Handles one request from `peer`, over TLS if `https`. Always answers.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        https: bool,
+    ) -> Response<Body> {
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let mut ctx = RequestContext {
+            https,
             request_id: Some(request_id(req.headers())),
             trace: Some(TraceContext::from_headers(req.headers())),
             started: Some(Instant::now()),
@@ -393,7 +401,7 @@ impl Gateway {
         // Kept only when the path changes (the URI is rebuilt then).
         let query = new_path.as_ref().and(req.uri().query()).map(str::to_string);
         let (mut parts, body) = req.into_parts();
-        let https = parts.extensions.get::<crate::tls::TlsInfo>().is_some();
+        let https = ctx.https;
         // A WebSocket handshake gives up the client side of the tunnel:
         // HTTP/1.1 `Upgrade: websocket` keeps its Upgrade (hop-by-hop,
         // stripped below); an h2 extended CONNECT (RFC 8441) goes upstream
@@ -1004,6 +1012,7 @@ impl Gateway {
             detected: Some(hop.detected),
             target: ctx.target,
             season: ctx.season,
+            https: ctx.https,
             ..Default::default()
         };
         let (detected, pool) = (hop.detected, hop.pool);

@@ -41,15 +41,18 @@ use crate::body::Body;
 use crate::config::ServerSettings;
 use crate::framing;
 use crate::problem::GatewayError;
-use crate::tls::{TlsInfo, TlsTerminator};
+use crate::tls::TlsTerminator;
 
 /// Something that answers requests on a listener.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request from `peer`.
+    /// Answers one request from `peer`, on a TLS connection if `https`
+    /// (known per connection: passed along rather than put in every
+    /// request's extensions, which would allocate their map).
     fn call(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        https: bool,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
@@ -58,8 +61,9 @@ impl Handler for crate::pipeline::Gateway {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        https: bool,
     ) -> impl Future<Output = Response<Body>> + Send {
-        self.handle(req, peer)
+        self.handle(req, peer, https)
     }
 }
 
@@ -390,7 +394,7 @@ async fn serve_inner<H: Handler>(
             shed,
         };
         match &tls {
-            None => conn.serve(stream, None),
+            None => conn.serve(stream, false),
             Some(tls) => {
                 let (acceptor, timeout) = (tls.acceptor(), tls.handshake_timeout());
                 // The handshake counts as in flight: a drain waits for it
@@ -402,14 +406,7 @@ async fn serve_inner<H: Handler>(
                         _ = stop.cancelled() => return,
                     };
                     match handshake {
-                        Ok(Ok(stream)) => {
-                            let (_, session) = stream.get_ref();
-                            let info = TlsInfo {
-                                server_name: session.server_name().map(Arc::from),
-                                client_certificate: session.peer_certificates().is_some(),
-                            };
-                            conn.serve(stream, Some(info));
-                        }
+                        Ok(Ok(stream)) => conn.serve(stream, true),
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
                     }
@@ -452,7 +449,8 @@ struct Conn<H> {
 }
 
 impl<H: Handler> Conn<H> {
-    fn serve<IO>(self, stream: IO, tls: Option<TlsInfo>)
+    /// Serves `stream` (decrypted, if `https`) until it closes.
+    fn serve<IO>(self, stream: IO, https: bool)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -485,9 +483,6 @@ impl<H: Handler> Conn<H> {
             let handler = handler.clone();
             let h2 = req.version() == http::Version::HTTP_2;
             let violation = verdict.next_request();
-            if let Some(info) = &tls {
-                req.extensions_mut().insert(info.clone());
-            }
             let active = track.as_ref().map(Activity::begin);
             // hyper gives every request that can upgrade (HTTP/1.1
             // `Upgrade`, h2 CONNECT) an `OnUpgrade`; others have no
@@ -541,7 +536,7 @@ impl<H: Handler> Conn<H> {
                     // spawn would copy whole at each step (into the task
                     // cell, and again when it finishes); boxed here, it is
                     // built once on the heap at the first poll.
-                    Box::pin(handler.call(req, peer)).await
+                    Box::pin(handler.call(req, peer, https)).await
                 };
                 if h2 {
                     never_indexed(resp.headers_mut());

@@ -48,15 +48,6 @@ fn fail(field: impl Into<String>, file: &str, reason: impl std::fmt::Display) ->
     }
 }
 
-/// What a TLS connection tells the request path (a request extension).
-#[derive(Debug, Clone)]
-pub struct TlsInfo {
-    /// The SNI name the client sent.
-    pub server_name: Option<Arc<str>>,
-    /// Whether the client presented a verified certificate.
-    pub client_certificate: bool,
-}
-
 /// The TLS listener's configuration and its reload machinery.
 pub struct TlsTerminator {
     settings: TlsSettings,
