@@ -768,15 +768,7 @@ impl<'a> Json<'a> {
 /// Appends a container's children to one of the document's vectors.
 fn push_run<T: Copy>(all: &mut Vec<T>, run: &[T]) -> Span {
     let start = index(all.len());
-    if run.len() <= 4 {
-        // Most containers are small: pushes cost less than the `memcpy`
-        // call `extend_from_slice` makes.
-        for &x in run {
-            all.push(x);
-        }
-    } else {
-        all.extend_from_slice(run);
-    }
+    all.extend_from_slice(run);
     let len = index(run.len());
     Span {
         start,
