@@ -13,26 +13,31 @@
 //!   client; `request`: the same body sent by a v2.2-beta client to a v1
 //!   pool (the other direction through the same five changes).
 //!
-//! Results, issue #3 (`cargo bench --bench translate` built at 91a610d,
-//! 2026-12-01, on the 2-core VM shared with three other engineers' builds).
-//! Instruction counts are the A/B figures: callgrind per leg, repeatable
-//! where wall time is not. Wall times are the same binary at 18:07, load
-//! average 1.6-1.7 by `uptime` (the quietest the machine got); at load
-//! 4.4-4.6 ten minutes earlier it took 17.7 / 17.5 µs and 0.71 / 0.80 ms,
-//! and 1639571's binary (75.0k instructions a leg) took 45 µs at load 7,
-//! so only same-load wall figures compare. 364860f's were taken at load
-//! 6.9-7.9:
+//! Results, issue #3 (`cargo bench --bench translate`, 2026-12-01, on the
+//! 2-core VM shared with other engineers' builds). Instruction counts are
+//! the A/B figures: callgrind per leg, repeatable where wall time is not.
+//! Wall times compare only at the same load average (`uptime`): 91a610d's
+//! were taken at 18:07, load 1.6-1.7 (at load 4.4-4.6 ten minutes earlier
+//! the same binary took 17.7 / 17.5 µs and 0.71 / 0.80 ms); 364860f's at
+//! load 6.9-7.9. 87103f8's are A/B rounds at 21:34-21:36, load 1.0-1.1,
+//! each binary run in turn (0d75dc5's, the same translation code as
+//! 91a610d, between them): 1 KiB request 6.2 / 5.8 µs against 7.3 / 6.2
+//! µs, response 5.8 / 5.5 µs against 7.4 / 8.0 µs (median of criterion's
+//! estimate, two rounds each). The machine was no steadier than that at
+//! load 1: two more rounds gave 8.4 / 6.1 µs against 10.6 / 10.7 µs
+//! (request), 7.5 / 8.2 µs against 7.3 / 10.8 µs (response), and the 64 KiB legs scattered over 0.28-0.52 ms for both binaries, so
+//! the 64 KiB cells are a range, not a figure.
 //!
-//! | bench | 91a610d | 364860f | e05df5a |
-//! | --- | --- | --- | --- |
-//! | callgrind, 1 KiB request leg | 73.1k instructions | 105.8k | 127.4k |
-//! | callgrind, 1 KiB response leg | 73.2k instructions | 112.1k | 157.2k |
-//! | callgrind, 64 KiB request leg | 3.70M instructions | 5.28M | 6.28M |
-//! | callgrind, 64 KiB response leg | 3.83M instructions | 5.33M | 6.43M |
-//! | chain5 1 KiB request | 6.1 µs (165 MiB/s) | 13.2 µs (76 MiB/s) | 19.0 µs |
-//! | chain5 1 KiB response | 6.7 µs (151 MiB/s) | 13.8 µs (73 MiB/s) | 20.3 µs |
-//! | chain5 64 KiB request | 0.35 ms (179 MiB/s) | 0.89 ms (70 MiB/s) | 1.02 ms |
-//! | chain5 64 KiB response | 0.33 ms (189 MiB/s) | 1.13 ms (55 MiB/s) | 1.07 ms |
+//! | bench | 87103f8 | 91a610d | 364860f | e05df5a |
+//! | --- | --- | --- | --- | --- |
+//! | callgrind, 1 KiB request leg | 65.1k instructions | 73.1k (73.9k) | 105.8k | 127.4k |
+//! | callgrind, 1 KiB response leg | 65.0k instructions | 73.2k (73.7k) | 112.1k | 157.2k |
+//! | callgrind, 64 KiB request leg | 3.41M instructions | 3.70M | 5.28M | 6.28M |
+//! | callgrind, 64 KiB response leg | 3.41M instructions | 3.83M | 5.33M | 6.43M |
+//! | chain5 1 KiB request | 5.8-6.2 µs (0d75dc5: 6.2-7.3) | 6.1 µs (165 MiB/s) | 13.2 µs (76 MiB/s) | 19.0 µs |
+//! | chain5 1 KiB response | 5.5-5.8 µs (0d75dc5: 7.4-8.0) | 6.7 µs (151 MiB/s) | 13.8 µs (73 MiB/s) | 20.3 µs |
+//! | chain5 64 KiB request | 0.28-0.52 ms (0d75dc5: 0.42-0.49) | 0.35 ms (179 MiB/s) | 0.89 ms (70 MiB/s) | 1.02 ms |
+//! | chain5 64 KiB response | 0.33-0.48 ms (0d75dc5: 0.37-0.38) | 0.33 ms (189 MiB/s) | 1.13 ms (55 MiB/s) | 1.07 ms |
 //!
 //! The 2 KB group and the `changes_only` rows were not measured again; the
 //! last ones, at 3c8ac0f, are in this file's history.
@@ -41,37 +46,40 @@
 //! --toggle-collect='*translate::request*' <bench binary> --bench
 //! --profile-time 1 'translate_chain5/1k_request$'` (the binary is
 //! target/release/deps/translate-*; `*translate::response*` and
-//! `64k_...` for the other legs). Divide the total Ir by the calls of
-//! `parse_json` (its entry line costs 7 instructions in
-//! `callgrind_annotate --auto=yes`), after taking off what `translate::main`
-//! spent once in setup (`callgrind_annotate --tree=caller`: one 2 KB
-//! request for the request legs; the two `beta_list` responses, 3.86M, for
-//! the response legs).
+//! `64k_...` for the other legs). A leg's figure is the inclusive cost of
+//! the call edge `criterion::bencher::Bencher<M>::iter ->
+//! translate::request` (or `response`) divided by its calls, read from the
+//! callgrind file (`callgrind_annotate --tree=caller` shows the edge), so
+//! the setup calls from `translate::main` are left out. 91a610d's figures
+//! were Ir totals divided by `parse_json` calls less the setup; its binary
+//! measured this way (as 0d75dc5, the same translation code) gives the
+//! figures in brackets, which is the baseline of the 87103f8 column.
 //!
-//! Where a 1 KiB request leg goes now (73.1k): parse 29.6k (40%), the
-//! changes 29.9k (41%; taking and pruning the two nested fields 9.8k, key
-//! lookups most of the rest), serialise 8.1k (11%), scope matching
-//! (`exchange`) 2.5k. What took it from 105.8k: the changes of one wildcard
-//! base run in one walk (each element gets all of them), a change's keys
-//! carry their 4-byte head and escape check from the table compile, a
-//! one-key rename inserts where its probe found room, member moves are
-//! loops instead of `memmove` calls, steps with the same scope are matched
-//! once; the parser reads key heads off the input and checks key order as
-//! it reads (no sort pass for sorted objects), keeps text as bytes (no
-//! char-boundary checks) and parses scalars inside the container loops;
-//! the serialiser writes scalars in line.
+//! Where a 1 KiB request leg goes now (65.1k): parse 28.4k (44%), the
+//! changes 25.6k (39%), serialise 8.2k (13%), scope matching (`exchange`)
+//! 2.3k. What took it from 73.9k: a rename that empties a member of the
+//! element puts its new member in that slot (one shift of the members
+//! between instead of a removal and an insertion, and the emptied nested
+//! object is dropped whole, not emptied first): 70.4k; the commonest
+//! rename, a field out of a nested object into its parent, has a path
+//! without the general walk's bookkeeping; body documents and the
+//! parser's scratch stacks reuse the last body's buffers on the thread
+//! (five allocations and frees of 1-4 KiB each a parse); path patterns
+//! split segments with a byte loop (scope matching 3.1k -> 2.3k).
 //!
-//! The issue's target, under 5 µs per direction with headroom (25k
-//! instructions or so), is still not met: 6.1-6.7 µs on a quiet machine. The rest is spread thin: a member costs ~95
-//! instructions to parse and a change ~400 to apply to one element, each
-//! of those a handful of bounds-checked lookups. Next steps, each a
-//! redesign rather than a tweak: (1) per element, one merge pass of its
+//! The issue's target, under 5 µs per direction, is still not met. The
+//! rest is spread thin: a member costs ~90 instructions to parse and a
+//! change ~250-550 to apply to one element (a rename's lookups, each
+//! through a node, its span and a head-first key scan). Next steps, each
+//! a redesign rather than a tweak: (1) per element, one merge pass of its
 //! sorted members against the sorted keys its group of changes reads and
-//! writes, instead of ~8 separate lookups; (2) a lazy document: validate
-//! the whole body (UTF-8, depth, duplicate keys) but materialise only the
-//! containers a change reaches, and write untouched source runs back in
-//! one copy when they are already canonical (no whitespace, sorted keys,
-//! escapes as we write them).
+//! writes, instead of ~8 separate lookups; (2) smaller nodes and members
+//! (text as `u32` offsets into the body rather than 16-byte slices inside
+//! a three-way enum, which every comparison resolves); (3) a lazy
+//! document: validate the whole body (UTF-8, depth, duplicate keys) but
+//! materialise only the containers a change reaches, and write untouched
+//! source runs back in one copy when they are already canonical (no
+//! whitespace, sorted keys, escapes as we write them).
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -25,7 +25,8 @@ use serde_json::{Map, Number, Value};
 
 use super::TranslateError;
 use super::value::{
-    Json, MAX_BODY_BYTES, Member, Node, NodeId, Text, head, key_before, needs_escape, sort_members,
+    Json, MAX_BODY_BYTES, Member, Node, NodeId, Text, give_back_scratch, head, key_before,
+    needs_escape, scratch, sort_members,
 };
 
 /// Body limits for translation.
@@ -97,18 +98,19 @@ pub fn parse_json(bytes: &[u8], limits: Limits) -> Result<Json<'_>, TranslateErr
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Err(explain());
     };
+    let (items, members) = scratch();
     let mut p = Parser {
         text,
         bytes,
         pos: 0,
         max_depth: limits.max_depth.min(MAX_DEPTH),
-        doc: Json::with_capacity(bytes.len()),
-        // The open containers' children: sized so that typical bodies
-        // never grow them (a regrowth cost more than the allocation).
-        items: Vec::with_capacity(32),
-        members: Vec::with_capacity(32),
+        doc: Json::for_body(bytes.len()),
+        items,
+        members,
     };
-    match p.value(1).and_then(|root| p.end().map(|()| root)) {
+    let parsed = p.value(1).and_then(|root| p.end().map(|()| root));
+    give_back_scratch(p.items, p.members);
+    match parsed {
         Ok(root) => {
             p.doc.set_root(root);
             Ok(p.doc)
@@ -231,6 +233,7 @@ impl<'a> Parser<'a> {
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, kept as text.
+    #[inline]
     fn number(&mut self) -> Result<Node<'a>, Refused> {
         let start = self.pos;
         if self.peek() == Some(b'-') {

@@ -1190,8 +1190,8 @@ to = "/g/*/d"
         #[test]
         fn json_round_trips_exactly(v in any_json()) {
             let wire = wire(&v);
-            let back = parse_json(&wire, Limits::default()).unwrap();
-            prop_assert_eq!(to_bytes(&back), wire);
+            let back = to_bytes(&parse_json(&wire, Limits::default()).unwrap());
+            prop_assert_eq!(back, wire);
         }
 
         #[test]

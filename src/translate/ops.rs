@@ -261,6 +261,13 @@ impl Change {
                     Dir::Up => (from, to),
                     Dir::Down => (to, from),
                 };
+                if let ([outer, inner], [to]) = (&src[..], &dst[..])
+                    && let (Some(outer), Some(inner), Some(to)) =
+                        (outer.as_key(), inner.as_key(), to.as_key())
+                    && flatten(doc, id, outer, inner, to)
+                {
+                    return Ok(());
+                }
                 move_value(doc, id, src, dst)
                     .map_err(|(tail, kind)| self.fail(pointer::render_under(base, b, tail), kind))
             }
@@ -472,8 +479,7 @@ where
             };
         }
     };
-    let mut removed = None;
-    let Some(value) = take_pruning(doc, container, src, &mut removed) else {
+    let Some((value, gone)) = take_pruning(doc, container, src) else {
         return Ok(());
     };
     let key = |seg: &'a Seg| {
@@ -482,14 +488,18 @@ where
     };
     if let ([last], Some(i)) = (dst, free) {
         // A key of `container` itself (the common rename): where the probe
-        // found it free, one to the left if the take removed a member
-        // before it, without looking it up again.
-        let i = match removed {
-            Some(j) if j < i => i - 1,
-            Some(_) | None => i,
-        };
-        doc.insert_at(container, i, Member::keyed(key(last), value));
+        // found it free. When the take leaves a member of `container` to
+        // remove, the new one takes its slot and the members between
+        // shift by one: no removal and insertion, each moving the rest.
+        let member = Member::keyed(key(last), value);
+        match gone {
+            Some(j) => doc.replace_at(container, j, i, member),
+            None => doc.insert_at(container, i, member),
+        }
         return Ok(());
+    }
+    if let Some(j) = gone {
+        doc.remove_at(container, j);
     }
     let (last, parents) = dst.split_last().expect("validated non-empty");
     let mut obj = container;
@@ -512,6 +522,47 @@ where
         .expect_err("probed: the destination is free");
     doc.insert_at(obj, i, Member::keyed(key(last), value));
     Ok(())
+}
+
+/// [`move_value`] for its most common shape, a field out of a nested
+/// object into its parent (`/client/name` -> `/client_name`), when the
+/// field is there and its new key is free: the same lookups and the same
+/// result, without the general walk's bookkeeping. Returns whether it
+/// moved the field; when not, it changed nothing and `move_value` decides
+/// (absent field, collision, a non-object on the way).
+fn flatten<'a>(
+    doc: &mut Json<'a>,
+    container: NodeId,
+    outer: &Key,
+    inner: &Key,
+    to: &'a Key,
+) -> bool {
+    if !matches!(doc.node(container), Node::Object(_)) {
+        return false;
+    }
+    let Err(at) = doc.find_key(container, to) else {
+        return false;
+    };
+    let Ok(i) = doc.find_key(container, outer) else {
+        return false;
+    };
+    let child = doc.member_value(container, i);
+    if !matches!(doc.node(child), Node::Object(_)) {
+        return false;
+    }
+    let Ok(j) = doc.find_key(child, inner) else {
+        return false;
+    };
+    let member = Member::keyed(to, doc.member_value(child, j));
+    if doc.members(child).len() == 1 {
+        // The nested object would be left empty: it goes, and the field
+        // takes its slot.
+        doc.replace_at(container, i, at, member);
+    } else {
+        doc.remove_at(child, j);
+        doc.insert_at(container, at, member);
+    }
+    true
 }
 
 /// Whether `dst` under `at` can be written: every existing value on the way
@@ -537,38 +588,43 @@ fn probe<'s>(
     Ok(None)
 }
 
-/// Removes the value at `segs` under `id` and returns it, then removes the
-/// objects on the way that it left empty (deepest first, up to but not
-/// including `id`; an array on the way stops the pruning, as it is not
-/// empty). `None` when there is no such value or its parent is no object.
-/// `removed` is set to the index of the member of `id` itself that went,
-/// if one did.
-fn take_pruning(
-    doc: &mut Json<'_>,
-    id: NodeId,
-    segs: &[Seg],
-    removed: &mut Option<usize>,
-) -> Option<NodeId> {
+/// Takes the value at `segs` under `id` out, and removes the objects on
+/// the way that it left empty (deepest first, up to but not including
+/// `id`; an array on the way stops the pruning, as it is not empty). `None`
+/// when there is no such value or its parent is no object.
+///
+/// The member of `id` itself that has to go (the value's own, or an
+/// object on the way that the take empties) is not removed here but
+/// returned with the value, so that a rename can put its new member in
+/// that slot. An object that loses its last member is not emptied either:
+/// its parent's member goes, which detaches it.
+fn take_pruning(doc: &mut Json<'_>, id: NodeId, segs: &[Seg]) -> Option<(NodeId, Option<usize>)> {
     let (first, rest) = segs.split_first()?;
     match doc.node(id) {
         Node::Object(_) => {
             let i = doc.find_key(id, first.as_key()?).ok()?;
-            if rest.is_empty() {
-                *removed = Some(i);
-                return Some(doc.remove_at(id, i));
-            }
             let child = doc.member_value(id, i);
-            let value = take_pruning(doc, child, rest, &mut None)?;
-            // Only `child`'s members changed, so `i` still points at it.
-            if doc.is_empty_object(child) {
-                *removed = Some(i);
-                doc.remove_at(id, i);
+            if rest.is_empty() {
+                return Some((child, Some(i)));
             }
-            Some(value)
+            let (value, gone) = take_pruning(doc, child, rest)?;
+            match gone {
+                // `child` is an object left empty: it goes whole.
+                Some(_) if doc.members(child).len() == 1 => Some((value, Some(i))),
+                Some(j) => {
+                    doc.remove_at(child, j);
+                    Some((value, None))
+                }
+                None => Some((value, None)),
+            }
         }
         Node::Array(_) if !rest.is_empty() => {
             let child = pointer::child(doc, id, first)?;
-            take_pruning(doc, child, rest, &mut None)
+            let (value, gone) = take_pruning(doc, child, rest)?;
+            if let Some(j) = gone {
+                doc.remove_at(child, j);
+            }
+            Some((value, None))
         }
         _ => None,
     }
@@ -901,6 +957,75 @@ mod tests {
         ];
         for (name, change, text, want) in cases {
             assert_eq!(up_text(change, text), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn flatten_cases() {
+        // A field out of a nested object into its parent, the shape with a
+        // path of its own (`flatten`); the general one takes over for the rest.
+        let change =
+            |from: &str, to: &str| format!("op = \"rename\"\nfrom = \"{from}\"\nto = \"{to}\"");
+        // (name, change, request body as sent, upgraded body or error pointer)
+        let cases: Vec<(&str, String, &str, Result<&str, &str>)> = vec![
+            (
+                "the nested object goes with its last field",
+                change("/meta/created", "/created_at"),
+                r#"{"id":1,"meta":{"created":5},"z":0}"#,
+                Ok(r#"{"created_at":5,"id":1,"z":0}"#),
+            ),
+            (
+                "the nested object stays with its other fields",
+                change("/meta/created", "/created_at"),
+                r#"{"meta":{"by":"x","created":5}}"#,
+                Ok(r#"{"created_at":5,"meta":{"by":"x"}}"#),
+            ),
+            (
+                "the new key sorts before the old one",
+                change("/meta/created", "/a"),
+                r#"{"b":1,"meta":{"created":5}}"#,
+                Ok(r#"{"a":5,"b":1}"#),
+            ),
+            (
+                "absent field",
+                change("/meta/created", "/created_at"),
+                r#"{"meta":{"by":"x"}}"#,
+                Ok(r#"{"meta":{"by":"x"}}"#),
+            ),
+            (
+                "not an object on the way",
+                change("/meta/created", "/created_at"),
+                r#"{"meta":"x"}"#,
+                Ok(r#"{"meta":"x"}"#),
+            ),
+            (
+                "collision",
+                change("/meta/created", "/created_at"),
+                r#"{"created_at":1,"meta":{"created":5}}"#,
+                Err("/created_at"),
+            ),
+            (
+                "no collision without a field",
+                change("/meta/created", "/created_at"),
+                r#"{"created_at":1,"meta":{}}"#,
+                Ok(r#"{"created_at":1,"meta":{}}"#),
+            ),
+        ];
+        for (name, change, text, want) in cases {
+            let t = two(&format!("[[versions.changes]]\n{change}\n"));
+            let plan = t.plan(0, 1).unwrap();
+            let mut ex = plan.exchange(&Method::POST, "/x");
+            let body = parse_json(text.as_bytes(), Limits::default()).unwrap();
+            let got = plan
+                .request(&mut ex, &mut "/x".into(), &mut HeaderMap::new(), Some(body))
+                .map(|out| String::from_utf8(to_bytes(&out.unwrap()).to_vec()).unwrap());
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
+                (Err(TranslateError::Collision { pointer, .. }), Err(want)) => {
+                    assert_eq!(pointer, want, "{name}")
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
         }
     }
 

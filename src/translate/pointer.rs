@@ -194,6 +194,7 @@ pub(crate) fn render_under(base: &Pointer, binds: &[usize], tail: &[Seg]) -> Str
 }
 
 /// The child of node `id` at one literal segment.
+#[inline]
 pub(crate) fn child(doc: &Json<'_>, id: NodeId, seg: &Seg) -> Option<NodeId> {
     match (doc.node(id), seg) {
         (Node::Object(_), Seg::Key { name, .. }) => doc.get_key(id, name),

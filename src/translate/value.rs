@@ -31,7 +31,9 @@
 //!   in place never changes another. Nodes that a change detached stay in
 //!   the vectors unreachable until the document is dropped.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
+
 /// A node's index in its document.
 pub(crate) type NodeId = u32;
 
@@ -250,11 +252,118 @@ pub struct Json<'a> {
     root: NodeId,
     /// Length of the body this was parsed from: sizes the output buffer.
     pub(crate) source_len: usize,
+    /// Whether dropping the document keeps its vectors for the next body
+    /// parsed on this thread (see [`Spare`]). Only body documents do; a
+    /// plan's defaults and a stash's values are small and live long.
+    recycle: bool,
+}
+
+/// Buffers kept per thread between bodies: the vectors of the last body
+/// document dropped on the thread, and the parser's scratch stacks. For a
+/// 1 KiB body their five allocations and frees (all but the scratch too
+/// large for the allocator's per-thread cache) cost about a twentieth of
+/// the whole translation.
+///
+/// A vector changes lifetime (a document borrows from its body) through
+/// [`relife`], which keeps the allocation. Vectors longer than
+/// [`MAX_SPARE`] are freed, not kept, so a thread holds at most a few
+/// hundred KiB whatever bodies it saw.
+struct Spare {
+    nodes: Vec<Node<'static>>,
+    members: Vec<Member<'static>>,
+    items: Vec<NodeId>,
+}
+
+/// Longest vector kept in a [`Spare`]: enough for a 64 KiB body.
+const MAX_SPARE: usize = 8 * 1024;
+
+thread_local! {
+    static SPARE: RefCell<Option<Spare>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Option<(Vec<NodeId>, Vec<Member<'static>>)>> =
+        const { RefCell::new(None) };
+}
+
+/// Empties `v` and gives it another lifetime, keeping its allocation:
+/// `collect` from a vector's own iterator reuses its buffer when the
+/// element layout is the same, which it is here (only the lifetime
+/// differs). Nothing is read or written, so nothing outlives its borrow.
+macro_rules! relife {
+    ($v:expr) => {{
+        let mut v = $v;
+        v.clear();
+        v.into_iter().map(|_| unreachable!("emptied")).collect()
+    }};
+}
+
+/// The parser's scratch stacks (open arrays' items, open objects'
+/// members): this thread's spare ones, emptied, or new ones.
+pub(crate) fn scratch<'a>() -> (Vec<NodeId>, Vec<Member<'a>>) {
+    let spare = SCRATCH
+        .try_with(|s| s.try_borrow_mut().ok()?.take())
+        .ok()
+        .flatten();
+    match spare {
+        Some((items, members)) => (items, relife!(members)),
+        // Sized so that typical bodies never grow them (a regrowth cost
+        // more than the allocation).
+        None => (Vec::with_capacity(32), Vec::with_capacity(32)),
+    }
+}
+
+/// Keeps the parser's scratch stacks for the next body on this thread.
+pub(crate) fn give_back_scratch(mut items: Vec<NodeId>, members: Vec<Member<'_>>) {
+    if items.capacity() > MAX_SPARE || members.capacity() > MAX_SPARE {
+        return;
+    }
+    items.clear();
+    let members: Vec<Member<'static>> = relife!(members);
+    let _ = SCRATCH.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            *s = Some((items, members));
+        }
+    });
+}
+
+impl Drop for Json<'_> {
+    fn drop(&mut self) {
+        if !self.recycle
+            || self.nodes.capacity() > MAX_SPARE
+            || self.members.capacity() > MAX_SPARE
+            || self.items.capacity() > MAX_SPARE
+        {
+            return;
+        }
+        let mut items = std::mem::take(&mut self.items);
+        items.clear();
+        let spare = Spare {
+            nodes: relife!(std::mem::take(&mut self.nodes)),
+            members: relife!(std::mem::take(&mut self.members)),
+            items,
+        };
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                *s = Some(spare);
+            }
+        });
+    }
 }
 
 /// Whether a byte must be escaped inside a JSON string.
 pub(crate) fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Capacities of nodes, members and items for a body of `source_len` bytes.
+fn sizes(source_len: usize) -> (usize, usize, usize) {
+    // About one node per 12 bytes of minified JSON, one member per 15 (an
+    // event list), with a fifth more for what the changes add (a grown
+    // object moves to the end with room): one allocation each for typical
+    // bodies, not a series of regrowths and copies.
+    (
+        source_len / 10 + 8,
+        source_len / 10 + 8,
+        source_len / 32 + 2,
+    )
 }
 
 fn index(n: usize) -> u32 {
@@ -267,18 +376,46 @@ impl<'a> Json<'a> {
     /// An empty document sized for a body of `source_len` bytes; its root is
     /// set by the first [`Json::push`] the builder finishes with.
     pub(crate) fn with_capacity(source_len: usize) -> Json<'a> {
-        // About one node per 12 bytes of minified JSON, one member per 15
-        // (an event list), with a fifth more for what the changes add (a
-        // grown object moves to the end with room): one allocation each
-        // for typical bodies, not a series of regrowths and copies.
+        let (nodes, members, items) = sizes(source_len);
         Json {
-            nodes: Vec::with_capacity(source_len / 10 + 8),
-            members: Vec::with_capacity(source_len / 10 + 8),
-            items: Vec::with_capacity(source_len / 32 + 2),
+            nodes: Vec::with_capacity(nodes),
+            members: Vec::with_capacity(members),
+            items: Vec::with_capacity(items),
             text: Vec::new(),
             root: 0,
             source_len,
+            recycle: false,
         }
+    }
+
+    /// [`Json::with_capacity`] for a body being parsed: with the vectors
+    /// of the last body document dropped on this thread when there is one
+    /// (grown to the same sizes if they are smaller), and kept again when
+    /// this one is dropped.
+    pub(crate) fn for_body(source_len: usize) -> Json<'a> {
+        let spare = SPARE
+            .try_with(|s| s.try_borrow_mut().ok()?.take())
+            .ok()
+            .flatten();
+        let Some(spare) = spare else {
+            let mut doc = Json::with_capacity(source_len);
+            doc.recycle = true;
+            return doc;
+        };
+        let (nodes, members, items) = sizes(source_len);
+        let mut doc = Json {
+            nodes: relife!(spare.nodes),
+            members: relife!(spare.members),
+            items: spare.items,
+            text: Vec::new(),
+            root: 0,
+            source_len,
+            recycle: true,
+        };
+        doc.nodes.reserve(nodes);
+        doc.members.reserve(members);
+        doc.items.reserve(items);
+        doc
     }
 
     pub(crate) fn root(&self) -> NodeId {
@@ -337,6 +474,7 @@ impl<'a> Json<'a> {
     }
 
     /// The items of an array node (empty for other nodes).
+    #[inline]
     pub(crate) fn items(&self, id: NodeId) -> &[NodeId] {
         match self.node(id) {
             Node::Array(span) => &self.items[span.range()],
@@ -345,6 +483,7 @@ impl<'a> Json<'a> {
     }
 
     /// The members of an object node (empty for other nodes).
+    #[inline]
     pub(crate) fn members(&self, id: NodeId) -> &[Member<'a>] {
         match self.node(id) {
             Node::Object(span) => &self.members[span.range()],
@@ -352,6 +491,7 @@ impl<'a> Json<'a> {
         }
     }
 
+    #[inline]
     fn span(&self, obj: NodeId) -> Span {
         match self.node(obj) {
             Node::Object(span) => span,
@@ -430,6 +570,7 @@ impl<'a> Json<'a> {
     }
 
     /// The value of the `i`th member of object `obj`.
+    #[inline]
     pub(crate) fn member_value(&self, obj: NodeId, i: usize) -> NodeId {
         self.members[self.span(obj).start as usize + i].value
     }
@@ -489,15 +630,30 @@ impl<'a> Json<'a> {
         self.set(obj, Node::Object(span));
     }
 
+    /// Removes the `j`th member of object `obj` and inserts `member` at
+    /// index `i`, counted before the removal (where [`Json::find`] said it
+    /// goes while the `j`th was still there). The object keeps its length,
+    /// so nothing grows: only the members between `i` and `j` shift.
+    pub(crate) fn replace_at(&mut self, obj: NodeId, j: usize, i: usize, member: Member<'a>) {
+        let range = self.span(obj).range();
+        let members = &mut self.members[range];
+        if i > j {
+            for k in j..i - 1 {
+                members[k] = members[k + 1];
+            }
+            members[i - 1] = member;
+        } else {
+            for k in (i..j).rev() {
+                members[k + 1] = members[k];
+            }
+            members[i] = member;
+        }
+    }
+
     /// A new object of one member.
     pub(crate) fn single(&mut self, member: Member<'a>) -> NodeId {
         let span = self.push_members(&[member]);
         self.push(Node::Object(span))
-    }
-
-    /// Whether `id` is an object without members.
-    pub(crate) fn is_empty_object(&self, id: NodeId) -> bool {
-        matches!(self.node(id), Node::Object(span) if span.len == 0)
     }
 
     /// Copies the subtree `id` of `src` into this document; texts are
@@ -712,6 +868,65 @@ mod tests {
             to_bytes(&d),
             r#"[{"a":1,"c":true,"d":true,"e":true,"f":true,"g":true},{"b":2}]"#
         );
+    }
+
+    #[test]
+    fn replace_at_moves_the_new_member_into_place() {
+        // (removed index, insert index counted before the removal, keys after)
+        let cases: &[(usize, usize, &[&str])] = &[
+            (0, 0, &["X", "b", "c", "d"]),
+            (0, 1, &["X", "b", "c", "d"]),
+            (0, 3, &["b", "c", "X", "d"]),
+            (0, 4, &["b", "c", "d", "X"]),
+            (3, 0, &["X", "a", "b", "c"]),
+            (2, 1, &["a", "X", "b", "d"]),
+            (1, 2, &["a", "X", "c", "d"]),
+        ];
+        for &(j, i, want) in cases {
+            let mut d = doc(r#"{"a":1,"b":2,"c":3,"d":4}"#);
+            let root = d.root();
+            let value = d.push(Node::Null);
+            d.replace_at(root, j, i, Member::borrowed("X", value));
+            assert_eq!(keys(&d, root), want, "remove {j}, insert at {i}");
+        }
+    }
+
+    #[test]
+    fn recycled_buffers_start_empty() {
+        // Documents hand their vectors to the next parse on this thread:
+        // a big body, then a small one, then two alive at once, and a
+        // clone dropped after its original.
+        let big = format!("[{}]", vec![r#"{"k":"v\n","n":1}"#; 500].join(","));
+        let parsed = doc(&big);
+        assert_eq!(parsed.items(parsed.root()).len(), 500);
+        drop(parsed);
+        let small = doc(r#"{"b":[true],"a":"\u0041"}"#);
+        assert_eq!(to_bytes(&small), r#"{"a":"A","b":[true]}"#);
+        let other = doc("[1,2]");
+        let copy = small.clone();
+        drop(small);
+        assert_eq!(to_bytes(&other), "[1,2]");
+        assert_eq!(to_bytes(&copy), r#"{"a":"A","b":[true]}"#);
+        drop(copy);
+        drop(other);
+        assert_eq!(to_bytes(&doc("{}")), "{}");
+    }
+
+    #[test]
+    fn a_refused_body_leaves_no_scratch_behind() {
+        // The parser gives its scratch stacks back even when it stops
+        // half-way with open containers on them.
+        for bad in [r#"{"a":[1,2,{"b":"#, r#"[{"x":1,"x":2}]"#, "[[[[tru]]]]"] {
+            assert!(
+                parse_json(bad.as_bytes(), Limits::default()).is_err(),
+                "{bad}"
+            );
+            assert_eq!(
+                to_bytes(&doc(r#"[{"c":3}]"#)),
+                r#"[{"c":3}]"#,
+                "after {bad}"
+            );
+        }
     }
 
     #[test]
