@@ -296,9 +296,10 @@ async fn a_body_that_stalls_is_cut_at_the_routes_body_timeout_and_a_slow_one_is_
     assert_body_cut(gw.get("/a"), Duration::from_millis(300)).await;
 
     // A body whose pieces each come within the timeout is never cut, however
-    // long it takes in all: 12 pieces 100 ms apart against 300 ms.
-    let mut pieces: Vec<&'static [u8]> = vec![b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n"];
-    pieces.extend(std::iter::repeat_n(&b"x"[..], 12));
+    // long it takes in all: 40 pieces 20 ms apart (the raw upstream's pause
+    // between pieces), about 800 ms, against 300 ms.
+    let mut pieces: Vec<&'static [u8]> = vec![b"HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\n"];
+    pieces.extend(std::iter::repeat_n(&b"x"[..], 40));
     let slow = RawUpstream::spawn(Script {
         pieces,
         close_after: None,
@@ -311,9 +312,15 @@ async fn a_body_that_stalls_is_cut_at_the_routes_body_timeout_and_a_slow_one_is_
             .route("all", "/", "v1", "body_timeout_ms = 300"),
     )
     .await;
+    let start = std::time::Instant::now();
     let resp = gw.get("/a").send().await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(&resp.body[..], b"xxxxxxxxxxxx");
+    assert_eq!(&resp.body[..], &[b'x'; 40][..]);
+    assert!(
+        start.elapsed() > Duration::from_millis(300),
+        "the body took longer than the timeout in all: {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
