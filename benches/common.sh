@@ -120,6 +120,32 @@ start_upstream() {
     PIDS+=("$UP_PID")
 }
 
+# gateway_server PORT ADMIN_PORT [TLS_PORT]: the [server] section of the
+# benches' gateway config (grace 1 s); with TLS_PORT, a TLS listener too,
+# serving $TMP/cert.pem and $TMP/key.pem for "localhost", never reloaded.
+gateway_server() {
+    cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$2"
+grace_period_ms = 1000
+
+TOML
+    if [[ -n ${3:-} ]]; then
+        cat <<TOML
+[server.tls]
+listen = "127.0.0.1:$3"
+reload_poll_ms = 0
+
+[[server.tls.certificates]]
+cert = "$TMP/cert.pem"
+key = "$TMP/key.pem"
+server_names = ["localhost"]
+
+TOML
+    fi
+}
+
 # gateway_table UPSTREAM_PORT: the routing part of the gateway config, after
 # [server]: header detection first, versions v1 and v2, one pool each on
 # the one upstream, everything under /api/ (default v2).

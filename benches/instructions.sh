@@ -70,18 +70,10 @@ fi
 measure() {
     local n=$1 variant=${2:-} up gw admin up_pid gw_pid
     read -r up gw admin <<<"$(free_ports 3)"
-    RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$up" --version v2 --threads 1 \
-        >"$TMP/upstream.log" 2>&1 &
-    up_pid=$!
-    PIDS+=("$up_pid")
+    start_upstream "$up"
+    up_pid=$UP_PID
     {
-        cat <<EOF
-[server]
-listen = "127.0.0.1:$gw"
-admin_listen = "127.0.0.1:$admin"
-grace_period_ms = 1000
-
-EOF
+        gateway_server "$gw" "$admin"
         gateway_table "$up"
     } >"$TMP/gateway.toml"
     [[ $variant == limits ]] && add_limits "$TMP/gateway.toml"

@@ -54,27 +54,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
 measure() {
     local n=$1 up gw admin tls up_pid gw_pid
     read -r up gw admin tls <<<"$(free_ports 4)"
-    RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$up" --version v2 --threads 1 \
-        >"$TMP/upstream.log" 2>&1 &
-    up_pid=$!
-    PIDS+=("$up_pid")
+    start_upstream "$up"
+    up_pid=$UP_PID
     {
-        cat <<EOF
-[server]
-listen = "127.0.0.1:$gw"
-admin_listen = "127.0.0.1:$admin"
-grace_period_ms = 1000
-
-[server.tls]
-listen = "127.0.0.1:$tls"
-reload_poll_ms = 0
-
-[[server.tls.certificates]]
-cert = "$TMP/cert.pem"
-key = "$TMP/key.pem"
-server_names = ["localhost"]
-
-EOF
+        gateway_server "$gw" "$admin" "$tls"
         gateway_table "$up"
     } >"$TMP/gateway.toml"
     # As in instructions.sh: glibc's `rep movsb` / `rep stosb` paths off,

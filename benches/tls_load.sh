@@ -103,22 +103,7 @@ start_upstream "$UP_PORT"
 # load.sh's gateway plus a TLS listener. The certificate files are read at
 # start and on SIGHUP only (no polling during the runs).
 {
-    cat <<EOF
-[server]
-listen = "127.0.0.1:$GW_PORT"
-admin_listen = "127.0.0.1:$ADMIN_PORT"
-grace_period_ms = 1000
-
-[server.tls]
-listen = "127.0.0.1:$GW_TLS_PORT"
-reload_poll_ms = 0
-
-[[server.tls.certificates]]
-cert = "$TMP/cert.pem"
-key = "$TMP/key.pem"
-server_names = ["localhost"]
-
-EOF
+    gateway_server "$GW_PORT" "$ADMIN_PORT" "$GW_TLS_PORT"
     gateway_table "$UP_PORT"
 } >"$TMP/gateway.toml"
 RUST_LOG=warn "$BIN" run --config "$TMP/gateway.toml" --workers "$WORKERS" \
