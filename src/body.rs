@@ -36,39 +36,73 @@ pub enum BodyError {
     },
 }
 
-/// The read timeout of a client's request body: the longest wait for its
-/// next frame. The timer exists only once a read has had to wait (a body
-/// that arrives with its head never arms one).
+/// The longest wait for a body's next bytes, on a timer the caller keeps
+/// (its own, or a connection's shared one): set when a read first has to
+/// wait, and set again only when bytes came since, so a body that arrives
+/// with its head never touches a timer.
+#[derive(Debug)]
+pub(crate) struct Gap {
+    after: Duration,
+    /// The timer is set for this body.
+    armed: bool,
+    /// Bytes arrived since the timer was last set.
+    progress: bool,
+}
+
+impl Gap {
+    pub(crate) fn new(after: Duration) -> Gap {
+        Gap {
+            after,
+            armed: false,
+            progress: false,
+        }
+    }
+
+    /// The wait this allows.
+    pub(crate) fn after(&self) -> Duration {
+        self.after
+    }
+
+    /// Bytes arrived.
+    pub(crate) fn progress(&mut self) {
+        self.progress = true;
+    }
+
+    /// A read is pending: set `timer` if needed; whether it has fired.
+    pub(crate) fn poll_expired(
+        &mut self,
+        timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let timer = match timer {
+            Some(t) => {
+                if !self.armed || self.progress {
+                    t.as_mut().reset(tokio::time::Instant::now() + self.after);
+                }
+                t
+            }
+            None => timer.insert(Box::pin(tokio::time::sleep(self.after))),
+        };
+        self.armed = true;
+        self.progress = false;
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A [`Gap`] on its own timer: a client's request body, or an upstream
+/// response body read through hyper's client.
 #[derive(Debug)]
 pub struct ReadTimeout {
-    after: Duration,
+    gap: Gap,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Data arrived since the timer was last armed.
-    progress: bool,
 }
 
 impl ReadTimeout {
     fn new(after: Duration) -> ReadTimeout {
         ReadTimeout {
-            after,
+            gap: Gap::new(after),
             timer: None,
-            progress: false,
         }
-    }
-
-    /// The read is pending: arm (or re-arm after progress) and check the timer.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let timer = match &mut self.timer {
-            Some(t) => {
-                if self.progress {
-                    t.as_mut().reset(tokio::time::Instant::now() + self.after);
-                }
-                t
-            }
-            None => self.timer.insert(Box::pin(tokio::time::sleep(self.after))),
-        };
-        self.progress = false;
-        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -204,7 +238,7 @@ impl HttpBody for Body {
             } => match inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(t) = timeout {
-                        t.progress = true;
+                        t.gap.progress();
                     }
                     if let Some(data) = frame.data_ref() {
                         *seen += data.len() as u64;
@@ -235,9 +269,11 @@ impl HttpBody for Body {
                 }
                 Poll::Pending => {
                     if let Some(t) = timeout
-                        && t.poll_expired(cx)
+                        && t.gap.poll_expired(&mut t.timer, cx)
                     {
-                        return Poll::Ready(Some(Err(BodyError::Timeout { after: t.after })));
+                        return Poll::Ready(Some(Err(BodyError::Timeout {
+                            after: t.gap.after(),
+                        })));
                     }
                     Poll::Pending
                 }

@@ -251,7 +251,7 @@ impl Plane {
         let conn = server::ConnSettings::from(&doc.server);
         let mut tls_conn = conn.for_another_listener();
         if let Some(ms) = doc.server.tls.as_ref().and_then(|t| t.idle_timeout_ms) {
-            tls_conn.idle_timeout = server::idle(ms);
+            tls_conn.idle_timeout = server::optional_ms(ms);
         }
         let gateway = Arc::new(Gateway::new(
             tables.clone(),

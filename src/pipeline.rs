@@ -106,6 +106,21 @@ struct RequestContext {
     https: bool,
 }
 
+impl RequestContext {
+    /// The forwarded request's response body broke off (or stopped
+    /// arriving) while the gateway read it whole.
+    fn response_body_failed(&self, source: BodyError) -> UpstreamError {
+        UpstreamError::ResponseBody {
+            endpoint: self
+                .endpoint
+                .as_ref()
+                .map(|e| e.authority.clone())
+                .expect("a forwarded request has an endpoint"),
+            source,
+        }
+    }
+}
+
 /// Everything after the split needs: the snapshot, the route, the version
 /// detected, the normalised path and the target pool.
 #[derive(Clone, Copy)]
@@ -659,14 +674,7 @@ impl Gateway {
                                 // A body that stopped arriving is the
                                 // upstream being slow (504), not bad JSON.
                                 e @ BodyError::Timeout { .. } => {
-                                    upstream_failed(UpstreamError::ResponseBody {
-                                        endpoint: ctx
-                                            .endpoint
-                                            .as_ref()
-                                            .map(|e| e.authority.clone())
-                                            .expect("a forwarded request has an endpoint"),
-                                        source: e,
-                                    })
+                                    upstream_failed(ctx.response_body_failed(e))
                                 }
                                 BodyError::Stream(_) => fail(TranslateError::InvalidJson {
                                     line: 0,
@@ -1101,14 +1109,7 @@ async fn to_entry(
         .map_err(|source| {
             Miss::failed(GatewayError::Upstream {
                 pool: hop.table.pools[hop.pool as usize].pool.name.clone(),
-                source: UpstreamError::ResponseBody {
-                    endpoint: ctx
-                        .endpoint
-                        .as_ref()
-                        .map(|e| e.authority.clone())
-                        .expect("a forwarded request has an endpoint"),
-                    source,
-                },
+                source: ctx.response_body_failed(source),
             })
         })?;
     let served = ctx

@@ -174,14 +174,14 @@ impl From<&ServerSettings> for ConnSettings {
             max_buf_size: (s.max_header_bytes * 2).max(8192),
             grace: Duration::from_millis(s.grace_period_ms),
             h2_max_streams: s.h2_max_concurrent_streams,
-            idle_timeout: idle(s.idle_timeout_ms),
+            idle_timeout: optional_ms(s.idle_timeout_ms),
             admission: Arc::new(Admission::new(s.max_connections, s.max_requests_in_flight)),
         }
     }
 }
 
-/// An idle timeout setting in ms as a duration (0: none).
-pub fn idle(ms: u64) -> Option<Duration> {
+/// A timeout setting in ms as a duration (0: never).
+pub fn optional_ms(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
 }
 

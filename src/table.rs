@@ -265,8 +265,7 @@ impl RoutingTable {
                 let timeouts = Timeouts {
                     connect: Duration::from_millis(r.connect_timeout_ms),
                     response: Duration::from_millis(r.timeout_ms),
-                    body: (r.body_timeout_ms != 0)
-                        .then(|| Duration::from_millis(r.body_timeout_ms)),
+                    body: crate::server::optional_ms(r.body_timeout_ms),
                 };
                 let detection = Detection::compile(&doc.detection, &r.detection);
                 let split = SplitSettings::compile(
@@ -295,8 +294,7 @@ impl RoutingTable {
                     split,
                     limits: limits.route(r, &calendar, registry),
                     timeouts,
-                    tunnel_idle: (r.tunnel_idle_timeout_ms != 0)
-                        .then(|| Duration::from_millis(r.tunnel_idle_timeout_ms)),
+                    tunnel_idle: crate::server::optional_ms(r.tunnel_idle_timeout_ms),
                     max_body_bytes: r.max_body_bytes,
                     translate_limits: crate::translate::Limits {
                         max_bytes: r.translate_max_body_bytes,

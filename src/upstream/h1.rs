@@ -51,7 +51,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::{Endpoint, Failed, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
-use crate::body::{Body, BodyError};
+use crate::body::{Body, BodyError, Gap};
 
 /// The largest buffered request body sent this way, with the head in one
 /// write (a larger one goes through hyper, which writes and reads at once).
@@ -607,9 +607,7 @@ fn respond(head: Head, conn: Conn, endpoint: u64, gap: Option<Duration>) -> Resp
         framing: head.framing,
         keep_alive: head.keep_alive,
         endpoint,
-        gap,
-        armed: false,
-        progress: false,
+        gap: gap.map(Gap::new),
     };
     let mut resp = Response::new(Body::lean(body));
     *resp.status_mut() = head.status;
@@ -628,11 +626,7 @@ pub struct ResponseBody {
     keep_alive: bool,
     endpoint: u64,
     /// The longest wait for the next bytes (the route's body timeout).
-    gap: Option<Duration>,
-    /// The connection's timer is set for this body's gap.
-    armed: bool,
-    /// Bytes arrived since the timer was last set.
-    progress: bool,
+    gap: Option<Gap>,
 }
 
 impl ResponseBody {
@@ -690,24 +684,13 @@ impl ResponseBody {
             conn.buf.reserve(READ_CHUNK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
                 Poll::Pending => {
-                    let Some(gap) = self.gap else {
-                        return Poll::Pending;
-                    };
-                    // On the connection's own timer (see `within`): set
-                    // when a read first waits, and again only when bytes
-                    // came since, so a body that arrives with its head
-                    // never touches it.
-                    let timer = conn
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
-                    if !self.armed || self.progress {
-                        timer.as_mut().reset(TokioInstant::now() + gap);
-                        self.armed = true;
-                        self.progress = false;
-                    }
-                    if timer.as_mut().poll(cx).is_ready() {
+                    // On the connection's own timer (see `within`).
+                    if let Some(gap) = &mut self.gap
+                        && gap.poll_expired(&mut conn.timer, cx)
+                    {
+                        let after = gap.after();
                         self.fail();
-                        return Poll::Ready(Some(Err(BodyError::Timeout { after: gap })));
+                        return Poll::Ready(Some(Err(BodyError::Timeout { after })));
                     }
                     return Poll::Pending;
                 }
@@ -722,7 +705,11 @@ impl ResponseBody {
                         "upstream closed the connection mid-body".into(),
                     ))));
                 }
-                Poll::Ready(Ok(_)) => self.progress = true,
+                Poll::Ready(Ok(_)) => {
+                    if let Some(gap) = &mut self.gap {
+                        gap.progress();
+                    }
+                }
                 Poll::Ready(Err(e)) => {
                     self.fail();
                     return Poll::Ready(Some(Err(BodyError::Stream(e.into()))));
