@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by the load scripts (load.sh, tls_load.sh, instructions.sh,
-# instructions_h2.sh): log and die, installing missing tools, the list of
+# instructions_h2.sh, anatomy.sh): log and die, installing missing tools, the list of
 # started processes and its cleanup on exit, free loopback ports, CPU ticks
 # from /proc, readiness
 # polling, and the demo-like routing table every one of them proxies
