@@ -102,7 +102,15 @@ pub async fn serve_with(
     });
     let terminator = tls.as_ref().map(|t| t.1.clone());
     let plane = Plane::start(doc, origin, admin, &shutdown, options, terminator).await;
-    let drained = serve_worker(proxy, tls, plane.gateway.clone(), plane.conns(), shutdown).await;
+    let drained = serve_worker(
+        proxy,
+        tls,
+        plane.gateway.clone(),
+        plane.conns(),
+        shutdown,
+        (None, None),
+    )
+    .await;
     plane.stop().await;
     drained
 }
@@ -114,12 +122,26 @@ async fn serve_worker(
     gateway: Arc<Gateway>,
     (conn, tls_conn): (server::ConnSettings, server::ConnSettings),
     shutdown: CancellationToken,
+    (balance, tls_balance): (Option<server::WorkerBalance>, Option<server::WorkerBalance>),
 ) -> bool {
-    let plain_done = server::serve(plain, gateway.clone(), conn.clone(), shutdown.clone());
+    let plain_done = server::serve(
+        plain,
+        gateway.clone(),
+        conn.clone(),
+        shutdown.clone(),
+        balance,
+    );
     match tls {
         None => plain_done.await,
         Some((listener, terminator)) => {
-            let tls_done = server::serve_tls(listener, terminator, gateway, tls_conn, shutdown);
+            let tls_done = server::serve_tls(
+                listener,
+                terminator,
+                gateway,
+                tls_conn,
+                shutdown,
+                tls_balance,
+            );
             let (a, b) = tokio::join!(plain_done, tls_done);
             a && b
         }
@@ -173,15 +195,47 @@ pub async fn serve_per_core(
         };
         workers.push((rt, listener, tls));
     }
+    let spread = doc.server.balance_connections;
+    let several = !workers.is_empty();
+    let has_tls = own_tls.is_some();
     let plane = Plane::start(doc, origin, admin, &shutdown, options, terminator).await;
+    // One balancer per listener kind, over every worker (this thread is 0).
+    let balancers = |listener: &str| {
+        let gauges = (0..=workers.len())
+            .map(|w| {
+                plane
+                    .gateway
+                    .metrics
+                    .worker_connections
+                    .with_label_values(&[listener, &w.to_string()])
+            })
+            .collect();
+        server::Balancer::workers(gauges, spread)
+    };
+    // With several workers their connections are counted (and spread
+    // unless `balance_connections = false`); one worker gets `None`.
+    let mut plain_sides = if several {
+        balancers("plain")
+    } else {
+        Vec::new()
+    }
+    .into_iter();
+    let mut tls_sides = if several && has_tls {
+        balancers("tls")
+    } else {
+        Vec::new()
+    }
+    .into_iter();
+    let own_balance = (plain_sides.next(), tls_sides.next());
     let mut done = Vec::with_capacity(workers.len());
     for (i, (rt, listener, tls)) in workers.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (gateway, conn, stop) = (plane.gateway.clone(), plane.conns(), shutdown.clone());
+        let balance = (plain_sides.next(), tls_sides.next());
         let spawned = std::thread::Builder::new()
             .name(format!("switchyard-{}", i + 1))
             .spawn(move || {
-                let worker = serve_worker(listener, tls, gateway, conn, stop);
+                let worker = serve_worker(listener, tls, gateway, conn, stop, balance);
                 let drained = logging::block_on_batched(&rt, worker);
                 let _ = tx.send(drained);
             });
@@ -192,8 +246,15 @@ pub async fn serve_per_core(
         }
         done.push(rx);
     }
-    let mut drained =
-        serve_worker(own, own_tls, plane.gateway.clone(), plane.conns(), shutdown).await;
+    let mut drained = serve_worker(
+        own,
+        own_tls,
+        plane.gateway.clone(),
+        plane.conns(),
+        shutdown,
+        own_balance,
+    )
+    .await;
     for rx in done {
         // A worker that panicked drops its sender: count it as not drained.
         drained &= rx.await.unwrap_or(false);
@@ -296,6 +357,7 @@ impl Plane {
             // Its own counters: shedding proxy traffic never blinds probes.
             conn.for_another_listener(),
             shutdown.clone(),
+            None,
         ));
         Plane {
             gateway,

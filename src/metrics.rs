@@ -89,6 +89,9 @@ pub struct RequestMetrics {
     /// `switchyard_requests_in_flight`: requests being handled (until their
     /// response headers are sent).
     pub in_flight: IntGauge,
+    /// `switchyard_worker_connections`: open client connections per
+    /// listener and worker thread (what connection balancing evens out).
+    pub worker_connections: IntGaugeVec,
     translation_errors: IntCounterVec,
     upstream_errors: IntCounterVec,
     cache_requests: IntCounterVec,
@@ -206,6 +209,12 @@ impl RequestMetrics {
                 r,
                 "switchyard_requests_in_flight",
                 "Requests being handled (until their response head is sent)",
+            ),
+            worker_connections: gauge_vec(
+                r,
+                "switchyard_worker_connections",
+                "Open client connections by listener (plain or tls) and worker thread",
+                &["listener", "worker"],
             ),
             translation_errors: counter_vec(
                 r,

@@ -13,6 +13,16 @@
 //! stop, and tells the connection through one atomic and its waker: the
 //! connection's own task, woken for every request, never polls them.
 //!
+//! Balance: with several worker threads, each accepts on its own
+//! `SO_REUSEPORT` socket, where the kernel places a connection by a hash of
+//! its addresses, so a few long-lived connections (a load balancer's pool,
+//! a load generator's) can land unevenly: 19 and 13 of 32 is common. A
+//! [`Balancer`] counts each worker's open connections and hands a newly
+//! accepted one to the least loaded worker when that has fewer than the
+//! worker that accepted it (Envoy's "exact balance"): a cost per
+//! connection (a channel send and the socket's move between reactors),
+//! none per request.
+//!
 //! Tunnels: a request that can upgrade carries a [`Lease`] on its
 //! connection (its connection-limit slot, a drain token and the hard stop),
 //! which the WebSocket tunnel holds once the connection is handed over, so
@@ -33,7 +43,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
@@ -155,6 +166,13 @@ enum Counter {
 /// Gives its count back when dropped.
 struct Slot(Arc<Admission>, Counter);
 
+/// What an open connection holds until it (or its tunnel) closes: its
+/// connection-limit slot and its worker's seat.
+struct Held {
+    _slot: Slot,
+    _seat: Option<Seat>,
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let c = match self.1 {
@@ -253,7 +271,7 @@ impl Clone for Active {
 /// drain waits for it, and (h2) the connection does not count as idle;
 /// [`Lease::stopped`] resolves when the grace period is over.
 pub struct Lease {
-    _slot: Arc<Slot>,
+    _slot: Arc<Held>,
     _token: tokio_util::task::task_tracker::TaskTrackerToken,
     stop: CancellationToken,
     _active: Option<Active>,
@@ -303,6 +321,121 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// Spreads one listener's connections over the worker threads: see the
+/// module doc. Each worker's open connections are a gauge
+/// (`switchyard_worker_connections`), which is also what the placement reads.
+pub struct Balancer {
+    /// Off (`balance_connections = false`): connections are only counted.
+    spread: bool,
+    open: Box<[prometheus::IntGauge]>,
+    inboxes: Box<[mpsc::UnboundedSender<Handoff>]>,
+}
+
+/// A connection accepted by one worker for another, already counted there.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    seat: Seat,
+}
+
+/// One open connection counted for a worker, until dropped.
+struct Seat(prometheus::IntGauge);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A worker's side of a [`Balancer`]: its index and its inbox.
+pub struct WorkerBalance {
+    balancer: Arc<Balancer>,
+    me: usize,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+}
+
+impl Balancer {
+    /// A balancer over one worker per gauge (each counts that worker's
+    /// open connections); the workers' sides, in the same order. Without
+    /// `spread` it only counts.
+    pub fn workers(open: Vec<prometheus::IntGauge>, spread: bool) -> Vec<WorkerBalance> {
+        let (inboxes, receivers): (Vec<_>, Vec<_>) =
+            open.iter().map(|_| mpsc::unbounded_channel()).unzip();
+        let balancer = Arc::new(Balancer {
+            spread,
+            open: open.into(),
+            inboxes: inboxes.into(),
+        });
+        receivers
+            .into_iter()
+            .enumerate()
+            .map(|(me, inbox)| WorkerBalance {
+                balancer: balancer.clone(),
+                me,
+                inbox,
+            })
+            .collect()
+    }
+
+    /// Where worker `me`'s new connection goes: `me` unless another worker
+    /// has fewer open connections (the first of the fewest), counted there.
+    fn place(&self, me: usize) -> (usize, Seat) {
+        let mut to = me;
+        if self.spread {
+            let mut least = self.open[me].get();
+            for (i, g) in self.open.iter().enumerate() {
+                let n = g.get();
+                if n < least {
+                    (to, least) = (i, n);
+                }
+            }
+        }
+        self.open[to].inc();
+        (to, Seat(self.open[to].clone()))
+    }
+}
+
+impl WorkerBalance {
+    /// The seat for a connection this worker accepted: its own, or, with
+    /// the stream, handed to a less loaded worker (`None`). A worker that is
+    /// gone (draining) has closed its inbox: the connection stays here.
+    fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, Seat)> {
+        let (to, seat) = self.balancer.place(self.me);
+        if to == self.me {
+            return Some((stream, seat));
+        }
+        // Deregistered from this worker's reactor; the target registers it.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection lost before its handoff");
+                return None;
+            }
+        };
+        match self.balancer.inboxes[to].send(Handoff { stream, peer, seat }) {
+            Ok(()) => None,
+            Err(mpsc::error::SendError(back)) => {
+                drop(back.seat);
+                let seat = self.seat();
+                match TcpStream::from_std(back.stream) {
+                    Ok(s) => Some((s, seat)),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection lost after a failed handoff");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// A seat on this worker.
+    fn seat(&self) -> Seat {
+        let g = &self.balancer.open[self.me];
+        g.inc();
+        Seat(g.clone())
+    }
+}
+
 fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -324,14 +457,16 @@ fn builder(settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
 
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then
 /// drains: in-flight requests get up to `settings.grace` to finish.
-/// Returns whether the drain completed in time.
+/// With `balance`, new connections are spread over the workers (see
+/// [`Balancer`]). Returns whether the drain completed in time.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     settings: ConnSettings,
     shutdown: CancellationToken,
+    balance: Option<WorkerBalance>,
 ) -> bool {
-    serve_inner(listener, None, handler, settings, shutdown).await
+    serve_inner(listener, None, handler, settings, shutdown, balance).await
 }
 
 /// [`serve`] behind TLS: each connection's handshake (within the
@@ -343,8 +478,9 @@ pub async fn serve_tls<H: Handler>(
     handler: Arc<H>,
     settings: ConnSettings,
     shutdown: CancellationToken,
+    balance: Option<WorkerBalance>,
 ) -> bool {
-    serve_inner(listener, Some(tls), handler, settings, shutdown).await
+    serve_inner(listener, Some(tls), handler, settings, shutdown, balance).await
 }
 
 async fn serve_inner<H: Handler>(
@@ -353,6 +489,7 @@ async fn serve_inner<H: Handler>(
     handler: Arc<H>,
     settings: ConnSettings,
     shutdown: CancellationToken,
+    mut balance: Option<WorkerBalance>,
 ) -> bool {
     let builder = builder(&settings);
     // Connections (and TLS handshakes) in flight: the drain waits for them.
@@ -360,11 +497,29 @@ async fn serve_inner<H: Handler>(
     let draining = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, seat) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            Some(h) = async { balance.as_mut()?.inbox.recv().await } => {
+                match TcpStream::from_std(h.stream) {
+                    Ok(stream) => (stream, h.peer, Some(h.seat)),
+                    Err(e) => {
+                        tracing::debug!(peer = %h.peer, error = %e, "handed-off connection lost");
+                        continue;
+                    }
+                }
+            }
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    match &balance {
+                        None => (stream, peer, None),
+                        Some(b) => match b.place(stream, peer) {
+                            Some((stream, seat)) => (stream, peer, Some(seat)),
+                            None => continue,
+                        },
+                    }
+                }
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -373,7 +528,6 @@ async fn serve_inner<H: Handler>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let (slot, shed) = settings.admission.connection();
         if shed {
             tracing::debug!(%peer, "connection limit reached: shedding");
@@ -390,7 +544,10 @@ async fn serve_inner<H: Handler>(
             tracker: tracker.clone(),
             idle_timeout: settings.idle_timeout,
             admission: settings.admission.clone(),
-            slot,
+            slot: Held {
+                _slot: slot,
+                _seat: seat,
+            },
             shed,
         };
         match &tls {
@@ -415,6 +572,8 @@ async fn serve_inner<H: Handler>(
         }
     }
     drop(listener);
+    // Handoffs still queued are closed with the inbox; no more arrive.
+    drop(balance);
     draining.cancel();
     tracker.close();
     tokio::select! {
@@ -442,7 +601,7 @@ struct Conn<H> {
     idle_timeout: Option<Duration>,
     admission: Arc<Admission>,
     /// Held for the connection's life.
-    slot: Slot,
+    slot: Held,
     /// Over the connection limit: every request gets 503 and the
     /// connection closes after the first answer.
     shed: bool,
@@ -676,4 +835,41 @@ fn bind_std(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tcp
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges(open: &[i64]) -> Vec<prometheus::IntGauge> {
+        open.iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let g = prometheus::IntGauge::new(format!("w{i}"), "open").expect("gauge");
+                g.set(n);
+                g
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_connection_goes_to_the_worker_with_the_fewest_open() {
+        let g = gauges(&[3, 1, 1]);
+        let sides = Balancer::workers(g.clone(), true);
+        // Worker 0 has more than the others: the first of the fewest gets it.
+        let (to, seat) = sides[0].balancer.place(0);
+        assert_eq!(to, 1);
+        assert_eq!(g[1].get(), 2, "counted where it goes");
+        // A tie keeps it where it arrived.
+        let (to, _kept) = sides[2].balancer.place(2);
+        assert_eq!(to, 2);
+        assert_eq!(g[2].get(), 2);
+        drop(seat);
+        assert_eq!(g[1].get(), 1, "a seat gives its count back");
+        // Not spreading: counted where it arrived.
+        let sides = Balancer::workers(g.clone(), false);
+        let (to, _kept) = sides[0].balancer.place(0);
+        assert_eq!(to, 0);
+        assert_eq!(g[0].get(), 4);
+    }
 }

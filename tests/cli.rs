@@ -435,6 +435,125 @@ async fn run_with_several_workers_spreads_connections_and_reuses_upstream_ones()
     );
 }
 
+/// One GET on a kept-alive connection: the status, once the whole
+/// response (head and `Content-Length` body) has arrived.
+fn keep_alive_get(stream: &mut TcpStream, path: &str) -> u16 {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .expect("send request");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).expect("read response");
+        assert!(n > 0, "connection closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= length {
+                return head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .expect("status");
+            }
+        }
+    }
+}
+
+/// `switchyard_worker_connections{listener="plain"}` per worker, from the
+/// admin listener's metrics.
+fn worker_connections(admin: SocketAddr, workers: usize) -> Vec<i64> {
+    let (status, body) = http_get(admin, "/metrics", &[]);
+    assert_eq!(status, 200, "{body}");
+    (0..workers)
+        .map(|w| {
+            let series =
+                format!("switchyard_worker_connections{{listener=\"plain\",worker=\"{w}\"}} ");
+            body.lines()
+                .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in the metrics"))
+        })
+        .collect()
+}
+
+/// Connection balancing: the kernel places `SO_REUSEPORT` connections by a
+/// hash of their addresses, so 40 kept-alive connections would split 20/20
+/// between two workers only about one time in eight. The balancer hands
+/// each new connection to the worker with fewer open ones: exactly 20 each
+/// (each is served before the next opens), and back to none once they close.
+#[test]
+fn several_workers_share_kept_alive_connections_evenly() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let up = rt.block_on(Upstream::spawn("v1"));
+    let text = table()
+        .server("listen = \"127.0.0.1:0\"")
+        .server("admin_listen = \"127.0.0.1:0\"")
+        .server("workers = 2")
+        .version("v1", "current", "")
+        .pool("v1", "v1", &up)
+        .route("all", "/", "v1", "")
+        .toml();
+    let file = temp_table(&text);
+    let mut cmd = switchyard(&[
+        "--log-format",
+        "json",
+        "run",
+        "--config",
+        file.path().to_str().expect("utf-8 path"),
+    ]);
+    cmd.env("RUST_LOG", "info");
+    let mut run = Proc::spawn(cmd);
+    let (addr, admin): (SocketAddr, SocketAddr) = run.wait_for(true, |line| {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        let fields = &event["fields"];
+        if fields["message"] != "switchyard listening" {
+            return None;
+        }
+        Some((
+            fields["proxy"].as_str()?.parse().ok()?,
+            fields["admin"].as_str()?.parse().ok()?,
+        ))
+    });
+    let mut conns = Vec::new();
+    for i in 0..40 {
+        let mut stream = TcpStream::connect(addr).expect("connect to switchyard");
+        stream
+            .set_read_timeout(Some(PROCESS_LIMIT))
+            .expect("read timeout");
+        assert_eq!(keep_alive_get(&mut stream, &format!("/orders/{i}")), 200);
+        conns.push(stream);
+    }
+    assert_eq!(worker_connections(admin, 2), [20, 20]);
+    // Every connection still answers on the worker that holds it.
+    for (i, stream) in conns.iter_mut().enumerate() {
+        assert_eq!(keep_alive_get(stream, &format!("/again/{i}")), 200);
+    }
+    drop(conns);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = worker_connections(admin, 2);
+        if open == [0, 0] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still open after the clients closed: {open:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = run.terminate();
+    assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status:?}");
+    assert_eq!(up.requests(), 80);
+}
+
 /// `switchyard healthcheck` (the Docker image's HEALTHCHECK: no curl or
 /// shell in the runtime image): exit 0 for a 2xx from the admin listener,
 /// 1 for another status, a closed port or a listener that never answers.

@@ -68,6 +68,10 @@ pub struct ServerSettings {
     /// Proxy worker threads, each a single-threaded runtime with its own
     /// `SO_REUSEPORT` listener; 0 means one per CPU. Default 0.
     pub workers: usize,
+    /// With several workers, hand each new connection to the worker with
+    /// the fewest open (of the listener's) when that has fewer than the one
+    /// whose `SO_REUSEPORT` socket it arrived on. Default true.
+    pub balance_connections: bool,
     /// Redis URL holding the live routing table (`redis://host:6379/0`, or
     /// `redis-cluster://h1:p1,h2:p2`); unset = this file only.
     pub redis_url: Option<String>,
@@ -186,6 +190,7 @@ impl Default for ServerSettings {
             underscore_headers: UnderscoreHeaders::Reject,
             health_on_proxy: true,
             workers: 0,
+            balance_connections: true,
             redis_url: None,
             redis_prefix: "switchyard:".into(),
             redis_poll_ms: 2_000,
