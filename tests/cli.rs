@@ -324,31 +324,12 @@ async fn run_serves_a_config_file_on_the_env_listen_address() {
         // The file names an address that is taken; SWITCHYARD_LISTEN must win.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let taken_addr = taken.local_addr().expect("addr");
-        let text = table()
-            .server(&format!("listen = \"{taken_addr}\""))
-            .server("admin_listen = \"127.0.0.1:0\"")
-            .server("grace_period_ms = 2000")
-            .version("v1", "current", "")
-            .pool("v1", "v1", &up)
-            .route("all", "/", "v1", "")
-            .toml();
-        let file = temp_table(&text);
-        let mut cmd = switchyard(&[
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            file.path().to_str().expect("utf-8 path"),
-        ]);
-        cmd.env("SWITCHYARD_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "info");
-        let mut run = Proc::spawn(cmd);
-        let addr: SocketAddr = run.wait_for(true, |line| {
-            let event: serde_json::Value = serde_json::from_str(line).ok()?;
-            let fields = &event["fields"];
-            (fields["message"] == "switchyard listening")
-                .then(|| fields["proxy"].as_str()?.parse().ok())?
-        });
+        let listen = format!("listen = \"{taken_addr}\"");
+        let (mut run, _file, addr, _, _) = run_one_route(
+            &up,
+            &[&listen, "grace_period_ms = 2000"],
+            &[("SWITCHYARD_LISTEN", "127.0.0.1:0")],
+        );
         assert_ne!(
             addr, taken_addr,
             "the env override replaced the file's address"
@@ -375,6 +356,51 @@ async fn run_serves_a_config_file_on_the_env_listen_address() {
     );
 }
 
+/// `switchyard run` with JSON logs and these extra environment variables
+/// on a one-route table to `up` (proxy and admin on free ports, unless
+/// `server`, extra `[server]` lines, says otherwise): the process, its
+/// table file (kept while it runs), and the proxy and admin addresses and
+/// worker count it logs once listening.
+fn run_one_route(
+    up: &Upstream,
+    server: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, tempfile::NamedTempFile, SocketAddr, SocketAddr, u64) {
+    let mut t = table();
+    for line in server {
+        t = t.server(line);
+    }
+    let text = t
+        .server("admin_listen = \"127.0.0.1:0\"")
+        .version("v1", "current", "")
+        .pool("v1", "v1", up)
+        .route("all", "/", "v1", "")
+        .toml();
+    let file = temp_table(&text);
+    let mut cmd = switchyard(&[
+        "--log-format",
+        "json",
+        "run",
+        "--config",
+        file.path().to_str().expect("utf-8 path"),
+    ]);
+    cmd.env("RUST_LOG", "info").envs(env.iter().copied());
+    let mut run = Proc::spawn(cmd);
+    let (proxy, admin, workers) = run.wait_for(true, |line| {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        let fields = &event["fields"];
+        if fields["message"] != "switchyard listening" {
+            return None;
+        }
+        Some((
+            fields["proxy"].as_str()?.parse().ok()?,
+            fields["admin"].as_str()?.parse().ok()?,
+            fields["workers"].as_u64()?,
+        ))
+    });
+    (run, file, proxy, admin, workers)
+}
+
 /// `workers = 3`: three single-threaded workers share the port through
 /// `SO_REUSEPORT`; each keeps its own upstream connections, so the upstream
 /// sees more than one connection, and each worker reuses its own.
@@ -382,35 +408,8 @@ async fn run_serves_a_config_file_on_the_env_listen_address() {
 async fn run_with_several_workers_spreads_connections_and_reuses_upstream_ones() {
     let up = Upstream::spawn("v1").await;
     let up = tokio::task::spawn_blocking(move || {
-        let text = table()
-            .server("listen = \"127.0.0.1:0\"")
-            .server("admin_listen = \"127.0.0.1:0\"")
-            .server("workers = 3")
-            .version("v1", "current", "")
-            .pool("v1", "v1", &up)
-            .route("all", "/", "v1", "")
-            .toml();
-        let file = temp_table(&text);
-        let mut cmd = switchyard(&[
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            file.path().to_str().expect("utf-8 path"),
-        ]);
-        cmd.env("RUST_LOG", "info");
-        let mut run = Proc::spawn(cmd);
-        let (addr, workers): (SocketAddr, u64) = run.wait_for(true, |line| {
-            let event: serde_json::Value = serde_json::from_str(line).ok()?;
-            let fields = &event["fields"];
-            if fields["message"] != "switchyard listening" {
-                return None;
-            }
-            Some((
-                fields["proxy"].as_str()?.parse().ok()?,
-                fields["workers"].as_u64()?,
-            ))
-        });
+        let (mut run, _file, addr, _, workers) =
+            run_one_route(&up, &["listen = \"127.0.0.1:0\"", "workers = 3"], &[]);
         assert_eq!(workers, 3);
         // Each request on its own client connection (Connection: close), so
         // the kernel spreads them over the three listeners.
@@ -493,35 +492,8 @@ fn worker_connections(admin: SocketAddr, workers: usize) -> Vec<i64> {
 fn several_workers_share_kept_alive_connections_evenly() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let up = rt.block_on(Upstream::spawn("v1"));
-    let text = table()
-        .server("listen = \"127.0.0.1:0\"")
-        .server("admin_listen = \"127.0.0.1:0\"")
-        .server("workers = 2")
-        .version("v1", "current", "")
-        .pool("v1", "v1", &up)
-        .route("all", "/", "v1", "")
-        .toml();
-    let file = temp_table(&text);
-    let mut cmd = switchyard(&[
-        "--log-format",
-        "json",
-        "run",
-        "--config",
-        file.path().to_str().expect("utf-8 path"),
-    ]);
-    cmd.env("RUST_LOG", "info");
-    let mut run = Proc::spawn(cmd);
-    let (addr, admin): (SocketAddr, SocketAddr) = run.wait_for(true, |line| {
-        let event: serde_json::Value = serde_json::from_str(line).ok()?;
-        let fields = &event["fields"];
-        if fields["message"] != "switchyard listening" {
-            return None;
-        }
-        Some((
-            fields["proxy"].as_str()?.parse().ok()?,
-            fields["admin"].as_str()?.parse().ok()?,
-        ))
-    });
+    let (mut run, _file, addr, admin, _) =
+        run_one_route(&up, &["listen = \"127.0.0.1:0\"", "workers = 2"], &[]);
     let mut conns = Vec::new();
     for i in 0..40 {
         let mut stream = TcpStream::connect(addr).expect("connect to switchyard");
