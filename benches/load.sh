@@ -34,6 +34,11 @@
 #                   (target switchyard_log: RUST_LOG=info, --log-format json,
 #                   stderr to a file) and print its throughput against
 #                   switchyard's, whose log is off (issue 6 target: at least 0.95)
+#   LOAD_BALANCE    set to 1 to also run switchyard with connection balancing
+#                   off (target switchyard_unbalanced: balance_connections =
+#                   false, so the kernel's SO_REUSEPORT hash alone places
+#                   connections on workers) and print switchyard (balanced,
+#                   the default) against it
 #   LOAD_COMMIT     commit to print when the tree is not a git checkout
 #
 # Needs nginx and wrk (installed with apt-get when missing; that needs root).
@@ -59,6 +64,8 @@ CACHE=${LOAD_CACHE:-0}
 [[ $CACHE == 1 ]] && TARGETS+=(switchyard_cache nginx_cache)
 ACCESS_LOG=${LOAD_ACCESS_LOG:-0}
 [[ $ACCESS_LOG == 1 ]] && TARGETS+=(switchyard_log)
+BALANCE=${LOAD_BALANCE:-0}
+[[ $BALANCE == 1 ]] && TARGETS+=(switchyard_unbalanced)
 
 BENCH=load.sh
 # shellcheck source=benches/common.sh
@@ -78,7 +85,8 @@ ulimit -n 65536 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK)
 
 read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT LIM_PORT LIM_ADMIN_PORT \
-    CACHE_PORT CACHE_ADMIN_PORT NGX_CACHE_PORT LOG_PORT LOG_ADMIN_PORT <<<"$(free_ports 11)"
+    CACHE_PORT CACHE_ADMIN_PORT NGX_CACHE_PORT LOG_PORT LOG_ADMIN_PORT \
+    UNB_PORT UNB_ADMIN_PORT <<<"$(free_ports 13)"
 
 # The small upstream; both versions' pools point at it, and the header
 # routes every request to v2.
@@ -149,6 +157,16 @@ if [[ $ACCESS_LOG == 1 ]]; then
     LOG_PID=$STARTED
 fi
 
+# The same gateway with connection balancing off: each worker serves the
+# connections the kernel's SO_REUSEPORT hash gives its socket.
+UNB_PID=
+if [[ $BALANCE == 1 ]]; then
+    variant unbalanced "$UNB_PORT" "$UNB_ADMIN_PORT"
+    sed -i '/^grace_period_ms/a balance_connections = false' "$TMP/gateway-unbalanced.toml"
+    start_gateway "$TMP/gateway-unbalanced.toml" "$TMP/switchyard-unbalanced.log" warn
+    UNB_PID=$STARTED
+fi
+
 # nginx's equivalent of the cached route: proxy_cache keyed like
 # switchyard's (method, host, URI, version header), a lock for concurrent
 # misses, entries valid for 10 minutes.
@@ -188,7 +206,7 @@ PIDS+=("$NGX_PID")
 show_logs() {
     local f
     for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/switchyard-limits.log" \
-        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
+        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/switchyard-unbalanced.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
         [[ -s $f ]] && { log "--- $f"; tail -20 "$f" >&2; }
     done
     return 0
@@ -202,6 +220,7 @@ declare -A URL=(
     [switchyard_cache]="http://127.0.0.1:$CACHE_PORT$URL_PATH"
     [nginx_cache]="http://127.0.0.1:$NGX_CACHE_PORT$URL_PATH"
     [switchyard_log]="http://127.0.0.1:$LOG_PORT$URL_PATH"
+    [switchyard_unbalanced]="http://127.0.0.1:$UNB_PORT$URL_PATH"
 )
 wait_ready upstream "${URL[direct]}" "$UP_PID" || { show_logs; exit 1; }
 wait_ready switchyard "${URL[switchyard]}" "$GW_PID" || { show_logs; exit 1; }
@@ -216,6 +235,9 @@ fi
 if [[ $ACCESS_LOG == 1 ]]; then
     wait_ready switchyard_log "${URL[switchyard_log]}" "$LOG_PID" || { show_logs; exit 1; }
 fi
+if [[ $BALANCE == 1 ]]; then
+    wait_ready switchyard_unbalanced "${URL[switchyard_unbalanced]}" "$UNB_PID" || { show_logs; exit 1; }
+fi
 
 # The process(es) whose CPU counts for a target: the proxy; for the direct
 # runs the upstream itself (there is no proxy).
@@ -226,6 +248,7 @@ cpu_pids() {
         switchyard_limits) echo "$LIM_PID" ;;
         switchyard_cache) echo "$CACHE_PID" ;;
         switchyard_log) echo "$LOG_PID" ;;
+        switchyard_unbalanced) echo "$UNB_PID" ;;
         nginx | nginx_cache) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
     esac
 }
@@ -295,7 +318,7 @@ for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for target in "${TARGETS[@]}"; do
             # shellcheck disable=SC2086
-            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID 2>/dev/null || { show_logs; die "a server died"; }
+            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID $UNB_PID 2>/dev/null || { show_logs; die "a server died"; }
             run_one "$round" "$conns" "$target"
         done
         awk -F'\t' -v r="$round" -v c="$conns" '
@@ -316,6 +339,10 @@ for round in $(seq "$ROUNDS"); do
                     printf "      round %s, %s conns: access log on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
                         r, c, rps["switchyard_log"] / rps["switchyard"], p99["switchyard_log"] / p99["switchyard"],
                         cpu["switchyard_log"] / cpu["switchyard"]
+                if (("switchyard_unbalanced") in rps)
+                    printf "      round %s, %s conns: balancing on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
+                        r, c, rps["switchyard"] / rps["switchyard_unbalanced"], p99["switchyard"] / p99["switchyard_unbalanced"],
+                        cpu["switchyard"] / cpu["switchyard_unbalanced"]
             }' "$RUNS" | tee -a "$OUT"
     done
 done
@@ -385,6 +412,21 @@ done
                     for (r = 1; r <= rounds; r++) {
                         t[r] = rps[r, "switchyard_log"] / rps[r, "switchyard"]; p[r] = p99[r, "switchyard_log"] / p99[r, "switchyard"]
                         u[r] = cpu[r, "switchyard_log"] / cpu[r, "switchyard"]
+                    }
+                    printf "  %3s conns: throughput %.3f  p99 %.2f  cpu/req %.2f\n", c, median(t, rounds), median(p, rounds), median(u, rounds)
+                }' "$RUNS"
+        done
+    fi
+    if [[ $BALANCE == 1 ]]; then
+        echo
+        echo "connection balancing on vs off (switchyard/switchyard_unbalanced, median over $ROUNDS rounds):"
+        for conns in $CONNS; do
+            awk -F'\t' -v c="$conns" "$AWK_MEDIAN"'
+                $2 == c { rps[$1, $3] = $4; p99[$1, $3] = $6; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
+                END {
+                    for (r = 1; r <= rounds; r++) {
+                        t[r] = rps[r, "switchyard"] / rps[r, "switchyard_unbalanced"]; p[r] = p99[r, "switchyard"] / p99[r, "switchyard_unbalanced"]
+                        u[r] = cpu[r, "switchyard"] / cpu[r, "switchyard_unbalanced"]
                     }
                     printf "  %3s conns: throughput %.3f  p99 %.2f  cpu/req %.2f\n", c, median(t, rounds), median(p, rounds), median(u, rounds)
                 }' "$RUNS"
