@@ -124,19 +124,8 @@ pub fn parse_json(bytes: &[u8], limits: Limits) -> Result<Json<'_>, TranslateErr
 /// raw). Eight bytes at a time: a table lookup per byte cost more than the
 /// rest of the parse for string-heavy bodies.
 fn special(bytes: &[u8], mut from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     while let Some(chunk) = bytes.get(from..from + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let backslash = w ^ (ONES * u64::from(b'\\'));
-        // The high bit of each byte that is zero (the classic SWAR test),
-        // or below 0x20. A borrow only runs upwards from a flagged byte, so
-        // the lowest flag is exact, which is all we read.
-        let flags = ((quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (w.wrapping_sub(ONES * 0x20) & !w))
-            & HIGH;
+        let flags = special_flags(word(chunk));
         if flags != 0 {
             return Some(from + (flags.trailing_zeros() / 8) as usize);
         }
@@ -144,6 +133,29 @@ fn special(bytes: &[u8], mut from: usize) -> Option<usize> {
     }
     let tail = bytes.get(from..)?;
     tail.iter().position(|&b| needs_escape(b)).map(|i| from + i)
+}
+
+/// Eight bytes as a little-endian word.
+#[inline(always)]
+fn word(chunk: &[u8]) -> u64 {
+    u64::from_le_bytes(chunk.try_into().expect("8 bytes"))
+}
+
+/// The high bit of each byte of `w` that is `"`, `\` or below 0x20,
+/// exact up to the lowest one (all that [`special`] reads).
+#[inline(always)]
+fn special_flags(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    // The high bit of each byte that is zero (the classic SWAR test),
+    // or below 0x20. A borrow only runs upwards from a flagged byte, so
+    // the lowest flag is exact, which is all we read.
+    ((quote.wrapping_sub(ONES) & !quote)
+        | (backslash.wrapping_sub(ONES) & !backslash)
+        | (w.wrapping_sub(ONES * 0x20) & !w))
+        & HIGH
 }
 
 /// The fast parser's only error: the reason is asked of serde_json.
@@ -313,21 +325,7 @@ impl<'a> Parser<'a> {
                 if self.peek() != Some(b'"') {
                     return Err(Refused);
                 }
-                let key = self.string()?;
-                let head = match key {
-                    // Read off the input: the four bytes after the quote
-                    // (a body has at least `":0}` after any key), masked
-                    // to the key's length.
-                    Text::Plain(k) if k.len() < 4 => head(k),
-                    Text::Plain(k) => {
-                        let at = self.pos - k.len() - 1;
-                        match self.bytes.get(at..at + 4) {
-                            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
-                            _ => head(k),
-                        }
-                    }
-                    Text::Escape(_) | Text::Own { .. } => head(self.doc.str(&key)),
-                };
+                let (key, head) = self.key()?;
                 if let Some(last) = self.members[base..].last()
                     && (last.head > head
                         || (last.head == head && !key_before(&self.doc, last, &key)))
@@ -370,14 +368,49 @@ impl<'a> Parser<'a> {
     fn string(&mut self) -> Result<Text<'a>, Refused> {
         let start = self.pos + 1;
         let i = special(self.bytes, start).ok_or(Refused)?;
-        if self.bytes[i] == b'"' {
-            self.pos = i + 1;
-            Ok(Text::Plain(&self.bytes[start..i]))
-        } else if self.bytes[i] == b'\\' {
-            self.escaped(start, i)
-        } else {
-            Err(Refused)
+        self.string_to(start, i)
+    }
+
+    /// The string whose inside starts at `start` and whose first special
+    /// byte is at `i`.
+    #[inline(always)]
+    fn string_to(&mut self, start: usize, i: usize) -> Result<Text<'a>, Refused> {
+        match self.bytes.get(i) {
+            Some(b'"') => {
+                self.pos = i + 1;
+                Ok(Text::Plain(&self.bytes[start..i]))
+            }
+            Some(b'\\') => self.escaped(start, i),
+            _ => Err(Refused),
         }
+    }
+
+    /// A key at `"`, and its [`head`]: the key's first four bytes come
+    /// off the first word the scan for its end loads (a body has at least
+    /// `":0}` after any key, so that word is there but for the last bytes).
+    #[inline(always)]
+    fn key(&mut self) -> Result<(Text<'a>, u32), Refused> {
+        let start = self.pos + 1;
+        let Some(chunk) = self.bytes.get(start..start + 8) else {
+            let key = self.string()?;
+            return Ok((key, head(self.doc.str(&key))));
+        };
+        let w = word(chunk);
+        let flags = special_flags(w);
+        let i = if flags != 0 {
+            start + (flags.trailing_zeros() / 8) as usize
+        } else {
+            special(self.bytes, start + 8).ok_or(Refused)?
+        };
+        let key = self.string_to(start, i)?;
+        // Big-endian, zero past the key's end.
+        let first = (w as u32).swap_bytes();
+        let head = match key {
+            Text::Plain(k) if k.len() >= 4 => first,
+            Text::Plain(k) => first & !(u32::MAX >> (8 * k.len())),
+            Text::Escape(_) | Text::Own { .. } => head(self.doc.str(&key)),
+        };
+        Ok((key, head))
     }
 
     /// The rest of a string from its first backslash at `i`, decoded into
@@ -945,6 +978,11 @@ mod tests {
                 r#"{"a":[],"b":{}}"#,
             ),
             ("empty at the top", "[]", "[]"),
+            (
+                "space around colons, escaped and empty keys",
+                r#"{"a" :"x","b": 1,"c":"y" ,"d":2,"e":[1,"z"],"f" : {"g":"h\n"},"":"","i":"\u0041"}"#,
+                r#"{"":"","a":"x","b":1,"c":"y","d":2,"e":[1,"z"],"f":{"g":"h\n"},"i":"A"}"#,
+            ),
             (
                 "escapes written as serde_json writes them",
                 r#"["\u0001\b\f\n\r\t\"\\\/\u00e9\ud83d\ude00", "long run with no escape at all, longer than eight bytes"]"#,

@@ -365,14 +365,18 @@ impl Plan {
     ) -> Result<Option<Json<'a>>, TranslateError> {
         let body = match body {
             Some(mut value) => {
-                let active: Vec<(usize, Dir)> = (self.steps.iter().enumerate())
-                    .filter(|(i, step)| {
-                        ex.is_matched(*i)
-                            && step.change.scope.direction.request()
-                            && step.change.kind.is_body()
-                    })
-                    .map(|(i, step)| (i, step.dir))
-                    .collect();
+                // Sized once: collecting a filter grows the vector from
+                // nothing, an allocation per doubling.
+                let mut active = Vec::with_capacity(self.steps.len());
+                active.extend(
+                    (self.steps.iter().enumerate())
+                        .filter(|(i, step)| {
+                            ex.is_matched(*i)
+                                && step.change.scope.direction.request()
+                                && step.change.kind.is_body()
+                        })
+                        .map(|(i, step)| (i, step.dir)),
+                );
                 let ran = self.run_body(&mut value, &active, &mut StashUse::Record(&mut ex.stash));
                 if let Err(e) = ran {
                     ex.stash.clear();

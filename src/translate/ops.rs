@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::value::{Json, Key, Member, Node, NodeId, Text};
+use super::value::{Json, Key, Member, Node, NodeId};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use super::TranslateError;
@@ -128,19 +128,20 @@ pub(crate) enum Kind {
 /// The values of a `map` change, one way: sorted by the value they replace.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ValueMap {
-    pairs: Box<[(Box<str>, Box<str>)]>,
+    /// The new value as a [`Key`]: its escaping worked out once.
+    pairs: Box<[(Box<str>, Key)]>,
 }
 
 impl ValueMap {
     /// What `from` becomes, if it is mapped.
-    pub(crate) fn get(&self, from: &[u8]) -> Option<&str> {
+    pub(crate) fn get(&self, from: &[u8]) -> Option<&Key> {
         if self.pairs.len() <= 8 {
             // A map names a few enum values: equality (lengths first) beats
             // hashing the body's string or a binary search.
             self.pairs
                 .iter()
                 .find(|(k, _)| k.as_bytes() == from)
-                .map(|(_, v)| &**v)
+                .map(|(_, v)| v)
         } else {
             let i = self
                 .pairs
@@ -153,7 +154,10 @@ impl ValueMap {
 
 impl FromIterator<(Box<str>, Box<str>)> for ValueMap {
     fn from_iter<I: IntoIterator<Item = (Box<str>, Box<str>)>>(iter: I) -> Self {
-        let mut pairs: Vec<_> = iter.into_iter().collect();
+        let mut pairs: Vec<(Box<str>, Key)> = iter
+            .into_iter()
+            .map(|(from, to)| (from, Key::new(&to)))
+            .collect();
         pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         pairs.dedup_by(|a, b| a.0 == b.0);
         ValueMap {
@@ -336,7 +340,7 @@ impl Change {
                 if let Node::String(s) = doc.node(id)
                     && let Some(new) = table.get(doc.str(&s))
                 {
-                    doc.set(id, Node::String(Text::new(new.as_bytes())));
+                    doc.set(id, Node::String(new.text()));
                 }
                 Ok(())
             }

@@ -229,6 +229,22 @@ where
         return f(doc, id, binds);
     };
     match first {
+        Seg::Any if rest.is_empty() => {
+            // The commonest base (`/*`, `/items/*`): the elements
+            // themselves, without a level of recursion each.
+            binds.push(0);
+            let mut r = Ok(());
+            for i in 0..doc.items(id).len() {
+                let item = doc.items(id)[i];
+                *binds.last_mut().expect("pushed") = i;
+                r = f(doc, item, binds);
+                if r.is_err() {
+                    break;
+                }
+            }
+            binds.pop();
+            r
+        }
         Seg::Any => {
             // By index: `f` may grow the document's vectors, never this
             // array's items.
