@@ -840,11 +840,18 @@ impl Gateway {
         if let Some(c) = ctx.cache {
             h.insert(X_CACHE, c.header());
         }
-        if let Some(id) = ctx.request_id {
+        // The request id and `RateLimit`'s remaining count are new with
+        // every request: marked sensitive, h2's HPACK encoder sends them as
+        // never-indexed literals instead of adding each one to the
+        // connection's dynamic table (4 KiB), where it is never used again
+        // and evicts entries that would be. HTTP/1.1 ignores the mark.
+        if let Some(mut id) = ctx.request_id {
+            id.set_sensitive(true);
             h.insert(X_REQUEST_ID, id);
         }
-        if let Some(rl) = ctx.rate_limit {
+        if let Some(mut rl) = ctx.rate_limit {
             h.insert(RATELIMIT_POLICY, rl.policy);
+            rl.limit.set_sensitive(true);
             h.insert(RATELIMIT, rl.limit);
         }
         if let Some(cookie) = ctx.set_cookie {
@@ -1275,12 +1282,7 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = fastrand::u128(..);
-    let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (i * 4)) & 0xf) as usize];
-    }
+    let buf = crate::trace::hex::<32>(fastrand::u128(..));
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 

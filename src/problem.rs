@@ -316,7 +316,11 @@ impl GatewayError {
                 crate::headers::RATELIMIT_POLICY,
                 denied.headers.policy.clone(),
             );
-            h.insert(crate::headers::RATELIMIT, denied.headers.limit.clone());
+            // Sensitive: h2 sends it as a never-indexed literal (see
+            // `Gateway::finish`).
+            let mut limit = denied.headers.limit.clone();
+            limit.set_sensitive(true);
+            h.insert(crate::headers::RATELIMIT, limit);
         }
         resp
     }

@@ -640,7 +640,6 @@ impl<H: Handler> Conn<H> {
             (slot.clone(), tracker.clone(), hard_stop.clone());
         let service = service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
-            let h2 = req.version() == http::Version::HTTP_2;
             let violation = verdict.next_request();
             let active = track.as_ref().map(Activity::begin);
             // hyper gives every request that can upgrade (HTTP/1.1
@@ -675,7 +674,7 @@ impl<H: Handler> Conn<H> {
             };
             async move {
                 let _request_slot = request_slot;
-                let mut resp = if let Some(v) = violation {
+                let resp = if let Some(v) = violation {
                     let mut resp =
                         GatewayError::BadRequest { reason: v.reason() }.to_response(None);
                     resp.headers_mut()
@@ -697,9 +696,6 @@ impl<H: Handler> Conn<H> {
                     // built once on the heap at the first poll.
                     Box::pin(handler.call(req, peer, https)).await
                 };
-                if h2 {
-                    never_indexed(resp.headers_mut());
-                }
                 Ok::<_, Infallible>(resp.map(|body| Tracked { body, active }))
             }
         });
@@ -737,21 +733,6 @@ impl<H: Handler> Conn<H> {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
-    }
-}
-
-/// Response fields whose value is new with every request (the request id;
-/// `RateLimit`'s remaining count): h2's HPACK encoder would add each one to
-/// the connection's dynamic table (4 KiB), where it is never used again and
-/// evicts entries that would be, and each lookup of the name compares the
-/// value with every earlier one still there (about 50 request ids:
-/// 2,700 of 81,400 instructions a request under h2load). Marked sensitive,
-/// they go out as never-indexed literals; the client reads the same fields.
-fn never_indexed(h: &mut http::HeaderMap) {
-    for name in [crate::headers::X_REQUEST_ID, crate::headers::RATELIMIT] {
-        if let Some(v) = h.get_mut(name) {
-            v.set_sensitive(true);
-        }
     }
 }
 

@@ -105,7 +105,8 @@ fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
 }
 
 /// The low `4 * N` bits of `n` as `N` lowercase hex digits.
-fn hex<const N: usize>(n: u128) -> [u8; N] {
+#[inline]
+pub(crate) fn hex<const N: usize>(n: u128) -> [u8; N] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; N];
     for (i, b) in out.iter_mut().enumerate() {
@@ -126,6 +127,16 @@ mod tests {
             h.insert(TRACEPARENT, HeaderValue::from_str(tp).unwrap());
         }
         TraceContext::from_headers(&h)
+    }
+
+    #[test]
+    fn hex_digits_most_significant_first() {
+        assert_eq!(&hex::<16>(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+        assert_eq!(&hex::<4>(0xbeef_00ff), b"00ff");
+        assert_eq!(
+            &hex::<32>(u128::MAX - 1),
+            b"fffffffffffffffffffffffffffffffe"
+        );
     }
 
     #[test]
