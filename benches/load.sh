@@ -347,6 +347,24 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
+# pair_medians TITLE A B [NOTE]: per connection count, the medians over
+# the rounds of A/B's throughput, p99 and CPU per request.
+pair_medians() {
+    echo
+    echo "$1 ($2/$3, median over $ROUNDS rounds${4:-}):"
+    local conns
+    for conns in $CONNS; do
+        awk -F'\t' -v c="$conns" -v a="$2" -v b="$3" "$AWK_MEDIAN"'
+            $2 == c { rps[$1, $3] = $4; p99[$1, $3] = $6; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
+            END {
+                for (r = 1; r <= rounds; r++) {
+                    t[r] = rps[r, a] / rps[r, b]; p[r] = p99[r, a] / p99[r, b]; u[r] = cpu[r, a] / cpu[r, b]
+                }
+                printf "  %3s conns: throughput %.3f  p99 %.2f  cpu/req %.2f\n", c, median(t, rounds), median(p, rounds), median(u, rounds)
+            }' "$RUNS"
+    done
+}
+
 # ---------------------------------------------------------------- summary
 {
     echo
@@ -403,34 +421,10 @@ done
         done
     fi
     if [[ $ACCESS_LOG == 1 ]]; then
-        echo
-        echo "access log on vs off (switchyard_log/switchyard, median over $ROUNDS rounds; target throughput >= 0.95):"
-        for conns in $CONNS; do
-            awk -F'\t' -v c="$conns" "$AWK_MEDIAN"'
-                $2 == c { rps[$1, $3] = $4; p99[$1, $3] = $6; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
-                END {
-                    for (r = 1; r <= rounds; r++) {
-                        t[r] = rps[r, "switchyard_log"] / rps[r, "switchyard"]; p[r] = p99[r, "switchyard_log"] / p99[r, "switchyard"]
-                        u[r] = cpu[r, "switchyard_log"] / cpu[r, "switchyard"]
-                    }
-                    printf "  %3s conns: throughput %.3f  p99 %.2f  cpu/req %.2f\n", c, median(t, rounds), median(p, rounds), median(u, rounds)
-                }' "$RUNS"
-        done
+        pair_medians "access log on vs off" switchyard_log switchyard "; target throughput >= 0.95"
     fi
     if [[ $BALANCE == 1 ]]; then
-        echo
-        echo "connection balancing on vs off (switchyard/switchyard_unbalanced, median over $ROUNDS rounds):"
-        for conns in $CONNS; do
-            awk -F'\t' -v c="$conns" "$AWK_MEDIAN"'
-                $2 == c { rps[$1, $3] = $4; p99[$1, $3] = $6; cpu[$1, $3] = $7; if ($1 > rounds) rounds = $1 }
-                END {
-                    for (r = 1; r <= rounds; r++) {
-                        t[r] = rps[r, "switchyard"] / rps[r, "switchyard_unbalanced"]; p[r] = p99[r, "switchyard"] / p99[r, "switchyard_unbalanced"]
-                        u[r] = cpu[r, "switchyard"] / cpu[r, "switchyard_unbalanced"]
-                    }
-                    printf "  %3s conns: throughput %.3f  p99 %.2f  cpu/req %.2f\n", c, median(t, rounds), median(p, rounds), median(u, rounds)
-                }' "$RUNS"
-        done
+        pair_medians "connection balancing on vs off" switchyard switchyard_unbalanced
     fi
     echo
     echo "results: ${OUT#"$ROOT"/}"
