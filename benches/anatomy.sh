@@ -137,28 +137,26 @@ profile() {
         awk '!/^#/ && NF && ++n <= 25 { printf "    %s\n", substr($0, 1, 110) }'
 }
 
-# callgrind_total CONNS SECONDS: "instructions requests" for one run.
-callgrind_total() {
+# callgrind_run CONNS SECONDS: "instructions requests" for one run.
+callgrind_run() {
     local c=$1 s=$2 n out=$OUT/anatomy.callgrind.$1.$2.out
     rm -f "$out"
-    # glibc's rep movsb/stosb paths off, as in instructions.sh.
-    start_gateway 1 env \
-        GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=16777216:glibc.cpu.x86_rep_stosb_threshold=16777216 \
+    # glibc's `rep movsb`/`rep stosb` off (see CALLGRIND_GLIBC in common.sh).
+    start_gateway 1 env GLIBC_TUNABLES="$CALLGRIND_GLIBC" \
         valgrind --tool=callgrind --callgrind-out-file="$out"
     n=$(load "$c" "$s")
     stop_gateway
-    echo "$(awk '/^totals:/ {t += $2} END {print t}' "$out") $n"
+    echo "$(callgrind_sum "$out") $n"
 }
 
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-echo "anatomy.sh: commit $COMMIT, binary $BIN, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "anatomy.sh: commit $(short_commit), binary $BIN, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for c in "${CONNS[@]}"; do
     echo "== $c connections"
     syscalls "$c"
     profile "$c"
     if [[ ${ANATOMY_CALLGRIND:-1} == 1 ]]; then
-        read -r i1 n1 <<<"$(callgrind_total "$c" 3)"
-        read -r i2 n2 <<<"$(callgrind_total "$c" 15)"
+        read -r i1 n1 <<<"$(callgrind_run "$c" 3)"
+        read -r i2 n2 <<<"$(callgrind_run "$c" 15)"
         ((n2 > n1)) || die "the longer callgrind run served no more requests ($n1, $n2)"
         echo "  user-space instructions per request (callgrind, 1 worker): $(((i2 - i1) / (n2 - n1)))" \
             "($i1 for $n1 requests, $i2 for $n2)"

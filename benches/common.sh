@@ -289,3 +289,35 @@ to_us() {
         printf "%.0f", (m < 0 ? -1 : n * m)
     }'
 }
+
+# Callgrind runs of the gateway (instructions.sh, instructions_h2.sh,
+# anatomy.sh) set GLIBC_TUNABLES=$CALLGRIND_GLIBC: glibc copies and clears
+# blocks past a size threshold (8 KiB and 2 KiB here) with `rep movsb` /
+# `rep stosb`, which callgrind counts once per byte, so a request future
+# that grows past it would look 8,000 instructions dearer while costing a
+# few hundred cycles. The vector loops for every size keep counts
+# comparable between builds.
+# shellcheck disable=SC2034 # read by the scripts that source this file
+CALLGRIND_GLIBC=glibc.cpu.x86_rep_movsb_threshold=16777216:glibc.cpu.x86_rep_stosb_threshold=16777216
+
+# callgrind_sum FILE...: the instructions counted in callgrind output files
+# (one per thread with --separate-threads: their sum).
+callgrind_sum() {
+    awk '/^totals:/ {t += $2} END {print t}' "$@"
+}
+
+# measure_twice N1 N2 [ARGS...]: the caller's `measure N [ARGS...]`, which
+# prints one run's total, for N1 then N2 requests; sets T1 and T2 and PER,
+# the instructions per request of the difference (start-up and shutdown
+# cancel out).
+measure_twice() {
+    T1=$(measure "$1" "${@:3}")
+    T2=$(measure "$2" "${@:3}")
+    # shellcheck disable=SC2034 # read by the caller
+    PER=$(((T2 - T1) / ($2 - $1)))
+}
+
+# HEAD's short commit, or "unknown" outside a git checkout.
+short_commit() {
+    git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown
+}

@@ -77,14 +77,10 @@ measure() {
         gateway_table "$up"
     } >"$TMP/gateway.toml"
     [[ $variant == limits ]] && add_limits "$TMP/gateway.toml"
-    # glibc copies and clears blocks past a size threshold (8 KiB and 2 KiB
-    # here) with `rep movsb` / `rep stosb`, which callgrind counts once per
-    # byte: a request future that grows past it would look 8,000
-    # instructions dearer while costing a few hundred cycles. The vector
-    # loops for every size keep counts comparable between builds.
+    # glibc's `rep movsb`/`rep stosb` off (see CALLGRIND_GLIBC in common.sh).
     # One file per thread (callgrind.N.out-01, -02, ...): the total is their sum.
     rm -f "$OUT/callgrind.$TAG$n$variant.out"*
-    GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=16777216:glibc.cpu.x86_rep_stosb_threshold=16777216 \
+    GLIBC_TUNABLES=$CALLGRIND_GLIBC \
         RUST_LOG=$LEVEL valgrind --tool=callgrind --separate-threads=yes \
         --callgrind-out-file="$OUT/callgrind.$TAG$n$variant.out" \
         "$BIN" "${FORMAT[@]}" run --config "$TMP/gateway.toml" --workers 1 \
@@ -136,7 +132,7 @@ EOF
         lines=$(grep -c '"target":"switchyard::access"' "$TMP/gateway.log" || true)
         ((lines >= n)) || die "$lines access-log lines for $n+ requests (see $TMP/gateway.log)"
     fi
-    awk '/^totals:/ {t += $2} END {print t}' "$OUT/callgrind.$TAG$n$variant.out"-*
+    callgrind_sum "$OUT/callgrind.$TAG$n$variant.out"-*
 }
 
 # thread_totals FILE-PREFIX: "number=Ir" per thread of one run (callgrind
@@ -150,11 +146,8 @@ thread_totals() {
 }
 
 log "counting with callgrind: $N1 then $N2 requests (a minute or two)"
-T1=$(measure "$N1")
-T2=$(measure "$N2")
-PER=$(((T2 - T1) / (N2 - N1)))
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-echo "commit $COMMIT, binary $BIN"
+measure_twice "$N1" "$N2"
+echo "commit $(short_commit), binary $BIN"
 echo "gateway instructions: $T1 for $N1 requests, $T2 for $N2 requests (RUST_LOG=$LEVEL ${FORMAT[*]})"
 echo "instructions per proxied request: $PER"
 echo "per thread (callgrind thread number=instructions), $N1 requests: $(thread_totals "$OUT/callgrind.$TAG$N1.out")"
@@ -162,12 +155,11 @@ echo "per thread, $N2 requests: $(thread_totals "$OUT/callgrind.$TAG$N2.out")"
 echo "profile: callgrind_annotate $OUT/callgrind.$TAG$N2.out-01 (thread 1: main, worker 0)"
 if [[ ${INSN_LIMITS:-0} == 1 ]]; then
     log "again with the per-ip and per-route rate limits"
-    L1=$(measure "$N1" limits)
-    L2=$(measure "$N2" limits)
-    LPER=$(((L2 - L1) / (N2 - N1)))
-    echo "with limits: $L1 for $N1 requests, $L2 for $N2 requests"
-    echo "instructions per proxied request with limits: $LPER"
-    awk -v a="$PER" -v b="$LPER" 'BEGIN {
+    BASE=$PER
+    measure_twice "$N1" "$N2" limits
+    echo "with limits: $T1 for $N1 requests, $T2 for $N2 requests"
+    echo "instructions per proxied request with limits: $PER"
+    awk -v a="$BASE" -v b="$PER" 'BEGIN {
         printf "limits add %d instructions per request (%.2f%%)\n", b - a, 100 * (b - a) / a }'
     echo "profile: callgrind_annotate $OUT/callgrind.$TAG${N2}limits.out-01"
 fi

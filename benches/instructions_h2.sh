@@ -60,10 +60,9 @@ measure() {
         gateway_server "$gw" "$admin" "$tls"
         gateway_table "$up"
     } >"$TMP/gateway.toml"
-    # As in instructions.sh: glibc's `rep movsb` / `rep stosb` paths off,
-    # so callgrind counts big copies like the vector loops they replace.
+    # glibc's `rep movsb`/`rep stosb` off (see CALLGRIND_GLIBC in common.sh).
     rm -f "$OUT/callgrind.h2.$n.out"*
-    GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=16777216:glibc.cpu.x86_rep_stosb_threshold=16777216 \
+    GLIBC_TUNABLES=$CALLGRIND_GLIBC \
         RUST_LOG=warn valgrind --tool=callgrind --separate-threads=yes \
         --callgrind-out-file="$OUT/callgrind.h2.$n.out" \
         "$BIN" run --config "$TMP/gateway.toml" --workers 1 \
@@ -88,15 +87,12 @@ measure() {
     wait "$gw_pid" 2>/dev/null || true
     kill -TERM "$up_pid" 2>/dev/null || true
     wait "$up_pid" 2>/dev/null || true
-    awk '/^totals:/ {t += $2} END {print t}' "$OUT/callgrind.h2.$n.out"-*
+    callgrind_sum "$OUT/callgrind.h2.$n.out"-*
 }
 
 log "counting with callgrind: $N1 then $N2 h2 requests (a minute or two)"
-T1=$(measure "$N1")
-T2=$(measure "$N2")
-PER=$(((T2 - T1) / (N2 - N1)))
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-echo "commit $COMMIT, binary $BIN"
+measure_twice "$N1" "$N2"
+echo "commit $(short_commit), binary $BIN"
 echo "gateway instructions: $T1 for $N1 requests, $T2 for $N2 requests (h2load -c $CLIENTS -m $STREAMS over TLS)"
 echo "instructions per proxied h2 request: $PER"
 echo "profile: callgrind_annotate $OUT/callgrind.h2.$N2.out-01 (thread 1: main, worker 0)"

@@ -214,18 +214,11 @@ pub async fn serve_per_core(
     };
     // With several workers their connections are counted (and spread
     // unless `balance_connections = false`); one worker gets `None`.
-    let mut plain_sides = if several {
-        balancers("plain")
-    } else {
-        Vec::new()
-    }
-    .into_iter();
-    let mut tls_sides = if several && has_tls {
-        balancers("tls")
-    } else {
-        Vec::new()
-    }
-    .into_iter();
+    let mut plain_sides = several.then(|| balancers("plain")).into_iter().flatten();
+    let mut tls_sides = (several && has_tls)
+        .then(|| balancers("tls"))
+        .into_iter()
+        .flatten();
     let own_balance = (plain_sides.next(), tls_sides.next());
     let mut done = Vec::with_capacity(workers.len());
     for (i, (rt, listener, tls)) in workers.into_iter().enumerate() {

@@ -16,7 +16,8 @@
 //! Balance: with several worker threads, each accepts on its own
 //! `SO_REUSEPORT` socket, where the kernel places a connection by a hash of
 //! its addresses, so a few long-lived connections (a load balancer's pool,
-//! a load generator's) can land unevenly: 19 and 13 of 32 is common. A
+//! a load generator's) can land unevenly (26/14 of 40 in `tests/cli.rs`
+//! with balancing off). A
 //! [`Balancer`] counts each worker's open connections and hands a newly
 //! accepted one to the least loaded worker when that has fewer than the
 //! worker that accepted it (Envoy's "exact balance"): a cost per
@@ -166,13 +167,6 @@ enum Counter {
 /// Gives its count back when dropped.
 struct Slot(Arc<Admission>, Counter);
 
-/// What an open connection holds until it (or its tunnel) closes: its
-/// connection-limit slot and its worker's seat.
-struct Held {
-    _slot: Slot,
-    _seat: Option<Seat>,
-}
-
 impl Drop for Slot {
     fn drop(&mut self) {
         let c = match self.1 {
@@ -181,6 +175,13 @@ impl Drop for Slot {
         };
         c.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What an open connection holds until it (or its tunnel) closes: its
+/// connection-limit slot and its worker's seat.
+struct Held {
+    _slot: Slot,
+    _seat: Option<Seat>,
 }
 
 impl From<&ServerSettings> for ConnSettings {
@@ -390,8 +391,13 @@ impl Balancer {
                 }
             }
         }
-        self.open[to].inc();
-        (to, Seat(self.open[to].clone()))
+        (to, self.seat(to))
+    }
+
+    /// A connection counted on worker `i` until the seat is dropped.
+    fn seat(&self, i: usize) -> Seat {
+        self.open[i].inc();
+        Seat(self.open[i].clone())
     }
 }
 
@@ -416,9 +422,8 @@ impl WorkerBalance {
             Ok(()) => None,
             Err(mpsc::error::SendError(back)) => {
                 drop(back.seat);
-                let seat = self.seat();
                 match TcpStream::from_std(back.stream) {
-                    Ok(s) => Some((s, seat)),
+                    Ok(s) => Some((s, self.balancer.seat(self.me))),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "connection lost after a failed handoff");
                         None
@@ -426,13 +431,6 @@ impl WorkerBalance {
                 }
             }
         }
-    }
-
-    /// A seat on this worker.
-    fn seat(&self) -> Seat {
-        let g = &self.balancer.open[self.me];
-        g.inc();
-        Seat(g.clone())
     }
 }
 

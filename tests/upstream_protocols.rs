@@ -333,25 +333,13 @@ async fn an_h2_pool_multiplexes_concurrent_requests_over_one_tls_connection() {
     .await;
     // A burst of first requests: one waits for another's connection
     // rather than each opening (and handshaking) its own.
-    let first: Vec<_> = (0..10)
-        .map(|i| {
-            let req = gw.get(&format!("/first/{i}")).send();
-            async move { req.await.served_by() }
-        })
-        .collect();
-    for served in futures_util::future::join_all(first).await {
-        assert_eq!(served, "h2-v1");
+    for resp in gw.burst("/first/", 10).await {
+        assert_eq!(resp.served_by(), "h2-v1");
     }
     assert_eq!(up.connections(), 1, "one connection for the first burst");
-    let burst: Vec<_> = (0..10)
-        .map(|i| {
-            let req = gw.get(&format!("/x/{i}")).send();
-            async move { req.await.served_by() }
-        })
-        .collect();
     let started = std::time::Instant::now();
-    for served in futures_util::future::join_all(burst).await {
-        assert_eq!(served, "h2-v1");
+    for resp in gw.burst("/x/", 10).await {
+        assert_eq!(resp.served_by(), "h2-v1");
     }
     assert!(
         started.elapsed() < Duration::from_millis(1500),
@@ -431,13 +419,7 @@ async fn requests_waiting_on_a_failed_h2_dial_fail_fast_too() {
     )
     .await;
     let started = std::time::Instant::now();
-    let burst: Vec<_> = (0..10)
-        .map(|i| {
-            let req = gw.get(&format!("/x/{i}")).send();
-            async move { req.await.status() }
-        })
-        .collect();
-    for status in futures_util::future::join_all(burst).await {
+    for status in gw.burst("/x/", 10).await.iter().map(support::Resp::status) {
         // 502 connect failed, or 503 once the endpoint has been ejected.
         assert!(status == 502 || status == 503, "{status}");
     }

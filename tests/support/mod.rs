@@ -556,6 +556,12 @@ impl TestGateway {
         }
     }
 
+    /// `n` concurrent GETs of `{prefix}{i}`, their answers in order.
+    pub async fn burst(&self, prefix: &str, n: usize) -> Vec<Resp> {
+        futures_util::future::join_all((0..n).map(|i| self.get(&format!("{prefix}{i}")).send()))
+            .await
+    }
+
     /// A GET to the proxy listener.
     pub fn get(&self, path_and_query: &str) -> Req<'_> {
         self.request(Method::GET, path_and_query)
