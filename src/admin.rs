@@ -39,7 +39,7 @@ pub struct Admin {
 impl Handler for Admin {
     async fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<Option<Incoming>>,
         _peer: SocketAddr,
         _https: bool,
     ) -> Response<Body> {
@@ -119,7 +119,7 @@ impl Handler for Admin {
 impl Admin {
     /// `Authorization: Bearer <token>`: 401 when missing, 403 when wrong.
     #[allow(clippy::result_large_err)]
-    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    fn authorize(&self, req: &Request<Option<Incoming>>) -> Result<(), Response<Body>> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -181,7 +181,7 @@ impl Admin {
     /// `POST /admin/cache/purge` with `{"route": "api", "path_prefix":
     /// "/api/orders"}` (either or both; both must match): drops the matching
     /// cached responses and says how many.
-    async fn purge(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn purge(&self, req: Request<Option<Incoming>>) -> Response<Body> {
         use http_body_util::BodyExt;
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -190,7 +190,11 @@ impl Admin {
             path_prefix: Option<String>,
         }
         // 64 KiB: a purge request is a few dozen bytes.
-        let body = match Body::limited(req.into_body(), 64 * 1024).collect().await {
+        let body = match req.into_body() {
+            Some(body) => Body::limited(body, 64 * 1024),
+            None => Body::empty(),
+        };
+        let body = match body.collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
                 return problem(

@@ -180,7 +180,7 @@ impl Gateway {
     /// Handles one request from `peer`, over TLS if `https`. Always answers.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<Option<Incoming>>,
         peer: SocketAddr,
         https: bool,
     ) -> Response<Body> {
@@ -197,7 +197,7 @@ impl Gateway {
         // Only the access log reads the path after the request is gone;
         // `Some` also tells `finish` the log is on (asked once a request).
         let uri = access_log_on().then(|| req.uri().clone());
-        let result = self.run(&mut ctx, req.map(Some), peer).await;
+        let result = self.run(&mut ctx, req, peer).await;
         self.finish(ctx, &method, uri.as_ref(), result)
     }
 

@@ -72,6 +72,10 @@ pub struct ServerSettings {
     /// the fewest open (of the listener's) when that has fewer than the one
     /// whose `SO_REUSEPORT` socket it arrived on. Default true.
     pub balance_connections: bool,
+    /// Serve plain HTTP/1.1 requests (`GET`, `DELETE` without a body) on
+    /// the gateway's lean path rather than hyper's; everything else on a
+    /// connection goes to hyper from its first such request. Default true.
+    pub lean_http1: bool,
     /// Redis URL holding the live routing table (`redis://host:6379/0`, or
     /// `redis-cluster://h1:p1,h2:p2`); unset = this file only.
     pub redis_url: Option<String>,
@@ -191,6 +195,7 @@ impl Default for ServerSettings {
             health_on_proxy: true,
             workers: 0,
             balance_connections: true,
+            lean_http1: true,
             redis_url: None,
             redis_prefix: "switchyard:".into(),
             redis_poll_ms: 2_000,

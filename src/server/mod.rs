@@ -55,6 +55,8 @@ use crate::framing;
 use crate::problem::GatewayError;
 use crate::tls::TlsTerminator;
 
+mod lean;
+
 /// Something that answers requests on a listener.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request from `peer`, on a TLS connection if `https`
@@ -62,7 +64,7 @@ pub trait Handler: Send + Sync + 'static {
     /// request's extensions, which would allocate their map).
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<Option<Incoming>>,
         peer: SocketAddr,
         https: bool,
     ) -> impl Future<Output = Response<Body>> + Send;
@@ -71,7 +73,7 @@ pub trait Handler: Send + Sync + 'static {
 impl Handler for crate::pipeline::Gateway {
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<Option<Incoming>>,
         peer: SocketAddr,
         https: bool,
     ) -> impl Future<Output = Response<Body>> + Send {
@@ -97,6 +99,8 @@ pub struct ConnSettings {
     /// worker serving it; [`ConnSettings::for_another_listener`] gives a
     /// listener its own).
     pub admission: Arc<Admission>,
+    /// Serve plain HTTP/1.1 requests on the lean path ([`lean`]).
+    pub lean_http1: bool,
 }
 
 impl ConnSettings {
@@ -195,6 +199,7 @@ impl From<&ServerSettings> for ConnSettings {
             h2_max_streams: s.h2_max_concurrent_streams,
             idle_timeout: optional_ms(s.idle_timeout_ms),
             admission: Arc::new(Admission::new(s.max_connections, s.max_requests_in_flight)),
+            lean_http1: s.lean_http1,
         }
     }
 }
@@ -547,6 +552,7 @@ async fn serve_inner<H: Handler>(
                 _seat: seat,
             },
             shed,
+            lean_http1: settings.lean_http1,
         };
         match &tls {
             None => conn.serve(stream, false),
@@ -603,11 +609,15 @@ struct Conn<H> {
     /// Over the connection limit: every request gets 503 and the
     /// connection closes after the first answer.
     shed: bool,
+    /// Plain HTTP/1.1 requests take the lean path (`[server] lean_http1`).
+    lean_http1: bool,
 }
 
 impl<H: Handler> Conn<H> {
-    /// Serves `stream` (decrypted, if `https`) until it closes.
-    fn serve<IO>(self, stream: IO, https: bool)
+    /// Serves `stream` (decrypted, if `https`) until it closes: plain
+    /// HTTP/1.1 requests on the lean path (see [`lean`]), the rest of the
+    /// connection by hyper from the first request that needs it.
+    fn serve<IO>(self, mut stream: IO, https: bool)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -624,90 +634,131 @@ impl<H: Handler> Conn<H> {
             admission,
             slot,
             shed,
+            lean_http1,
         } = self;
         let activity = Arc::new(Activity::default());
         let track = idle_timeout.is_some().then(|| activity.clone());
-        // hyper drops or merges a conflicting Content-Length before the
-        // handler sees the head, so framing is checked on the raw bytes
-        // (after decryption, for TLS).
-        let verdict = Arc::new(framing::Verdict::default());
-        let stream = framing::Guarded::new(stream, max_head, verdict.clone(), header_timeout);
-        // Shared with the tunnels this connection may open (see `Lease`).
-        let slot = Arc::new(slot);
-        let (lease_slot, lease_tracker, lease_stop) =
-            (slot.clone(), tracker.clone(), hard_stop.clone());
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            let handler = handler.clone();
-            let violation = verdict.next_request();
-            let active = track.as_ref().map(Activity::begin);
-            // hyper gives every request that can upgrade (HTTP/1.1
-            // `Upgrade`, h2 CONNECT) an `OnUpgrade`; others have no
-            // extensions, so the check is one null test.
-            if req
-                .extensions()
-                .get::<hyper::upgrade::OnUpgrade>()
-                .is_some()
-            {
-                let lease = Lease {
-                    _slot: lease_slot.clone(),
-                    _token: lease_tracker.token(),
-                    stop: lease_stop.clone(),
-                    _active: active.clone(),
-                };
-                req.extensions_mut().insert(Arc::new(lease));
-            }
-            let (request_slot, over) = admission.request();
-            let overload = if shed {
-                Some(GatewayError::Overloaded {
-                    limit: "connections",
-                    max: admission.max_connections,
-                })
-            } else if over {
-                Some(GatewayError::Overloaded {
-                    limit: "requests in flight",
-                    max: admission.max_inflight,
-                })
-            } else {
-                None
-            };
-            async move {
-                let _request_slot = request_slot;
-                let resp = if let Some(v) = violation {
-                    let mut resp =
-                        GatewayError::BadRequest { reason: v.reason() }.to_response(None);
-                    resp.headers_mut()
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    resp
-                } else if let Some(e) = overload {
-                    let mut resp = e.to_response(None);
-                    if shed {
-                        resp.headers_mut()
-                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    resp
-                } else {
-                    // Boxed: this future is what hyper spawns for every h2
-                    // stream (and keeps for every HTTP/1.1 request), and the
-                    // request's future inside it is several KiB, which the
-                    // spawn would copy whole at each step (into the task
-                    // cell, and again when it finishes); boxed here, it is
-                    // built once on the heap at the first poll.
-                    Box::pin(handler.call(req, peer, https)).await
-                };
-                Ok::<_, Infallible>(resp.map(|body| Tracked { body, active }))
-            }
-        });
-        tracker.spawn(async move {
-            let _slot = slot;
+        let task_tracker = tracker.clone();
+        task_tracker.spawn(async move {
+            // Shared with the tunnels this connection may open (see `Lease`).
+            let slot = Arc::new(slot);
             let signal = Arc::new(Signal::default());
             // Aborted when the connection ends, whichever way.
             let _watcher = AbortOnDropHandle::new(tokio::spawn(watch(
                 signal.clone(),
                 peer,
                 draining,
-                hard_stop,
+                hard_stop.clone(),
                 idle_timeout.map(|t| (t, activity)),
             )));
+            let (rest, first) = if lean_http1 {
+                let lane = lean::Lane {
+                    handler: &*handler,
+                    peer,
+                    https,
+                    max_head,
+                    header_timeout,
+                    signal: &signal,
+                    admission: &admission,
+                    shed,
+                    activity: track.as_ref(),
+                };
+                let lean = lean::serve(&mut stream, lane);
+                tokio::pin!(lean);
+                let end = std::future::poll_fn(|cx| {
+                    signal.waker.register(cx.waker());
+                    if signal.state.load(Ordering::Acquire) == STOP {
+                        return Poll::Ready(None);
+                    }
+                    lean.as_mut().poll(cx).map(Some)
+                })
+                .await;
+                match end {
+                    Some(lean::End::Hyper { rest, first }) => (rest, first),
+                    Some(lean::End::Closed) | None => return,
+                }
+            } else {
+                (bytes::BytesMut::new(), true)
+            };
+            // hyper drops or merges a conflicting Content-Length before the
+            // handler sees the head, so framing is checked on the raw bytes
+            // (after decryption, for TLS).
+            let verdict = Arc::new(framing::Verdict::default());
+            let stream = framing::Guarded::new(
+                Prefixed { rest, io: stream },
+                max_head,
+                verdict.clone(),
+                header_timeout,
+            );
+            let (lease_slot, lease_tracker, lease_stop) =
+                (slot.clone(), tracker.clone(), hard_stop.clone());
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                let handler = handler.clone();
+                let violation = verdict.next_request();
+                let active = track.as_ref().map(Activity::begin);
+                // hyper gives every request that can upgrade (HTTP/1.1
+                // `Upgrade`, h2 CONNECT) an `OnUpgrade`; others have no
+                // extensions, so the check is one null test.
+                if req
+                    .extensions()
+                    .get::<hyper::upgrade::OnUpgrade>()
+                    .is_some()
+                {
+                    let lease = Lease {
+                        _slot: lease_slot.clone(),
+                        _token: lease_tracker.token(),
+                        stop: lease_stop.clone(),
+                        _active: active.clone(),
+                    };
+                    req.extensions_mut().insert(Arc::new(lease));
+                }
+                let (request_slot, over) = admission.request();
+                let overload = if shed {
+                    Some(GatewayError::Overloaded {
+                        limit: "connections",
+                        max: admission.max_connections,
+                    })
+                } else if over {
+                    Some(GatewayError::Overloaded {
+                        limit: "requests in flight",
+                        max: admission.max_inflight,
+                    })
+                } else {
+                    None
+                };
+                async move {
+                    let _request_slot = request_slot;
+                    let resp = if let Some(v) = violation {
+                        let mut resp =
+                            GatewayError::BadRequest { reason: v.reason() }.to_response(None);
+                        resp.headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                        resp
+                    } else if let Some(e) = overload {
+                        let mut resp = e.to_response(None);
+                        if shed {
+                            resp.headers_mut().insert(
+                                http::header::CONNECTION,
+                                HeaderValue::from_static("close"),
+                            );
+                        }
+                        resp
+                    } else {
+                        // Boxed: this future is what hyper spawns for every
+                        // h2 stream (and keeps for every HTTP/1.1 request),
+                        // and the request's future inside it is several
+                        // KiB, which the spawn would copy whole at each step
+                        // (into the task cell, and again when it finishes);
+                        // boxed here, it is built once on the heap at the
+                        // first poll.
+                        Box::pin(handler.call(req.map(Some), peer, https)).await
+                    };
+                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, active }))
+                }
+            });
+            // After a request served on the lean path the connection is
+            // HTTP/1.1: no h2 preface is looked for then.
+            let builder = if first { builder } else { builder.http1_only() };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let mut closing = false;
@@ -731,6 +782,62 @@ impl<H: Handler> Conn<H> {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client stream after the lean path: the bytes it read and did not
+    /// serve come first.
+    struct Prefixed<IO> {
+        rest: bytes::BytesMut,
+        #[pin]
+        io: IO,
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        if this.rest.is_empty() {
+            return this.io.poll_read(cx, buf);
+        }
+        let n = this.rest.len().min(buf.remaining());
+        buf.put_slice(&this.rest.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }
 
