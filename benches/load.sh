@@ -39,6 +39,10 @@
 #                   false, so the kernel's SO_REUSEPORT hash alone places
 #                   connections on workers) and print switchyard (balanced,
 #                   the default) against it
+#   LOAD_LEAN       set to 1 to also run switchyard with the lean HTTP/1.1
+#                   path off (target switchyard_hyper: lean_http1 = false, so
+#                   hyper serves every request) and print switchyard (lean,
+#                   the default) against it
 #   LOAD_COMMIT     commit to print when the tree is not a git checkout
 #
 # Needs nginx and wrk (installed with apt-get when missing; that needs root).
@@ -66,6 +70,8 @@ ACCESS_LOG=${LOAD_ACCESS_LOG:-0}
 [[ $ACCESS_LOG == 1 ]] && TARGETS+=(switchyard_log)
 BALANCE=${LOAD_BALANCE:-0}
 [[ $BALANCE == 1 ]] && TARGETS+=(switchyard_unbalanced)
+LEAN=${LOAD_LEAN:-0}
+[[ $LEAN == 1 ]] && TARGETS+=(switchyard_hyper)
 
 BENCH=load.sh
 # shellcheck source=benches/common.sh
@@ -86,7 +92,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT LIM_PORT LIM_ADMIN_PORT \
     CACHE_PORT CACHE_ADMIN_PORT NGX_CACHE_PORT LOG_PORT LOG_ADMIN_PORT \
-    UNB_PORT UNB_ADMIN_PORT <<<"$(free_ports 13)"
+    UNB_PORT UNB_ADMIN_PORT HYP_PORT HYP_ADMIN_PORT <<<"$(free_ports 15)"
 
 # The small upstream; both versions' pools point at it, and the header
 # routes every request to v2.
@@ -167,6 +173,15 @@ if [[ $BALANCE == 1 ]]; then
     UNB_PID=$STARTED
 fi
 
+# The same gateway with hyper serving every request (no lean HTTP/1.1 path).
+HYP_PID=
+if [[ $LEAN == 1 ]]; then
+    variant hyper "$HYP_PORT" "$HYP_ADMIN_PORT"
+    sed -i '/^grace_period_ms/a lean_http1 = false' "$TMP/gateway-hyper.toml"
+    start_gateway "$TMP/gateway-hyper.toml" "$TMP/switchyard-hyper.log" warn
+    HYP_PID=$STARTED
+fi
+
 # nginx's equivalent of the cached route: proxy_cache keyed like
 # switchyard's (method, host, URI, version header), a lock for concurrent
 # misses, entries valid for 10 minutes.
@@ -206,7 +221,7 @@ PIDS+=("$NGX_PID")
 show_logs() {
     local f
     for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/switchyard-limits.log" \
-        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/switchyard-unbalanced.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
+        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/switchyard-unbalanced.log" "$TMP/switchyard-hyper.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
         [[ -s $f ]] && { log "--- $f"; tail -20 "$f" >&2; }
     done
     return 0
@@ -221,6 +236,7 @@ declare -A URL=(
     [nginx_cache]="http://127.0.0.1:$NGX_CACHE_PORT$URL_PATH"
     [switchyard_log]="http://127.0.0.1:$LOG_PORT$URL_PATH"
     [switchyard_unbalanced]="http://127.0.0.1:$UNB_PORT$URL_PATH"
+    [switchyard_hyper]="http://127.0.0.1:$HYP_PORT$URL_PATH"
 )
 wait_ready upstream "${URL[direct]}" "$UP_PID" || { show_logs; exit 1; }
 wait_ready switchyard "${URL[switchyard]}" "$GW_PID" || { show_logs; exit 1; }
@@ -238,6 +254,9 @@ fi
 if [[ $BALANCE == 1 ]]; then
     wait_ready switchyard_unbalanced "${URL[switchyard_unbalanced]}" "$UNB_PID" || { show_logs; exit 1; }
 fi
+if [[ $LEAN == 1 ]]; then
+    wait_ready switchyard_hyper "${URL[switchyard_hyper]}" "$HYP_PID" || { show_logs; exit 1; }
+fi
 
 # The process(es) whose CPU counts for a target: the proxy; for the direct
 # runs the upstream itself (there is no proxy).
@@ -249,6 +268,7 @@ cpu_pids() {
         switchyard_cache) echo "$CACHE_PID" ;;
         switchyard_log) echo "$LOG_PID" ;;
         switchyard_unbalanced) echo "$UNB_PID" ;;
+        switchyard_hyper) echo "$HYP_PID" ;;
         nginx | nginx_cache) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
     esac
 }
@@ -318,7 +338,7 @@ for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for target in "${TARGETS[@]}"; do
             # shellcheck disable=SC2086
-            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID $UNB_PID 2>/dev/null || { show_logs; die "a server died"; }
+            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID $UNB_PID $HYP_PID 2>/dev/null || { show_logs; die "a server died"; }
             run_one "$round" "$conns" "$target"
         done
         awk -F'\t' -v r="$round" -v c="$conns" '
@@ -343,6 +363,10 @@ for round in $(seq "$ROUNDS"); do
                     printf "      round %s, %s conns: balancing on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
                         r, c, rps["switchyard"] / rps["switchyard_unbalanced"], p99["switchyard"] / p99["switchyard_unbalanced"],
                         cpu["switchyard"] / cpu["switchyard_unbalanced"]
+                if (("switchyard_hyper") in rps)
+                    printf "      round %s, %s conns: lean HTTP/1.1 path on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
+                        r, c, rps["switchyard"] / rps["switchyard_hyper"], p99["switchyard"] / p99["switchyard_hyper"],
+                        cpu["switchyard"] / cpu["switchyard_hyper"]
             }' "$RUNS" | tee -a "$OUT"
     done
 done
@@ -425,6 +449,9 @@ pair_medians() {
     fi
     if [[ $BALANCE == 1 ]]; then
         pair_medians "connection balancing on vs off" switchyard switchyard_unbalanced
+    fi
+    if [[ $LEAN == 1 ]]; then
+        pair_medians "lean HTTP/1.1 path on vs off" switchyard switchyard_hyper
     fi
     echo
     echo "results: ${OUT#"$ROOT"/}"
