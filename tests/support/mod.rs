@@ -938,7 +938,10 @@ impl RawConn {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
-        let body = if let Some(len) = get("content-length") {
+        let body = if status == 204 || status == 304 || (100..200).contains(&status) {
+            // No body, whatever the fields say (RFC 9112 section 6.3).
+            Vec::new()
+        } else if let Some(len) = get("content-length") {
             let len: usize = len.parse().expect("content-length");
             while self.buf.len() < len {
                 assert!(self.fill().await, "connection closed mid-body");

@@ -1,0 +1,218 @@
+//! The lean HTTP/1.1 server path (`src/server/lean.rs`): the same bytes on
+//! the wire as hyper's path for the requests it takes (checked against a
+//! second gateway with `lean_http1 = false`), pipelined requests in order,
+//! a connection handed to hyper mid-way at its first request with a body,
+//! `Connection: close`, heads that arrive in pieces, and the h2 preface.
+
+mod support;
+
+use std::time::Duration;
+
+use http::Method;
+use support::{RawConn, RawResponse, Reply, TestGateway, Upstream, table};
+
+async fn gateway(up: &Upstream, lean: bool) -> TestGateway {
+    TestGateway::start(
+        table()
+            .server(&format!("lean_http1 = {lean}"))
+            .server("header_read_timeout_ms = 400")
+            .version("v1", "current", "")
+            .version("v2", "beta", "")
+            .pool("v1", "v1", up)
+            .pool("v2", "v2", up)
+            .route("api", "/api/", "v1", ""),
+    )
+    .await
+}
+
+/// Status, headers as a sorted list and body, without what differs per
+/// response: `date`, and the request and trace ids (also in problems).
+fn normalised(r: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut headers: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "date" && k != "x-request-id")
+        .cloned()
+        .collect();
+    headers.sort();
+    let mut body = r.body.clone();
+    if r.header("content-type") == Some("application/problem+json") {
+        let mut p = r.problem();
+        let p = p.as_object_mut().expect("a problem object");
+        assert!(p.remove("request_id").is_some() && p.remove("trace_id").is_some());
+        body = serde_json::to_vec(p).unwrap();
+    }
+    (r.status, headers, body)
+}
+
+#[tokio::test]
+async fn lean_and_hyper_paths_put_the_same_responses_on_the_wire() {
+    let up = Upstream::spawn("up").await;
+    up.reply(Method::GET, "/api/none", Reply::empty(204));
+    up.reply(
+        Method::GET,
+        "/api/same",
+        Reply::empty(304).header("etag", "\"v7\""),
+    );
+    up.reply(
+        Method::GET,
+        "/api/big",
+        Reply::raw(200, "text/plain", vec![b'x'; 100 * 1024]),
+    );
+    up.reply(Method::GET, "/api/empty", Reply::raw(200, "text/plain", ""));
+    up.reply(
+        Method::DELETE,
+        "/api/order/7",
+        Reply::json(202, r#"{"deleted":7}"#).header("x-trace", "a, b"),
+    );
+    let lean = gateway(&up, true).await;
+    let hyper = gateway(&up, false).await;
+    let requests: [&[u8]; 10] = [
+        b"GET /api/x HTTP/1.1\r\nhost: a.example\r\n\r\n",
+        b"GET /api/x?q=1&r=%20 HTTP/1.1\r\nhost: a.example\r\nx-api-version: 2\r\n\r\n",
+        b"GET /api/none HTTP/1.1\r\nhost: a.example\r\n\r\n",
+        b"GET /api/same HTTP/1.1\r\nhost: a.example\r\nif-none-match: \"v7\"\r\n\r\n",
+        b"GET /api/big HTTP/1.1\r\nhost: a.example\r\n\r\n",
+        b"GET /api/empty HTTP/1.1\r\nhost: a.example\r\ncontent-length: 0\r\n\r\n",
+        b"DELETE /api/order/7 HTTP/1.1\r\nhost: a.example\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nhost: a.example\r\nx-api-version: 9\r\n\r\n",
+        b"GET http://a.example/api/x HTTP/1.1\r\nhost: a.example\r\n\r\n",
+        b"GET /nowhere HTTP/1.1\r\nhost: a.example\r\nx_bad: 1\r\n\r\n",
+    ];
+    let (mut a, mut b) = (
+        RawConn::connect(lean.addr).await,
+        RawConn::connect(hyper.addr).await,
+    );
+    for request in requests {
+        let (ra, rb) = (a.exchange(request).await, b.exchange(request).await);
+        assert_eq!(
+            normalised(&ra),
+            normalised(&rb),
+            "lean vs hyper for {:?}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(ra.header("date").is_some(), "a date field");
+    }
+    // Both kept the connection for all of them.
+    assert_eq!(
+        a.exchange(requests[0]).await.status,
+        b.exchange(requests[0]).await.status
+    );
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_the_move_to_hyper() {
+    let up = Upstream::spawn("up").await;
+    let gw = gateway(&up, true).await;
+    // Two lean GETs, a POST with a body (hyper from here on), then a GET.
+    let pipelined = b"GET /api/1 HTTP/1.1\r\nhost: a.example\r\n\r\n\
+GET /api/2 HTTP/1.1\r\nhost: a.example\r\n\r\n\
+POST /api/3 HTTP/1.1\r\nhost: a.example\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"n\":3}\
+GET /api/4 HTTP/1.1\r\nhost: a.example\r\n\r\n";
+    let responses = support::raw_exchange_many(gw.addr, pipelined, 4).await;
+    assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
+    let seen: Vec<_> = up
+        .received()
+        .iter()
+        .map(|r| (r.method.to_string(), r.uri.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("GET".into(), "/api/1".into()),
+            ("GET".into(), "/api/2".into()),
+            ("POST".into(), "/api/3".into()),
+            ("GET".into(), "/api/4".into()),
+        ]
+    );
+    assert_eq!(
+        up.received()[2].body.as_deref(),
+        Some(&b"{\"n\":3}"[..]),
+        "the body that followed the lean requests reached the upstream whole"
+    );
+}
+
+#[tokio::test]
+async fn a_framing_violation_after_lean_requests_still_gets_400_and_a_close() {
+    let up = Upstream::spawn("up").await;
+    let gw = gateway(&up, true).await;
+    let mut conn = RawConn::connect(gw.addr).await;
+    assert_eq!(
+        conn.exchange(b"GET /api/1 HTTP/1.1\r\nhost: a.example\r\n\r\n")
+            .await
+            .status,
+        200
+    );
+    let smuggled = conn
+        .exchange(
+            b"POST /api/2 HTTP/1.1\r\nhost: a.example\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!(smuggled.status, 400, "{smuggled:?}");
+    assert!(
+        smuggled.problem()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Transfer-Encoding")),
+        "{:?}",
+        smuggled.problem()
+    );
+    conn.closed().await;
+    assert_eq!(
+        up.requests(),
+        1,
+        "the smuggling request never went upstream"
+    );
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_with_close_and_the_connection_ends() {
+    let up = Upstream::spawn("up").await;
+    let gw = gateway(&up, true).await;
+    let mut conn = RawConn::connect(gw.addr).await;
+    let resp = conn
+        .exchange(b"GET /api/x HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n")
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), Some("close"));
+    conn.closed().await;
+}
+
+#[tokio::test]
+async fn a_head_in_pieces_is_served_and_a_stalled_one_gets_408() {
+    let up = Upstream::spawn("up").await;
+    let gw = gateway(&up, true).await;
+    let mut conn = RawConn::connect(gw.addr).await;
+    conn.send(b"GET /api/x HT").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.send(b"TP/1.1\r\nhost: a.exa").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(conn.exchange(b"mple\r\n\r\n").await.status, 200);
+    // The timeout runs from a head's first byte, not from the connection's.
+    conn.send(b"GET /api/y HTTP/1.1\r\n").await;
+    let stalled = conn.response().await;
+    assert_eq!(stalled.status, 408, "{stalled:?}");
+    conn.closed().await;
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn prior_knowledge_h2_still_works_with_the_lean_path_on() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = Upstream::spawn("up").await;
+    let gw = gateway(&up, true).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("http://a.example/api/x")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("served_by"));
+}
