@@ -216,3 +216,35 @@ async fn prior_knowledge_h2_still_works_with_the_lean_path_on() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("served_by"));
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_cancels_it_on_both_paths() {
+    let up = Upstream::spawn_slow("up", Duration::from_secs(3)).await;
+    for lean in [true, false] {
+        let gw = gateway(&up, lean).await;
+        let mut conn = RawConn::connect(gw.addr).await;
+        conn.send(b"GET /api/slow HTTP/1.1\r\nhost: a.example\r\n\r\n")
+            .await;
+        let in_flight = || async {
+            gw.metrics()
+                .await
+                .value("switchyard_requests_in_flight", &[])
+                .unwrap_or(0.0)
+        };
+        support::eventually("the request is in flight", || async {
+            in_flight().await == 1.0
+        })
+        .await;
+        drop(conn);
+        let hung_up = std::time::Instant::now();
+        support::eventually("the request is cancelled", || async {
+            in_flight().await == 0.0
+        })
+        .await;
+        assert!(
+            hung_up.elapsed() < Duration::from_secs(2),
+            "lean {lean}: cancelled {:?} after the hang-up, not when the upstream answered",
+            hung_up.elapsed()
+        );
+    }
+}

@@ -29,7 +29,7 @@
 //! listener is draining). A body that fails or ends short of its length
 //! closes the connection, so the client sees the truncation.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -178,7 +178,7 @@ where
             }
         };
         first = false;
-        let keep = answer(io, &lane, head, &mut out).await;
+        let keep = answer(io, &lane, head, &mut buf, &mut out).await;
         if !keep {
             let _ = io.shutdown().await;
             return End::Closed;
@@ -194,8 +194,18 @@ enum Read {
 }
 
 /// Answers one request and writes the response; whether the connection
-/// stays open.
-async fn answer<IO, H>(io: &mut IO, lane: &Lane<'_, H>, head: Head, out: &mut Vec<u8>) -> bool
+/// stays open. While the handler runs, the client's socket is watched as
+/// hyper watches it: a client that closes (or resets) its connection
+/// cancels the request, upstream exchange included, as nginx does unless
+/// told to ignore client aborts; bytes of a pipelined next request are
+/// kept in `buf` (and reading stops until it is served).
+async fn answer<IO, H>(
+    io: &mut IO,
+    lane: &Lane<'_, H>,
+    head: Head,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
@@ -217,7 +227,33 @@ where
     };
     let resp = match overload {
         Some(e) => e.to_response(None),
-        None => lane.handler.call(head.request, lane.peer, lane.https).await,
+        None => {
+            let mut call = pin!(lane.handler.call(head.request, lane.peer, lane.https));
+            let mut watch = buf.is_empty();
+            let answered = poll_fn(|cx| {
+                if let Poll::Ready(resp) = call.as_mut().poll(cx) {
+                    return Poll::Ready(Some(resp));
+                }
+                // Usually no system call: the runtime knows the socket has
+                // nothing to read since the head's read drained it.
+                if watch {
+                    match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                        Poll::Ready(Ok(_)) => watch = false,
+                        Poll::Pending => {}
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match answered {
+                Some(resp) => resp,
+                None => {
+                    tracing::debug!(peer = %lane.peer, "client closed the connection mid-request: cancelled");
+                    return false;
+                }
+            }
+        }
     };
     drop(request_slot);
     let closing = head.close || lane.shed || lane.signal.state.load(Ordering::Acquire) == CLOSE;
