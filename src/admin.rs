@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::body::Body;
+use crate::body::{Body, ClientBody};
 use crate::control::Control;
 use crate::pipeline::health;
 use crate::server::Handler;
@@ -39,7 +38,7 @@ pub struct Admin {
 impl Handler for Admin {
     async fn call(
         &self,
-        req: Request<Option<Incoming>>,
+        req: Request<Option<ClientBody>>,
         _peer: SocketAddr,
         _https: bool,
     ) -> Response<Body> {
@@ -119,7 +118,7 @@ impl Handler for Admin {
 impl Admin {
     /// `Authorization: Bearer <token>`: 401 when missing, 403 when wrong.
     #[allow(clippy::result_large_err)]
-    fn authorize(&self, req: &Request<Option<Incoming>>) -> Result<(), Response<Body>> {
+    fn authorize(&self, req: &Request<Option<ClientBody>>) -> Result<(), Response<Body>> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -181,7 +180,7 @@ impl Admin {
     /// `POST /admin/cache/purge` with `{"route": "api", "path_prefix":
     /// "/api/orders"}` (either or both; both must match): drops the matching
     /// cached responses and says how many.
-    async fn purge(&self, req: Request<Option<Incoming>>) -> Response<Body> {
+    async fn purge(&self, req: Request<Option<ClientBody>>) -> Response<Body> {
         use http_body_util::BodyExt;
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]

@@ -106,6 +106,29 @@ impl ReadTimeout {
     }
 }
 
+/// A client request's body as the server received it: streamed by hyper,
+/// or (the lean HTTP/1.1 path) a small body that arrived whole with its
+/// head. Either way the pipeline treats it as a stream read once: whether
+/// a request can be retried must not depend on how its bytes happened to
+/// be split into packets.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// hyper's body stream.
+    Stream(Incoming),
+    /// Every byte of a `Content-Length` body, already read.
+    Arrived(Bytes),
+}
+
+impl ClientBody {
+    /// Whether there is nothing (more) to read.
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Stream(b) => b.is_end_stream(),
+            ClientBody::Arrived(b) => b.is_empty(),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A request or response body.
     #[project = BodyProj]
@@ -116,6 +139,10 @@ pin_project_lite::pin_project! {
         Stream { #[pin] inner: Incoming, limit: u64, seen: u64, reuse: Option<Reuse>, timeout: Option<ReadTimeout> },
         /// Fully buffered.
         Full { data: Option<Bytes> },
+        /// A client's body that arrived whole ([`ClientBody::Arrived`]):
+        /// yielded like a stream (read once, never cloned, capped at
+        /// `limit` bytes).
+        Arrived { data: Option<Bytes>, limit: u64 },
         /// An upstream response read straight from its connection by the
         /// lean HTTP/1.1 client.
         Lean { inner: ResponseBody },
@@ -138,29 +165,44 @@ impl Body {
 
     /// A streamed body without a cap.
     pub fn stream(inner: Incoming) -> Body {
-        Body::limited(inner, u64::MAX)
-    }
-
-    /// A streamed body that fails with [`BodyError::TooLarge`] past `limit` bytes.
-    pub fn limited(inner: Incoming, limit: u64) -> Body {
         Body::Stream {
             inner,
-            limit,
+            limit: u64::MAX,
             seen: 0,
             reuse: None,
             timeout: None,
         }
     }
 
-    /// A client's request body: capped at `limit` bytes, and failing with
-    /// [`BodyError::Timeout`] when no frame arrives for `read_timeout`.
-    pub fn request(inner: Incoming, limit: u64, read_timeout: Duration) -> Body {
-        Body::Stream {
-            inner,
+    /// A client's body that fails with [`BodyError::TooLarge`] past
+    /// `limit` bytes.
+    pub fn limited(inner: ClientBody, limit: u64) -> Body {
+        match inner {
+            ClientBody::Stream(inner) => Body::stream(inner).capped(limit),
+            ClientBody::Arrived(data) => Body::arrived(data, limit),
+        }
+    }
+
+    /// A client's request body: capped at `limit` bytes, and (streamed)
+    /// failing with [`BodyError::Timeout`] when no frame arrives for
+    /// `read_timeout`.
+    pub fn request(inner: ClientBody, limit: u64, read_timeout: Duration) -> Body {
+        match inner {
+            ClientBody::Stream(inner) => Body::Stream {
+                inner,
+                limit,
+                seen: 0,
+                reuse: None,
+                timeout: Some(ReadTimeout::new(read_timeout)),
+            },
+            ClientBody::Arrived(data) => Body::arrived(data, limit),
+        }
+    }
+
+    fn arrived(data: Bytes, limit: u64) -> Body {
+        Body::Arrived {
+            data: (!data.is_empty()).then_some(data),
             limit,
-            seen: 0,
-            reuse: None,
-            timeout: Some(ReadTimeout::new(read_timeout)),
         }
     }
 
@@ -197,7 +239,7 @@ impl Body {
         static EMPTY: Bytes = Bytes::new();
         match self {
             Body::Full { data } => Some(data.as_ref().unwrap_or(&EMPTY)),
-            Body::Stream { .. } | Body::Lean { .. } => None,
+            Body::Stream { .. } | Body::Arrived { .. } | Body::Lean { .. } => None,
         }
     }
 
@@ -206,14 +248,14 @@ impl Body {
     pub fn try_clone(&self) -> Option<Body> {
         match self {
             Body::Full { data } => Some(Body::Full { data: data.clone() }),
-            Body::Stream { .. } | Body::Lean { .. } => None,
+            Body::Stream { .. } | Body::Arrived { .. } | Body::Lean { .. } => None,
         }
     }
 
     /// The same body, failing with [`BodyError::TooLarge`] past `limit`
     /// bytes (a buffered body is not checked: it is ours).
     pub fn capped(mut self, cap: u64) -> Body {
-        if let Body::Stream { limit, .. } = &mut self {
+        if let Body::Stream { limit, .. } | Body::Arrived { limit, .. } = &mut self {
             *limit = (*limit).min(cap);
         }
         self
@@ -279,6 +321,13 @@ impl HttpBody for Body {
                 }
             },
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyProj::Arrived { data, limit } => Poll::Ready(data.take().map(|d| {
+                if d.len() as u64 > *limit {
+                    Err(BodyError::TooLarge { limit: *limit })
+                } else {
+                    Ok(Frame::data(d))
+                }
+            })),
             BodyProj::Lean { inner } => inner.poll_frame(cx),
         }
     }
@@ -286,7 +335,7 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Stream { inner, .. } => inner.is_end_stream(),
-            Body::Full { data } => data.is_none(),
+            Body::Full { data } | Body::Arrived { data, .. } => data.is_none(),
             Body::Lean { inner } => inner.is_end_stream(),
         }
     }
@@ -294,7 +343,7 @@ impl HttpBody for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Stream { inner, .. } => inner.size_hint(),
-            Body::Full { data } => {
+            Body::Full { data } | Body::Arrived { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Body::Lean { inner } => inner.size_hint(),

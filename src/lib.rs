@@ -302,7 +302,8 @@ impl Plane {
             sources,
             options.clock,
         ));
-        let conn = server::ConnSettings::from(&doc.server);
+        let mut conn = server::ConnSettings::from(&doc.server);
+        conn.handoffs = Some(control.metrics.requests.http1_handoffs.clone());
         let mut tls_conn = conn.for_another_listener();
         if let Some(ms) = doc.server.tls.as_ref().and_then(|t| t.idle_timeout_ms) {
             tls_conn.idle_timeout = server::optional_ms(ms);

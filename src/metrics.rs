@@ -92,6 +92,9 @@ pub struct RequestMetrics {
     /// `switchyard_worker_connections`: open client connections per
     /// listener and worker thread (what connection balancing evens out).
     pub worker_connections: IntGaugeVec,
+    /// `switchyard_http1_handoffs_total`: client connections the lean
+    /// HTTP/1.1 path handed to hyper, by reason.
+    pub http1_handoffs: IntCounterVec,
     translation_errors: IntCounterVec,
     upstream_errors: IntCounterVec,
     cache_requests: IntCounterVec,
@@ -215,6 +218,12 @@ impl RequestMetrics {
                 "switchyard_worker_connections",
                 "Open client connections by listener (plain or tls) and worker thread",
                 &["listener", "worker"],
+            ),
+            http1_handoffs: counter_vec(
+                r,
+                "switchyard_http1_handoffs_total",
+                "Client connections the lean HTTP/1.1 path handed to hyper at a request it does not take, by reason",
+                &["reason"],
             ),
             translation_errors: counter_vec(
                 r,

@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
-use crate::body::{Body, BodyError};
+use crate::body::{Body, BodyError, ClientBody};
 use crate::cache::{CacheStatus, Entry, Key, Miss, ResponseCache, RouteCache};
 use crate::config::{ServerSettings, Source, UnderscoreHeaders};
 use crate::headers::*;
@@ -180,7 +179,7 @@ impl Gateway {
     /// Handles one request from `peer`, over TLS if `https`. Always answers.
     pub async fn handle(
         &self,
-        req: Request<Option<Incoming>>,
+        req: Request<Option<ClientBody>>,
         peer: SocketAddr,
         https: bool,
     ) -> Response<Body> {
@@ -206,7 +205,7 @@ impl Gateway {
     async fn run(
         &self,
         ctx: &mut RequestContext,
-        mut req: Request<Option<Incoming>>,
+        mut req: Request<Option<ClientBody>>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, GatewayError> {
         // admit
@@ -363,7 +362,7 @@ impl Gateway {
         &self,
         ctx: &mut RequestContext,
         hop: Hop<'_>,
-        req: Request<Option<Incoming>>,
+        req: Request<Option<ClientBody>>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, GatewayError> {
         let Hop {
@@ -916,7 +915,7 @@ impl Gateway {
         ctx: &mut RequestContext,
         rc: &RouteCache,
         hop: Hop<'_>,
-        req: Request<Option<Incoming>>,
+        req: Request<Option<ClientBody>>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, GatewayError> {
         let version = &hop.table.versions[hop.detected.version as usize];
@@ -963,7 +962,7 @@ impl Gateway {
         ctx: &mut RequestContext,
         rc: &RouteCache,
         hop: Hop<'_>,
-        req: Request<Option<Incoming>>,
+        req: Request<Option<ClientBody>>,
         peer: SocketAddr,
         key: Key,
         now: Instant,
@@ -1005,7 +1004,7 @@ impl Gateway {
         &self,
         ctx: &RequestContext,
         hop: Hop<'_>,
-        req: &Request<Option<Incoming>>,
+        req: &Request<Option<ClientBody>>,
         key: Key,
         stale: Arc<Entry>,
         peer: SocketAddr,
@@ -1014,7 +1013,7 @@ impl Gateway {
             stale.end_refresh();
             return;
         };
-        let mut copy = Request::new(None::<Incoming>);
+        let mut copy = Request::new(None::<ClientBody>);
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
@@ -1313,7 +1312,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 
 /// The request body as forwarded untranslated: nothing, or a stream
 /// capped at the route's limit and bounded by the body read timeout.
-fn plain_body(body: Option<Incoming>, no_body: bool, limit: u64, read_timeout: Duration) -> Body {
+fn plain_body(body: Option<ClientBody>, no_body: bool, limit: u64, read_timeout: Duration) -> Body {
     match body {
         Some(body) if !no_body => Body::request(body, limit, read_timeout),
         _ => Body::empty(),
@@ -1567,8 +1566,8 @@ async fn collect_limited(body: Body, limit: u64) -> Result<bytes::Bytes, BodyErr
     Ok(body.capped(limit).collect().await?.to_bytes())
 }
 
-fn body_is_empty(b: &Incoming) -> bool {
-    http_body::Body::is_end_stream(b)
+fn body_is_empty(b: &ClientBody) -> bool {
+    b.is_end_stream()
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {

@@ -1,7 +1,10 @@
 //! The lean HTTP/1.1 server path (`src/server/lean.rs`): the same bytes on
-//! the wire as hyper's path for the requests it takes (checked against a
-//! second gateway with `lean_http1 = false`), pipelined requests in order,
-//! a connection handed to hyper mid-way at its first request with a body,
+//! the wire as hyper's path for the requests it takes, and the same requests
+//! upstream (checked against a second gateway with `lean_http1 = false`),
+//! small bodies that arrive with their head kept on the lean path,
+//! pipelined requests in order, a connection handed to hyper mid-way at
+//! its first request with a chunked body (and the handoff counted),
+//! a client that hangs up cancelling its request,
 //! `Connection: close`, heads that arrive in pieces, and the h2 preface.
 
 mod support;
@@ -104,10 +107,11 @@ async fn lean_and_hyper_paths_put_the_same_responses_on_the_wire() {
 async fn pipelined_requests_are_answered_in_order_across_the_move_to_hyper() {
     let up = Upstream::spawn("up").await;
     let gw = gateway(&up, true).await;
-    // Two lean GETs, a POST with a body (hyper from here on), then a GET.
+    // Two lean GETs, a POST with a chunked body (hyper from here on),
+    // then a GET.
     let pipelined = b"GET /api/1 HTTP/1.1\r\nhost: a.example\r\n\r\n\
 GET /api/2 HTTP/1.1\r\nhost: a.example\r\n\r\n\
-POST /api/3 HTTP/1.1\r\nhost: a.example\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"n\":3}\
+POST /api/3 HTTP/1.1\r\nhost: a.example\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n7\r\n{\"n\":3}\r\n0\r\n\r\n\
 GET /api/4 HTTP/1.1\r\nhost: a.example\r\n\r\n";
     let responses = support::raw_exchange_many(gw.addr, pipelined, 4).await;
     assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
@@ -130,6 +134,13 @@ GET /api/4 HTTP/1.1\r\nhost: a.example\r\n\r\n";
         Some(&b"{\"n\":3}"[..]),
         "the body that followed the lean requests reached the upstream whole"
     );
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.value("switchyard_http1_handoffs_total", &[("reason", "body")]),
+        Some(1.0),
+        "the connection went to hyper at the chunked body"
+    );
+    assert_eq!(m.sum("switchyard_http1_handoffs_total", &[]), 1.0);
 }
 
 #[tokio::test]
@@ -215,6 +226,11 @@ async fn prior_knowledge_h2_still_works_with_the_lean_path_on() {
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("served_by"));
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.value("switchyard_http1_handoffs_total", &[("reason", "h2")]),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -247,4 +263,56 @@ async fn a_client_that_hangs_up_mid_request_cancels_it_on_both_paths() {
             hung_up.elapsed()
         );
     }
+}
+
+#[tokio::test]
+async fn upstreams_receive_the_same_requests_from_both_paths() {
+    let up = Upstream::spawn("up").await;
+    let lean = gateway(&up, true).await;
+    let hyper = gateway(&up, false).await;
+    let requests: [&[u8]; 7] = [
+        b"POST /api/orders HTTP/1.1\r\nhost: a.example\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n{\"qty\":12345}",
+        b"PUT /api/orders/1 HTTP/1.1\r\nhost: a.example\r\ncontent-length: 5\r\nx-api-version: 2\r\n\r\nhello",
+        b"PATCH /api/orders/1?dry=1 HTTP/1.1\r\nhost: a.example\r\ncontent-length: 2\r\n\r\n{}",
+        b"POST /api/empty HTTP/1.1\r\nhost: a.example\r\n\r\n",
+        b"POST /api/zero HTTP/1.1\r\nhost: a.example\r\ncontent-length: 0\r\n\r\n",
+        b"GET /api/odd HTTP/1.1\r\nhost: a.example\r\ncontent-length: 3\r\n\r\nabc",
+        b"DELETE /api/orders/1 HTTP/1.1\r\nhost: a.example\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\n\r\n",
+    ];
+    let (mut a, mut b) = (
+        RawConn::connect(lean.addr).await,
+        RawConn::connect(hyper.addr).await,
+    );
+    for request in requests {
+        let (ra, rb) = (a.exchange(request).await, b.exchange(request).await);
+        assert_eq!(normalised(&ra), normalised(&rb));
+    }
+    let seen = up.received();
+    assert_eq!(seen.len(), 2 * requests.len());
+    let strip = |r: &support::Recorded| {
+        let mut headers: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "x-request-id" | "traceparent"))
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        headers.sort();
+        (r.method.clone(), r.uri.clone(), headers, r.body.clone())
+    };
+    for (i, pair) in seen.chunks(2).enumerate() {
+        assert_eq!(
+            strip(&pair[0]),
+            strip(&pair[1]),
+            "upstream's view of {:?}",
+            String::from_utf8_lossy(requests[i])
+        );
+    }
+    assert_eq!(seen[0].body.as_deref(), Some(&b"{\"qty\":12345}"[..]));
+    // Every one of them, bodies included, stayed on the lean path.
+    assert_eq!(
+        lean.metrics()
+            .await
+            .sum("switchyard_http1_handoffs_total", &[]),
+        0.0
+    );
 }

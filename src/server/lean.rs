@@ -1,6 +1,7 @@
 //! The lean HTTP/1.1 server path: a client connection's plain requests,
 //! served by the connection's own task without hyper, which is nearly all
-//! API read traffic (`GET` and `DELETE` without a body).
+//! API traffic: `GET`, `POST`, `PUT`, `PATCH` and `DELETE` with no body or
+//! a `Content-Length` body (up to 64 KiB) that arrived with its head.
 //!
 //! Why: by `benches/instructions.sh`, hyper's HTTP/1 server machinery
 //! (dispatcher, its buffered IO over `TokioIo`, the service and its boxed
@@ -13,13 +14,20 @@
 //! and a small body in one write.
 //!
 //! Anything else goes to hyper, from the request on which it appears to the
-//! end of the connection, with the bytes already read: a request with a
-//! body or `Transfer-Encoding`, `HEAD` (its framing rules), an upgrade or
-//! `Expect`, HTTP/1.0, the h2 preface, a head httparse refuses, too large
-//! or with too many fields. hyper (behind `framing::Guarded`) then answers
-//! exactly as it did before this path existed, so every odd request keeps
-//! its established answer, and this path only needs to be right for plain
-//! ones.
+//! end of the connection, with the bytes already read: a body still on its
+//! way, larger, or chunked; `HEAD` (its framing rules) and other methods;
+//! an upgrade or `Expect`; HTTP/1.0; the h2 preface; a head httparse
+//! refuses, too large or with too many fields (counted by reason in
+//! `switchyard_http1_handoffs_total`). hyper (behind `framing::Guarded`)
+//! then answers exactly as it did before this path existed, so every odd
+//! request keeps its established answer, and this path only needs to be
+//! right for plain ones.
+//!
+//! A body taken here reaches the pipeline as [`ClientBody::Arrived`], which
+//! it treats as hyper's stream (read once, capped, never retried as a
+//! buffered body would be), so how a request's bytes were split into
+//! packets changes nothing it does. While the handler runs, the socket is
+//! watched as hyper watches it: a client that hangs up cancels the request.
 //!
 //! Responses follow hyper's rules (RFC 9112 section 6): no body for 1xx,
 //! 204 and 304; an empty body gets `content-length: 0`; a `Content-Length`
@@ -43,12 +51,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
 use super::{Activity, Admission, CLOSE, Handler, Signal};
-use crate::body::Body;
+use crate::body::{Body, ClientBody};
 use crate::problem::GatewayError;
 
 /// Most request header fields taken here (hyper's default too); a head
@@ -63,6 +70,11 @@ const READ_CHUNK: usize = 8 * 1024;
 /// up front, since a full `HeaderMap` doubles and rehashes on the next
 /// insert.
 const REQUEST_FIELDS_ADDED: usize = 8;
+
+/// The largest request body taken here, and only when it arrived with its
+/// head (one read): the common small JSON `POST`. A larger one, or one
+/// still arriving, is streamed by hyper.
+const MAX_ARRIVED: usize = 64 * 1024;
 
 /// Body data up to this size is copied behind the head into one write; a
 /// larger piece is written from its own buffer.
@@ -94,12 +106,17 @@ pub(super) enum End {
     /// hyper serves the rest. `rest` holds the bytes read and not served
     /// (they begin a request); `first`: no request was answered here, so
     /// the connection may still turn out to be HTTP/2.
-    Hyper { rest: BytesMut, first: bool },
+    Hyper {
+        rest: BytesMut,
+        first: bool,
+        /// Why, for `switchyard_http1_handoffs_total`.
+        reason: &'static str,
+    },
 }
 
 /// A request head taken by the lean path.
 struct Head {
-    request: Request<Option<Incoming>>,
+    request: Request<Option<ClientBody>>,
     /// The client asked to close after this request.
     close: bool,
 }
@@ -109,7 +126,8 @@ struct Head {
 enum Parsed {
     Lean(Head),
     Partial,
-    Hyper,
+    /// hyper's, for this reason.
+    Hyper(&'static str),
 }
 
 /// Serves `io`'s requests until it closes or a request needs hyper.
@@ -130,7 +148,13 @@ where
                 match parse(&mut buf, lane.max_head) {
                     Parsed::Lean(head) => break head,
                     Parsed::Partial => {}
-                    Parsed::Hyper => return End::Hyper { rest: buf, first },
+                    Parsed::Hyper(reason) => {
+                        return End::Hyper {
+                            rest: buf,
+                            first,
+                            reason,
+                        };
+                    }
                 }
                 // Part of a head is here: the rest must come in time. (A
                 // head that arrives in one read, as nearly all do, never
@@ -271,16 +295,19 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
         Ok(httparse::Status::Complete(len)) => {
             let method = match req.method {
                 Some("GET") => Method::GET,
+                Some("POST") => Method::POST,
+                Some("PUT") => Method::PUT,
+                Some("PATCH") => Method::PATCH,
                 Some("DELETE") => Method::DELETE,
-                _ => return Parsed::Hyper,
+                _ => return Parsed::Hyper("method"),
             };
             if req.version != Some(1) {
-                return Parsed::Hyper;
+                return Parsed::Hyper("version");
             }
             let base = buf.as_ptr() as usize;
             let at = |p: *const u8| (p as usize - base) as u32;
             let Some(path) = req.path else {
-                return Parsed::Hyper;
+                return Parsed::Hyper("malformed");
             };
             let target = (at(path.as_ptr()), at(path.as_ptr()) + path.len() as u32);
             for (slot, h) in fields.iter_mut().zip(req.headers.iter()) {
@@ -296,35 +323,52 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
         }
         Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::Partial,
         // Too long, too many fields, or malformed: hyper answers.
-        Ok(httparse::Status::Partial) | Err(_) => return Parsed::Hyper,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Hyper("head_too_large");
+        }
+        Err(_) if buf.starts_with(b"PRI * HTTP/2.0") => return Parsed::Hyper("h2"),
+        Err(_) => return Parsed::Hyper("malformed"),
     };
     if len > max_head {
-        return Parsed::Hyper;
+        return Parsed::Hyper("head_too_large");
     }
     // Frozen once, its bytes shared by the target and the values; a head
     // that turns out to be hyper's is put back (once per connection at
     // most: hyper keeps the connection then).
     let bytes = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target.0 as usize..target.1 as usize)) else {
-        return undo(buf, bytes);
+        return undo(buf, bytes, "malformed");
     };
     let mut headers = HeaderMap::with_capacity(count + REQUEST_FIELDS_ADDED);
     let mut close = false;
-    let mut length = false;
+    let mut length: Option<usize> = None;
     for &(n0, n1, v0, v1) in &fields[..count] {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
         let Ok(name) = HeaderName::from_bytes(&bytes[n0..n1]) else {
-            return undo(buf, bytes);
+            return undo(buf, bytes, "malformed");
         };
         if name == CONTENT_LENGTH {
-            // Only one, and only zero: a body, or a second length (a
-            // framing violation `framing::Guarded` answers), is hyper's.
-            if length || bytes[v0..v1].trim_ascii() != b"0" {
-                return undo(buf, bytes);
+            // One length, of a body that is here whole and small: a
+            // second length (a framing violation `framing::Guarded`
+            // answers), or a body still on its way, is hyper's.
+            let digits = bytes[v0..v1].trim_ascii();
+            let n = match std::str::from_utf8(digits).ok().map(str::parse::<usize>) {
+                Some(Ok(n)) if digits.iter().all(u8::is_ascii_digit) => n,
+                _ => return undo(buf, bytes, "malformed"),
+            };
+            if length.is_some() {
+                return undo(buf, bytes, "framing");
             }
-            length = true;
-        } else if name == TRANSFER_ENCODING || name == UPGRADE || name == EXPECT {
-            return undo(buf, bytes);
+            if n > MAX_ARRIVED || n > buf.len() {
+                return undo(buf, bytes, "body");
+            }
+            length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            return undo(buf, bytes, "body");
+        } else if name == UPGRADE {
+            return undo(buf, bytes, "upgrade");
+        } else if name == EXPECT {
+            return undo(buf, bytes, "expect");
         } else if name == CONNECTION
             && bytes[v0..v1]
                 .split(|&b| b == b',')
@@ -333,11 +377,15 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             close = true;
         }
         let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(v0..v1)) else {
-            return undo(buf, bytes);
+            return undo(buf, bytes, "malformed");
         };
         headers.append(name, value);
     }
-    let mut request = Request::new(None);
+    let body = match length {
+        Some(n) if n > 0 => Some(ClientBody::Arrived(buf.split_to(n).freeze())),
+        _ => None,
+    };
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -346,12 +394,12 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
 
 /// Puts a frozen head back in front of the buffer for hyper (rare: a
 /// target or value httparse accepts and `http` does not).
-fn undo(buf: &mut BytesMut, head: Bytes) -> Parsed {
+fn undo(buf: &mut BytesMut, head: Bytes, reason: &'static str) -> Parsed {
     let mut whole = BytesMut::with_capacity(head.len() + buf.len());
     whole.extend_from_slice(&head);
     whole.extend_from_slice(buf);
     *buf = whole;
-    Parsed::Hyper
+    Parsed::Hyper(reason)
 }
 
 /// How a response body goes on the wire.

@@ -49,7 +49,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
-use crate::body::Body;
+use crate::body::{Body, ClientBody};
 use crate::config::ServerSettings;
 use crate::framing;
 use crate::problem::GatewayError;
@@ -64,7 +64,7 @@ pub trait Handler: Send + Sync + 'static {
     /// request's extensions, which would allocate their map).
     fn call(
         &self,
-        req: Request<Option<Incoming>>,
+        req: Request<Option<ClientBody>>,
         peer: SocketAddr,
         https: bool,
     ) -> impl Future<Output = Response<Body>> + Send;
@@ -73,7 +73,7 @@ pub trait Handler: Send + Sync + 'static {
 impl Handler for crate::pipeline::Gateway {
     fn call(
         &self,
-        req: Request<Option<Incoming>>,
+        req: Request<Option<ClientBody>>,
         peer: SocketAddr,
         https: bool,
     ) -> impl Future<Output = Response<Body>> + Send {
@@ -101,6 +101,9 @@ pub struct ConnSettings {
     pub admission: Arc<Admission>,
     /// Serve plain HTTP/1.1 requests on the lean path ([`lean`]).
     pub lean_http1: bool,
+    /// `switchyard_http1_handoffs_total`: connections the lean path handed
+    /// to hyper, by reason (none: not counted).
+    pub handoffs: Option<prometheus::IntCounterVec>,
 }
 
 impl ConnSettings {
@@ -200,6 +203,7 @@ impl From<&ServerSettings> for ConnSettings {
             idle_timeout: optional_ms(s.idle_timeout_ms),
             admission: Arc::new(Admission::new(s.max_connections, s.max_requests_in_flight)),
             lean_http1: s.lean_http1,
+            handoffs: None,
         }
     }
 }
@@ -553,6 +557,7 @@ async fn serve_inner<H: Handler>(
             },
             shed,
             lean_http1: settings.lean_http1,
+            handoffs: settings.handoffs.clone(),
         };
         match &tls {
             None => conn.serve(stream, false),
@@ -611,6 +616,7 @@ struct Conn<H> {
     shed: bool,
     /// Plain HTTP/1.1 requests take the lean path (`[server] lean_http1`).
     lean_http1: bool,
+    handoffs: Option<prometheus::IntCounterVec>,
 }
 
 impl<H: Handler> Conn<H> {
@@ -635,6 +641,7 @@ impl<H: Handler> Conn<H> {
             slot,
             shed,
             lean_http1,
+            handoffs,
         } = self;
         let activity = Arc::new(Activity::default());
         let track = idle_timeout.is_some().then(|| activity.clone());
@@ -674,7 +681,16 @@ impl<H: Handler> Conn<H> {
                 })
                 .await;
                 match end {
-                    Some(lean::End::Hyper { rest, first }) => (rest, first),
+                    Some(lean::End::Hyper {
+                        rest,
+                        first,
+                        reason,
+                    }) => {
+                        if let Some(h) = &handoffs {
+                            h.with_label_values(&[reason]).inc();
+                        }
+                        (rest, first)
+                    }
                     Some(lean::End::Closed) | None => return,
                 }
             } else {
@@ -751,7 +767,12 @@ impl<H: Handler> Conn<H> {
                         // (into the task cell, and again when it finishes);
                         // boxed here, it is built once on the heap at the
                         // first poll.
-                        Box::pin(handler.call(req.map(Some), peer, https)).await
+                        Box::pin(handler.call(
+                            req.map(|b| Some(ClientBody::Stream(b))),
+                            peer,
+                            https,
+                        ))
+                        .await
                     };
                     Ok::<_, Infallible>(resp.map(|body| Tracked { body, active }))
                 }
