@@ -92,7 +92,7 @@ pub(super) struct Lane<'a, H> {
     /// The connection's watcher: [`CLOSE`] closes the connection at the
     /// next request boundary. (Its task polls the hard stop.)
     pub signal: &'a Signal,
-    pub admission: &'a Arc<Admission>,
+    pub admission: &'a Admission,
     /// Over the connection limit: 503 and close.
     pub shed: bool,
     /// Idle tracking, when the listener has an idle timeout.
@@ -235,7 +235,7 @@ where
     H: Handler,
 {
     let _active = lane.activity.map(Activity::begin);
-    let (request_slot, over) = lane.admission.request();
+    let (request_slot, over) = lane.admission.request_here();
     let overload = if lane.shed {
         Some(GatewayError::Overloaded {
             limit: "connections",

@@ -163,6 +163,25 @@ impl Admission {
         let over = self.max_inflight != 0 && n > self.max_inflight;
         (Slot(self.clone(), Counter::Inflight), over)
     }
+
+    /// [`Admission::request`] for a request that ends before the
+    /// connection: no reference count to touch (the counters are shared by
+    /// every worker, so each atomic on them can move a cache line between
+    /// cores).
+    fn request_here(&self) -> (InflightSlot<'_>, bool) {
+        let n = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = self.max_inflight != 0 && n > self.max_inflight;
+        (InflightSlot(&self.inflight), over)
+    }
+}
+
+/// Gives its in-flight count back when dropped.
+struct InflightSlot<'a>(&'a AtomicUsize);
+
+impl Drop for InflightSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
