@@ -177,27 +177,32 @@ impl Gateway {
     }
 
     /// Handles one request from `peer`, over TLS if `https`. Always answers.
-    pub async fn handle(
-        &self,
+    // Not an `async fn`, so the request is stored (and copied) once in the
+    // future: see `Upstream::forward_once`.
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle<'a>(
+        &'a self,
         req: Request<Option<ClientBody>>,
         peer: SocketAddr,
         https: bool,
-    ) -> Response<Body> {
-        let _in_flight = InFlight::enter(&self.metrics.in_flight);
-        let mut ctx = RequestContext {
-            https,
-            request_id: Some(request_id(req.headers())),
-            trace: Some(TraceContext::from_headers(req.headers())),
-            started: Some(Instant::now()),
-            bytes_in: content_length(req.headers()),
-            ..Default::default()
-        };
-        let method = req.method().clone();
-        // Only the access log reads the path after the request is gone;
-        // `Some` also tells `finish` the log is on (asked once a request).
-        let uri = access_log_on().then(|| req.uri().clone());
-        let result = self.run(&mut ctx, req, peer).await;
-        self.finish(ctx, &method, uri.as_ref(), result)
+    ) -> impl Future<Output = Response<Body>> + Send + 'a {
+        async move {
+            let _in_flight = InFlight::enter(&self.metrics.in_flight);
+            let mut ctx = RequestContext {
+                https,
+                request_id: Some(request_id(req.headers())),
+                trace: Some(TraceContext::from_headers(req.headers())),
+                started: Some(Instant::now()),
+                bytes_in: content_length(req.headers()),
+                ..Default::default()
+            };
+            let method = req.method().clone();
+            // Only the access log reads the path after the request is gone;
+            // `Some` also tells `finish` the log is on (asked once a request).
+            let uri = access_log_on().then(|| req.uri().clone());
+            let result = self.run(&mut ctx, req, peer).await;
+            self.finish(ctx, &method, uri.as_ref(), result)
+        }
     }
 
     /// The phases up to the split; then the cache or `forward`. The body is
@@ -358,364 +363,373 @@ impl Gateway {
 
     /// Translate up, forward, translate down: everything after the split,
     /// for a request the cache did not answer (and for background refreshes).
-    async fn forward(
-        &self,
-        ctx: &mut RequestContext,
-        hop: Hop<'_>,
+    // Not an `async fn`, so the request is stored (and copied) once in the
+    // future: see `Upstream::forward_once`.
+    #[allow(clippy::manual_async_fn)]
+    fn forward<'a>(
+        &'a self,
+        ctx: &'a mut RequestContext,
+        hop: Hop<'a>,
         req: Request<Option<ClientBody>>,
         peer: SocketAddr,
-    ) -> Result<Response<Body>, GatewayError> {
-        let Hop {
-            table,
-            route,
-            detected,
-            path,
-            pool: pool_id,
-        } = hop;
-        let version = &table.versions[detected.version as usize];
-        let pool_entry = &table.pools[pool_id as usize];
+    ) -> impl Future<Output = Result<Response<Body>, GatewayError>> + Send + 'a {
+        async move {
+            let Hop {
+                table,
+                route,
+                detected,
+                path,
+                pool: pool_id,
+            } = hop;
+            let version = &table.versions[detected.version as usize];
+            let pool_entry = &table.pools[pool_id as usize];
 
-        // forward
-        let declared = content_length(req.headers());
-        if declared.is_some_and(|n| n > route.max_body_bytes) {
-            return Err(GatewayError::BodyTooLarge {
-                limit: route.max_body_bytes,
-            });
-        }
-        let mut new_path = match detected.strip {
-            Some((start, end)) => {
-                let mut p = String::with_capacity(path.len());
-                p.push_str(&path[..start]);
-                p.push_str(&path[end..]);
-                if p.is_empty() {
-                    p.push('/');
+            // forward
+            let declared = content_length(req.headers());
+            if declared.is_some_and(|n| n > route.max_body_bytes) {
+                return Err(GatewayError::BodyTooLarge {
+                    limit: route.max_body_bytes,
+                });
+            }
+            let mut new_path = match detected.strip {
+                Some((start, end)) => {
+                    let mut p = String::with_capacity(path.len());
+                    p.push_str(&path[..start]);
+                    p.push_str(&path[end..]);
+                    if p.is_empty() {
+                        p.push('/');
+                    }
+                    Some(p)
                 }
-                Some(p)
-            }
-            // Rare: only when normalisation changed the path.
-            None => match &path {
-                std::borrow::Cow::Owned(p) => Some(p.clone()),
-                std::borrow::Cow::Borrowed(_) => None,
-            },
-        };
-        // translate (request up): only across versions, only with a plan.
-        let plan = (detected.version != pool_entry.version)
-            .then(|| {
-                table
-                    .translations
-                    .plan(detected.version, pool_entry.version)
-            })
-            .flatten();
-        let mut exchange = None;
-        if let Some(plan) = plan {
-            let fwd = new_path.take().unwrap_or_else(|| path.to_string());
-            exchange = Some(plan.exchange(req.method(), &fwd));
-            new_path = Some(fwd);
-        }
-        // Kept only when the path changes (the URI is rebuilt then).
-        let query = new_path.as_ref().and(req.uri().query()).map(str::to_string);
-        let (mut parts, body) = req.into_parts();
-        let https = ctx.https;
-        // A WebSocket handshake gives up the client side of the tunnel:
-        // HTTP/1.1 `Upgrade: websocket` keeps its Upgrade (hop-by-hop,
-        // stripped below); an h2 extended CONNECT (RFC 8441) goes upstream
-        // as an HTTP/1.1 handshake.
-        let websocket = if parts.version == Version::HTTP_11 {
-            parts
-                .headers
-                .get(header::UPGRADE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-                .then_some(Handshake::Upgrade)
-        } else if parts.method == Method::CONNECT
-            && parts
-                .extensions
-                .get::<hyper::ext::Protocol>()
-                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
-        {
-            Some(Handshake::ExtendedConnect)
-        } else {
-            None
-        };
-        let client_upgrade = websocket.and_then(|kind| {
-            let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
-            let lease = parts.extensions.remove::<Arc<crate::server::Lease>>();
-            Some((kind, on, lease))
-        });
-        let te_trailers = prepare_upstream_headers(
-            &mut parts.headers,
-            parts.version,
-            peer,
-            https,
-            ctx.request_id.as_ref(),
-        );
-        // The gateway forwards trailers, so an HTTP/2 upstream may hear the
-        // client's `TE: trailers` (gRPC servers insist on it).
-        if te_trailers
-            && pool_entry
-                .pool
-                .transport
-                .as_deref()
-                .is_some_and(crate::upstream::Transport::multiplexed)
-        {
-            parts
-                .headers
-                .insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        if let Some((kind, ..)) = &client_upgrade {
-            parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
-            parts
-                .headers
-                .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
-            if *kind == Handshake::ExtendedConnect {
-                parts.method = Method::GET;
-                parts.extensions.remove::<hyper::ext::Protocol>();
-                parts
-                    .headers
-                    .insert(header::SEC_WEBSOCKET_KEY, websocket_key());
-            }
-        }
-        if let Some(trace) = &ctx.trace {
-            trace.propagate(&mut parts.headers);
-        }
-        let no_body = declared.is_none_or(|n| n == 0) && body.as_ref().is_none_or(body_is_empty);
-        let body = match (plan, exchange.as_mut()) {
-            (Some(plan), Some(ex)) => {
-                let target = &table.versions[pool_entry.version as usize];
-                let fail = |source| GatewayError::RequestTranslation {
-                    from: version.name.clone(),
-                    to: target.name.clone(),
-                    source,
-                };
-                let buffer =
-                    !no_body && plan.request_body_needed(ex) && has_json_body(&parts.headers);
-                let limits = route.translate_limits;
-                let (buffered, stream) = if buffer {
-                    if declared.is_some_and(|n| n > limits.max_bytes) {
-                        return Err(fail(TranslateError::TooLarge {
-                            limit: limits.max_bytes,
-                        }));
-                    }
-                    let body = body.map_or_else(Body::empty, |b| {
-                        Body::request(b, u64::MAX, self.admission.body_read_timeout)
-                    });
-                    let bytes =
-                        collect_limited(body, limits.max_bytes)
-                            .await
-                            .map_err(|e| match e {
-                                BodyError::TooLarge { limit } => {
-                                    fail(TranslateError::TooLarge { limit })
-                                }
-                                BodyError::Stream(_) => GatewayError::BadRequest {
-                                    reason: "request body stream failed",
-                                },
-                                BodyError::Timeout { after } => GatewayError::BodyTimeout { after },
-                            })?;
-                    (Some(bytes), None)
-                } else {
-                    (None, Some(body))
-                };
-                // The parsed body borrows from the buffered bytes. An empty
-                // body (e.g. chunked with no data) is no body.
-                let value = match &buffered {
-                    Some(bytes) if !bytes.is_empty() => {
-                        Some(parse_json(bytes, limits).map_err(fail)?)
-                    }
-                    Some(_) | None => None,
-                };
-                let mut fwd = new_path.take().expect("set with the exchange");
-                let out = plan
-                    .request(ex, &mut fwd, &mut parts.headers, value)
-                    .map_err(fail)?;
+                // Rare: only when normalisation changed the path.
+                None => match &path {
+                    std::borrow::Cow::Owned(p) => Some(p.clone()),
+                    std::borrow::Cow::Borrowed(_) => None,
+                },
+            };
+            // translate (request up): only across versions, only with a plan.
+            let plan = (detected.version != pool_entry.version)
+                .then(|| {
+                    table
+                        .translations
+                        .plan(detected.version, pool_entry.version)
+                })
+                .flatten();
+            let mut exchange = None;
+            if let Some(plan) = plan {
+                let fwd = new_path.take().unwrap_or_else(|| path.to_string());
+                exchange = Some(plan.exchange(req.method(), &fwd));
                 new_path = Some(fwd);
-                // The upstream speaks the target version: say so. Ask for an
-                // uncompressed answer, since a compressed body cannot be translated.
+            }
+            // Kept only when the path changes (the URI is rebuilt then).
+            let query = new_path.as_ref().and(req.uri().query()).map(str::to_string);
+            let (mut parts, body) = req.into_parts();
+            let https = ctx.https;
+            // A WebSocket handshake gives up the client side of the tunnel:
+            // HTTP/1.1 `Upgrade: websocket` keeps its Upgrade (hop-by-hop,
+            // stripped below); an h2 extended CONNECT (RFC 8441) goes upstream
+            // as an HTTP/1.1 handshake.
+            let websocket = if parts.version == Version::HTTP_11 {
                 parts
                     .headers
-                    .insert(route.detection.header.clone(), target.header.clone());
-                parts.headers.insert(
-                    header::ACCEPT_ENCODING,
-                    HeaderValue::from_static("identity"),
-                );
-                match (out, stream) {
-                    (Some(v), _) => {
-                        let bytes = to_bytes(&v);
-                        set_body_headers(&mut parts.headers, bytes.len());
-                        Body::full(bytes)
-                    }
-                    (None, Some(b)) => plain_body(
-                        b,
-                        no_body,
-                        route.max_body_bytes,
-                        self.admission.body_read_timeout,
-                    ),
-                    (None, None) => Body::empty(),
-                }
+                    .get(header::UPGRADE)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+                    .then_some(Handshake::Upgrade)
+            } else if parts.method == Method::CONNECT
+                && parts
+                    .extensions
+                    .get::<hyper::ext::Protocol>()
+                    .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+            {
+                Some(Handshake::ExtendedConnect)
+            } else {
+                None
+            };
+            let client_upgrade = websocket.and_then(|kind| {
+                let on = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+                let lease = parts.extensions.remove::<Arc<crate::server::Lease>>();
+                Some((kind, on, lease))
+            });
+            let te_trailers = prepare_upstream_headers(
+                &mut parts.headers,
+                parts.version,
+                peer,
+                https,
+                ctx.request_id.as_ref(),
+            );
+            // The gateway forwards trailers, so an HTTP/2 upstream may hear the
+            // client's `TE: trailers` (gRPC servers insist on it).
+            if te_trailers
+                && pool_entry
+                    .pool
+                    .transport
+                    .as_deref()
+                    .is_some_and(crate::upstream::Transport::multiplexed)
+            {
+                parts
+                    .headers
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
             }
-            _ => plain_body(
-                body,
-                no_body,
-                route.max_body_bytes,
-                self.admission.body_read_timeout,
-            ),
-        };
-        if let Some(p) = new_path {
-            let pq = match &query {
-                Some(q) => format!("{p}?{q}"),
-                None => p,
-            };
-            let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::BadRequest {
-                reason: "unparseable path",
-            })?;
-            let mut uri = parts.uri.clone().into_parts();
-            uri.path_and_query = Some(pq);
-            parts.uri = http::Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest {
-                reason: "unparseable URI",
-            })?;
-        }
-        let method = parts.method.clone();
-        let upstream_req = Request::from_parts(parts, body);
-        let upstream_failed = |source| GatewayError::Upstream {
-            pool: pool_entry.pool.name.clone(),
-            source,
-        };
-        ctx.pool = Some(pool_id);
-        let sent = Instant::now();
-        let resp = forward_with_retries(
-            &pool_entry.pool,
-            route,
-            upstream_req,
-            &method,
-            &mut ctx.endpoint,
-            sent,
-        )
-        .await;
-        let waited = sent.elapsed();
-        ctx.upstream_time = Some(waited);
-        table.metrics.upstream(pool_id, waited);
-        let resp = resp.map_err(upstream_failed)?;
-
-        // respond (translate the response down to the client's version)
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-            let (Some((kind, client, lease)), Some(upstream)) = (client_upgrade, upstream_upgrade)
-            else {
-                // A 101 nobody asked for (or that cannot be tunnelled).
-                return Err(upstream_failed(UpstreamError::UnexpectedUpgrade));
-            };
-            match kind {
-                Handshake::Upgrade => {
-                    parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
+            if let Some((kind, ..)) = &client_upgrade {
+                parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
+                parts
+                    .headers
+                    .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+                if *kind == Handshake::ExtendedConnect {
+                    parts.method = Method::GET;
+                    parts.extensions.remove::<hyper::ext::Protocol>();
                     parts
                         .headers
-                        .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
-                }
-                // RFC 8441: a 200 opens the stream as the tunnel.
-                Handshake::ExtendedConnect => {
-                    parts.status = StatusCode::OK;
-                    parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
-                    parts.headers.remove(header::CONTENT_LENGTH);
+                        .insert(header::SEC_WEBSOCKET_KEY, websocket_key());
                 }
             }
-            tunnel(
-                client,
-                upstream,
-                ctx.endpoint.clone(),
-                lease,
-                route.tunnel_idle,
-            );
-        } else if parts.status.is_success()
-            && matches!(client_upgrade, Some((Handshake::ExtendedConnect, ..)))
-        {
-            // A 2xx to the CONNECT would open a tunnel the upstream never agreed to.
-            return Err(upstream_failed(UpstreamError::NoUpgrade {
-                status: parts.status,
-            }));
-        }
-        parts
-            .headers
-            .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
-        let body = match (plan, exchange) {
-            (Some(plan), Some(ex)) => {
-                let target = &table.versions[pool_entry.version as usize];
-                let fail = |source| GatewayError::ResponseTranslation {
-                    from: target.name.clone(),
-                    to: version.name.clone(),
-                    source,
-                };
-                let bodiless = method == http::Method::HEAD
-                    || parts.status == StatusCode::NO_CONTENT
-                    || parts.status == StatusCode::NOT_MODIFIED;
-                if !bodiless
-                    && plan.response_body_needed(&ex, parts.status)
-                    && has_json_body(&parts.headers)
-                {
-                    if parts
+            if let Some(trace) = &ctx.trace {
+                trace.propagate(&mut parts.headers);
+            }
+            let no_body =
+                declared.is_none_or(|n| n == 0) && body.as_ref().is_none_or(body_is_empty);
+            let body = match (plan, exchange.as_mut()) {
+                (Some(plan), Some(ex)) => {
+                    let target = &table.versions[pool_entry.version as usize];
+                    let fail = |source| GatewayError::RequestTranslation {
+                        from: version.name.clone(),
+                        to: target.name.clone(),
+                        source,
+                    };
+                    let buffer =
+                        !no_body && plan.request_body_needed(ex) && has_json_body(&parts.headers);
+                    let limits = route.translate_limits;
+                    let (buffered, stream) = if buffer {
+                        if declared.is_some_and(|n| n > limits.max_bytes) {
+                            return Err(fail(TranslateError::TooLarge {
+                                limit: limits.max_bytes,
+                            }));
+                        }
+                        let body = body.map_or_else(Body::empty, |b| {
+                            Body::request(b, u64::MAX, self.admission.body_read_timeout)
+                        });
+                        let bytes =
+                            collect_limited(body, limits.max_bytes)
+                                .await
+                                .map_err(|e| match e {
+                                    BodyError::TooLarge { limit } => {
+                                        fail(TranslateError::TooLarge { limit })
+                                    }
+                                    BodyError::Stream(_) => GatewayError::BadRequest {
+                                        reason: "request body stream failed",
+                                    },
+                                    BodyError::Timeout { after } => {
+                                        GatewayError::BodyTimeout { after }
+                                    }
+                                })?;
+                        (Some(bytes), None)
+                    } else {
+                        (None, Some(body))
+                    };
+                    // The parsed body borrows from the buffered bytes. An empty
+                    // body (e.g. chunked with no data) is no body.
+                    let value = match &buffered {
+                        Some(bytes) if !bytes.is_empty() => {
+                            Some(parse_json(bytes, limits).map_err(fail)?)
+                        }
+                        Some(_) | None => None,
+                    };
+                    let mut fwd = new_path.take().expect("set with the exchange");
+                    let out = plan
+                        .request(ex, &mut fwd, &mut parts.headers, value)
+                        .map_err(fail)?;
+                    new_path = Some(fwd);
+                    // The upstream speaks the target version: say so. Ask for an
+                    // uncompressed answer, since a compressed body cannot be translated.
+                    parts
                         .headers
-                        .get(header::CONTENT_ENCODING)
-                        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+                        .insert(route.detection.header.clone(), target.header.clone());
+                    parts.headers.insert(
+                        header::ACCEPT_ENCODING,
+                        HeaderValue::from_static("identity"),
+                    );
+                    match (out, stream) {
+                        (Some(v), _) => {
+                            let bytes = to_bytes(&v);
+                            set_body_headers(&mut parts.headers, bytes.len());
+                            Body::full(bytes)
+                        }
+                        (None, Some(b)) => plain_body(
+                            b,
+                            no_body,
+                            route.max_body_bytes,
+                            self.admission.body_read_timeout,
+                        ),
+                        (None, None) => Body::empty(),
+                    }
+                }
+                _ => plain_body(
+                    body,
+                    no_body,
+                    route.max_body_bytes,
+                    self.admission.body_read_timeout,
+                ),
+            };
+            if let Some(p) = new_path {
+                let pq = match &query {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                };
+                let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::BadRequest {
+                    reason: "unparseable path",
+                })?;
+                let mut uri = parts.uri.clone().into_parts();
+                uri.path_and_query = Some(pq);
+                parts.uri = http::Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest {
+                    reason: "unparseable URI",
+                })?;
+            }
+            let method = parts.method.clone();
+            let upstream_req = Request::from_parts(parts, body);
+            let upstream_failed = |source| GatewayError::Upstream {
+                pool: pool_entry.pool.name.clone(),
+                source,
+            };
+            ctx.pool = Some(pool_id);
+            let sent = Instant::now();
+            let resp = forward_with_retries(
+                &pool_entry.pool,
+                route,
+                upstream_req,
+                &method,
+                &mut ctx.endpoint,
+                sent,
+            )
+            .await;
+            let waited = sent.elapsed();
+            ctx.upstream_time = Some(waited);
+            table.metrics.upstream(pool_id, waited);
+            let resp = resp.map_err(upstream_failed)?;
+
+            // respond (translate the response down to the client's version)
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                let upstream_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+                let (Some((kind, client, lease)), Some(upstream)) =
+                    (client_upgrade, upstream_upgrade)
+                else {
+                    // A 101 nobody asked for (or that cannot be tunnelled).
+                    return Err(upstream_failed(UpstreamError::UnexpectedUpgrade));
+                };
+                match kind {
+                    Handshake::Upgrade => {
+                        parts.headers.insert(header::UPGRADE, WEBSOCKET.clone());
+                        parts
+                            .headers
+                            .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+                    }
+                    // RFC 8441: a 200 opens the stream as the tunnel.
+                    Handshake::ExtendedConnect => {
+                        parts.status = StatusCode::OK;
+                        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                    }
+                }
+                tunnel(
+                    client,
+                    upstream,
+                    ctx.endpoint.clone(),
+                    lease,
+                    route.tunnel_idle,
+                );
+            } else if parts.status.is_success()
+                && matches!(client_upgrade, Some((Handshake::ExtendedConnect, ..)))
+            {
+                // A 2xx to the CONNECT would open a tunnel the upstream never agreed to.
+                return Err(upstream_failed(UpstreamError::NoUpgrade {
+                    status: parts.status,
+                }));
+            }
+            parts
+                .headers
+                .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
+            let body = match (plan, exchange) {
+                (Some(plan), Some(ex)) => {
+                    let target = &table.versions[pool_entry.version as usize];
+                    let fail = |source| GatewayError::ResponseTranslation {
+                        from: target.name.clone(),
+                        to: version.name.clone(),
+                        source,
+                    };
+                    let bodiless = method == http::Method::HEAD
+                        || parts.status == StatusCode::NO_CONTENT
+                        || parts.status == StatusCode::NOT_MODIFIED;
+                    if !bodiless
+                        && plan.response_body_needed(&ex, parts.status)
+                        && has_json_body(&parts.headers)
                     {
-                        return Err(fail(TranslateError::InvalidJson {
+                        if parts
+                            .headers
+                            .get(header::CONTENT_ENCODING)
+                            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+                        {
+                            return Err(fail(TranslateError::InvalidJson {
                             line: 0,
                             column: 0,
                             reason: "the upstream sent a compressed body (content-encoding), which cannot be translated".into(),
                         }));
-                    }
-                    let limits = route.translate_limits;
-                    let bytes =
-                        collect_limited(body, limits.max_bytes)
-                            .await
-                            .map_err(|e| match e {
-                                BodyError::TooLarge { limit } => {
-                                    fail(TranslateError::TooLarge { limit })
-                                }
-                                // A body that stopped arriving is the
-                                // upstream being slow (504), not bad JSON.
-                                e @ BodyError::Timeout { .. } => {
-                                    upstream_failed(ctx.response_body_failed(e))
-                                }
-                                BodyError::Stream(_) => fail(TranslateError::InvalidJson {
-                                    line: 0,
-                                    column: 0,
-                                    reason: "the upstream's body stream failed".into(),
-                                }),
-                            })?;
-                    // An empty body (a 201 with `Content-Length: 0`) is no body.
-                    let value = if bytes.is_empty() {
-                        None
-                    } else {
-                        Some(parse_json(&bytes, limits).map_err(fail)?)
-                    };
-                    match plan
-                        .response(&ex, &mut parts.status, &mut parts.headers, value)
-                        .map_err(fail)?
-                    {
-                        Some(out) => {
-                            let bytes = to_bytes(&out);
-                            set_body_headers(&mut parts.headers, bytes.len());
-                            Body::full(bytes)
                         }
-                        None => Body::empty(),
+                        let limits = route.translate_limits;
+                        let bytes =
+                            collect_limited(body, limits.max_bytes)
+                                .await
+                                .map_err(|e| match e {
+                                    BodyError::TooLarge { limit } => {
+                                        fail(TranslateError::TooLarge { limit })
+                                    }
+                                    // A body that stopped arriving is the
+                                    // upstream being slow (504), not bad JSON.
+                                    e @ BodyError::Timeout { .. } => {
+                                        upstream_failed(ctx.response_body_failed(e))
+                                    }
+                                    BodyError::Stream(_) => fail(TranslateError::InvalidJson {
+                                        line: 0,
+                                        column: 0,
+                                        reason: "the upstream's body stream failed".into(),
+                                    }),
+                                })?;
+                        // An empty body (a 201 with `Content-Length: 0`) is no body.
+                        let value = if bytes.is_empty() {
+                            None
+                        } else {
+                            Some(parse_json(&bytes, limits).map_err(fail)?)
+                        };
+                        match plan
+                            .response(&ex, &mut parts.status, &mut parts.headers, value)
+                            .map_err(fail)?
+                        {
+                            Some(out) => {
+                                let bytes = to_bytes(&out);
+                                set_body_headers(&mut parts.headers, bytes.len());
+                                Body::full(bytes)
+                            }
+                            None => Body::empty(),
+                        }
+                    } else {
+                        // A HEAD answer describes the body a GET would get, which
+                        // would be translated: its length and validators are unknown.
+                        let stale = method == http::Method::HEAD
+                            && plan.response_body_needed(&ex, parts.status)
+                            && has_json_body(&parts.headers);
+                        plan.response(&ex, &mut parts.status, &mut parts.headers, None)
+                            .map_err(fail)?;
+                        if stale {
+                            set_body_headers(&mut parts.headers, 0);
+                            parts.headers.remove(header::CONTENT_LENGTH);
+                        }
+                        body
                     }
-                } else {
-                    // A HEAD answer describes the body a GET would get, which
-                    // would be translated: its length and validators are unknown.
-                    let stale = method == http::Method::HEAD
-                        && plan.response_body_needed(&ex, parts.status)
-                        && has_json_body(&parts.headers);
-                    plan.response(&ex, &mut parts.status, &mut parts.headers, None)
-                        .map_err(fail)?;
-                    if stale {
-                        set_body_headers(&mut parts.headers, 0);
-                        parts.headers.remove(header::CONTENT_LENGTH);
-                    }
-                    body
                 }
-            }
-            _ => body,
-        };
-        Ok(Response::from_parts(parts, body))
+                _ => body,
+            };
+            Ok(Response::from_parts(parts, body))
+        }
     }
 
     /// Framing and hygiene rules hyper does not enforce by itself.
@@ -1327,87 +1341,92 @@ fn plain_body(body: Option<ClientBody>, no_body: bool, limit: u64, read_timeout:
 /// retry needs room in the route's budget. `endpoint` ends as the endpoint
 /// of the last try; `start` is when the first try began (the deadline
 /// counts from it).
-async fn forward_with_retries(
-    pool: &crate::upstream::Pool,
-    route: &crate::table::Route,
+// Not an `async fn`, so the request is stored (and copied) once in the
+// future: see `Upstream::forward_once`.
+#[allow(clippy::manual_async_fn)]
+fn forward_with_retries<'a>(
+    pool: &'a crate::upstream::Pool,
+    route: &'a crate::table::Route,
     mut req: Request<Body>,
-    method: &http::Method,
-    endpoint: &mut Option<Arc<Endpoint>>,
+    method: &'a http::Method,
+    endpoint: &'a mut Option<Arc<Endpoint>>,
     start: Instant,
-) -> Result<Response<Body>, UpstreamError> {
-    let policy = &route.retry;
-    let mut attempts = policy.enter();
-    let replayable = crate::upstream::retry::idempotent(method);
-    let deadline = start + route.timeouts.response;
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        // This pool's endpoint, or its failover pool's when none is
-        // available; a retry moves away from the endpoint that just failed.
-        let picked = match endpoint.as_deref() {
-            Some(last) if tries > 1 => pool.pick_other(last),
-            _ => pool.pick(),
-        };
-        let (serving, ep) = picked.ok_or(UpstreamError::NoEndpoint)?;
-        *endpoint = Some(ep.clone());
-        let more = tries < policy.attempts;
-        // A copy for a retry, unless the request comes back after the try.
-        let spare = if more && replayable && !Upstream::gives_back(serving, &req) {
-            req.body().try_clone().map(|body| {
-                let mut copy = Request::new(body);
-                *copy.method_mut() = req.method().clone();
-                *copy.uri_mut() = req.uri().clone();
-                *copy.version_mut() = req.version();
-                *copy.headers_mut() = req.headers().clone();
-                copy
-            })
-        } else {
-            None
-        };
-        // The first try has the whole timeout (`start` is just now).
-        let left = if tries == 1 {
-            route.timeouts.response
-        } else {
-            deadline.saturating_duration_since(Instant::now())
-        };
-        let timeouts = crate::upstream::Timeouts {
-            connect: route.timeouts.connect.min(left),
-            response: policy.per_try.map_or(left, |t| t.min(left)),
-            body: route.timeouts.body,
-        };
-        let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
-            more && Instant::now() < deadline && attempts.try_retry()
-        };
-        let (result, kept) = Upstream::forward_once(serving, ep, req, timeouts).await;
-        let spare = spare.or(kept.filter(|_| more && replayable));
-        match result {
-            Ok(resp) if policy.retry_status(resp.status()) && spare.is_some() => {
-                if !again(&mut attempts) {
-                    return Ok(resp);
+) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + 'a {
+    async move {
+        let policy = &route.retry;
+        let mut attempts = policy.enter();
+        let replayable = crate::upstream::retry::idempotent(method);
+        let deadline = start + route.timeouts.response;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            // This pool's endpoint, or its failover pool's when none is
+            // available; a retry moves away from the endpoint that just failed.
+            let picked = match endpoint.as_deref() {
+                Some(last) if tries > 1 => pool.pick_other(last),
+                _ => pool.pick(),
+            };
+            let (serving, ep) = picked.ok_or(UpstreamError::NoEndpoint)?;
+            *endpoint = Some(ep.clone());
+            let more = tries < policy.attempts;
+            // A copy for a retry, unless the request comes back after the try.
+            let spare = if more && replayable && !Upstream::gives_back(serving, &req) {
+                req.body().try_clone().map(|body| {
+                    let mut copy = Request::new(body);
+                    *copy.method_mut() = req.method().clone();
+                    *copy.uri_mut() = req.uri().clone();
+                    *copy.version_mut() = req.version();
+                    *copy.headers_mut() = req.headers().clone();
+                    copy
+                })
+            } else {
+                None
+            };
+            // The first try has the whole timeout (`start` is just now).
+            let left = if tries == 1 {
+                route.timeouts.response
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
+            let timeouts = crate::upstream::Timeouts {
+                connect: route.timeouts.connect.min(left),
+                response: policy.per_try.map_or(left, |t| t.min(left)),
+                body: route.timeouts.body,
+            };
+            let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
+                more && Instant::now() < deadline && attempts.try_retry()
+            };
+            let (result, kept) = Upstream::forward_once(serving, ep, req, timeouts).await;
+            let spare = spare.or(kept.filter(|_| more && replayable));
+            match result {
+                Ok(resp) if policy.retry_status(resp.status()) && spare.is_some() => {
+                    if !again(&mut attempts) {
+                        return Ok(resp);
+                    }
+                    tracing::debug!(endpoint = %ep.authority, status = %resp.status(), try_ = tries, "retrying");
+                    req = spare.expect("checked");
                 }
-                tracing::debug!(endpoint = %ep.authority, status = %resp.status(), try_ = tries, "retrying");
-                req = spare.expect("checked");
-            }
-            Ok(resp) => return Ok(resp),
-            Err(failed) => {
-                // A request that never left did no work upstream, so trying
-                // it elsewhere amplifies nothing: bounded by `attempts` and
-                // the deadline, not by the budget.
-                let next = match (failed.unsent, spare) {
-                    (Some(unsent), _) if more && Instant::now() < deadline => Some(unsent),
-                    (None, Some(spare))
-                        if failed.error.is_endpoint_fault() && again(&mut attempts) =>
-                    {
-                        Some(spare)
+                Ok(resp) => return Ok(resp),
+                Err(failed) => {
+                    // A request that never left did no work upstream, so trying
+                    // it elsewhere amplifies nothing: bounded by `attempts` and
+                    // the deadline, not by the budget.
+                    let next = match (failed.unsent, spare) {
+                        (Some(unsent), _) if more && Instant::now() < deadline => Some(unsent),
+                        (None, Some(spare))
+                            if failed.error.is_endpoint_fault() && again(&mut attempts) =>
+                        {
+                            Some(spare)
+                        }
+                        _ => None,
+                    };
+                    match next {
+                        Some(next) => {
+                            tracing::debug!(endpoint = %ep.authority, error = %failed.error, try_ = tries, "retrying");
+                            req = next;
+                        }
+                        None => return Err(failed.error),
                     }
-                    _ => None,
-                };
-                match next {
-                    Some(next) => {
-                        tracing::debug!(endpoint = %ep.authority, error = %failed.error, try_ = tries, "retrying");
-                        req = next;
-                    }
-                    None => return Err(failed.error),
                 }
             }
         }

@@ -118,28 +118,33 @@ pub(crate) fn eligible(req: &Request<Body>) -> bool {
 /// A request with a buffered body is given back after it was sent (with
 /// the response or the failure), so a retry can send it again without a
 /// copy made in advance.
-pub(crate) async fn exchange(
-    ep: &Endpoint,
+// Not an `async fn`, so the request is stored (and copied) once in the
+// future: see `super::Upstream::forward_once`.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn exchange<'a>(
+    ep: &'a Endpoint,
     req: Request<Body>,
     timeouts: Timeouts,
-) -> (Result<Response<Body>, Failed>, Option<Request<Body>>) {
-    let (parts, mut body) = req.into_parts();
-    let result = send(ep, &parts, &mut body, timeouts).await;
-    let kept = |parts, body: Body| {
-        body.buffered()
-            .is_some()
-            .then(|| Request::from_parts(parts, body))
-    };
-    match result {
-        Ok(resp) => (Ok(resp), kept(parts, body)),
-        Err((error, false)) => (
-            Err(Failed {
-                error,
-                unsent: Some(Request::from_parts(parts, body)),
-            }),
-            None,
-        ),
-        Err((error, true)) => (Err(Failed::sent(error)), kept(parts, body)),
+) -> impl Future<Output = (Result<Response<Body>, Failed>, Option<Request<Body>>)> + Send + 'a {
+    async move {
+        let (parts, mut body) = req.into_parts();
+        let result = send(ep, &parts, &mut body, timeouts).await;
+        let kept = |parts, body: Body| {
+            body.buffered()
+                .is_some()
+                .then(|| Request::from_parts(parts, body))
+        };
+        match result {
+            Ok(resp) => (Ok(resp), kept(parts, body)),
+            Err((error, false)) => (
+                Err(Failed {
+                    error,
+                    unsent: Some(Request::from_parts(parts, body)),
+                }),
+                None,
+            ),
+            Err((error, true)) => (Err(Failed::sent(error)), kept(parts, body)),
+        }
     }
 }
 

@@ -427,95 +427,104 @@ impl Upstream {
     /// elsewhere even with a streamed body; and, from the lean client, a
     /// request with a buffered body after it was sent too (the second
     /// value), so a retry needs no copy made in advance.
-    pub async fn forward_once(
-        pool: &Pool,
-        ep: &Endpoint,
+    // Not an `async fn`: rustc stores an async fn's by-value arguments
+    // twice in its future (as captured and as the local they move into),
+    // so the request, several hundred bytes, would be copied once more at
+    // every level and every enclosing future would be that much larger.
+    // An `async move` block uses the captured request in place.
+    #[allow(clippy::manual_async_fn)]
+    pub fn forward_once<'a>(
+        pool: &'a Pool,
+        ep: &'a Endpoint,
         mut req: Request<Body>,
         timeouts: Timeouts,
-    ) -> (Result<Response<Body>, Failed>, Option<Request<Body>>) {
-        let client_authority = req.uri().authority().cloned();
-        // Origin form: the connection is to the endpoint already.
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq.clone());
-        // HTTP/1.1 to the upstream whatever the client used (HTTP/2 pools below).
-        *req.version_mut() = http::Version::HTTP_11;
-        // HTTP/1.1 needs a Host: without one of the client's, the endpoint's.
-        // Set when this endpoint's own name had to stand in for a missing
-        // Host: taken out again if the request is given back for a retry.
-        let mut endpoint_host = false;
-        let host = match &pool.host {
-            HostRewrite::Preserve if req.headers().contains_key(http::header::HOST) => None,
-            HostRewrite::Preserve => Some(
-                client_authority
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    .unwrap_or_else(|| {
-                        endpoint_host = true;
-                        ep.host_value.clone()
-                    }),
-            ),
-            HostRewrite::Endpoint => Some(ep.host_value.clone()),
-            HostRewrite::Fixed(v) => Some(v.clone()),
-        };
-        if let Some(v) = host {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
-        let transport = pool.transport.as_deref();
-        if let Some(t) = transport.filter(|t| t.multiplexed()) {
-            // HTTP/2: absolute URI; the Host becomes :authority.
-            let authority = req
-                .headers_mut()
-                .remove(http::header::HOST)
-                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                .unwrap_or_else(|| ep.authority.clone());
-            *req.uri_mut() = h2_uri(t, authority, pq);
-            *req.version_mut() = http::Version::HTTP_2;
-        }
-
-        ep.inflight.fetch_add(1, Ordering::Relaxed);
-        let _guard = InflightGuard(ep);
-        // The lean client keeps the response timeout on each connection's
-        // own timer; the others get one per request.
-        let (mut result, mut kept) = if lean(pool, &req) {
-            h1::exchange(ep, req, timeouts).await
-        } else {
-            let result = match tokio::time::timeout(
-                timeouts.response,
-                exchange(ep, transport, req, timeouts),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(Failed {
-                    error: UpstreamError::Timeout {
-                        endpoint: ep.authority.clone(),
-                        after: timeouts.response,
-                    },
-                    unsent: None,
-                }),
+    ) -> impl Future<Output = (Result<Response<Body>, Failed>, Option<Request<Body>>)> + Send + 'a
+    {
+        async move {
+            let client_authority = req.uri().authority().cloned();
+            // Origin form: the connection is to the endpoint already.
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(pq.clone());
+            // HTTP/1.1 to the upstream whatever the client used (HTTP/2 pools below).
+            *req.version_mut() = http::Version::HTTP_11;
+            // HTTP/1.1 needs a Host: without one of the client's, the endpoint's.
+            // Set when this endpoint's own name had to stand in for a missing
+            // Host: taken out again if the request is given back for a retry.
+            let mut endpoint_host = false;
+            let host = match &pool.host {
+                HostRewrite::Preserve if req.headers().contains_key(http::header::HOST) => None,
+                HostRewrite::Preserve => Some(
+                    client_authority
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                        .unwrap_or_else(|| {
+                            endpoint_host = true;
+                            ep.host_value.clone()
+                        }),
+                ),
+                HostRewrite::Endpoint => Some(ep.host_value.clone()),
+                HostRewrite::Fixed(v) => Some(v.clone()),
             };
-            (result, None)
-        };
-        if endpoint_host {
-            let unsent = match &mut result {
-                Err(Failed {
-                    unsent: Some(req), ..
-                }) => Some(req),
-                _ => kept.as_mut(),
-            };
-            if let Some(req) = unsent {
-                req.headers_mut().remove(http::header::HOST);
+            if let Some(v) = host {
+                req.headers_mut().insert(http::header::HOST, v);
             }
+            let transport = pool.transport.as_deref();
+            if let Some(t) = transport.filter(|t| t.multiplexed()) {
+                // HTTP/2: absolute URI; the Host becomes :authority.
+                let authority = req
+                    .headers_mut()
+                    .remove(http::header::HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| ep.authority.clone());
+                *req.uri_mut() = h2_uri(t, authority, pq);
+                *req.version_mut() = http::Version::HTTP_2;
+            }
+
+            ep.inflight.fetch_add(1, Ordering::Relaxed);
+            let _guard = InflightGuard(ep);
+            // The lean client keeps the response timeout on each connection's
+            // own timer; the others get one per request.
+            let (mut result, mut kept) = if lean(pool, &req) {
+                h1::exchange(ep, req, timeouts).await
+            } else {
+                let result = match tokio::time::timeout(
+                    timeouts.response,
+                    exchange(ep, transport, req, timeouts),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(Failed {
+                        error: UpstreamError::Timeout {
+                            endpoint: ep.authority.clone(),
+                            after: timeouts.response,
+                        },
+                        unsent: None,
+                    }),
+                };
+                (result, None)
+            };
+            if endpoint_host {
+                let unsent = match &mut result {
+                    Err(Failed {
+                        unsent: Some(req), ..
+                    }) => Some(req),
+                    _ => kept.as_mut(),
+                };
+                if let Some(req) = unsent {
+                    req.headers_mut().remove(http::header::HOST);
+                }
+            }
+            let failed = match &result {
+                Ok(resp) => resp.status().is_server_error(),
+                Err(f) => f.error.is_endpoint_fault(),
+            };
+            health::record(pool, ep, failed);
+            (result, kept)
         }
-        let failed = match &result {
-            Ok(resp) => resp.status().is_server_error(),
-            Err(f) => f.error.is_endpoint_fault(),
-        };
-        health::record(pool, ep, failed);
-        (result, kept)
     }
 }
 
