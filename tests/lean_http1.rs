@@ -316,3 +316,63 @@ async fn upstreams_receive_the_same_requests_from_both_paths() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_streamed_response_reaches_the_client_as_it_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw upstream: one chunk at once, the last 400 ms later.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(b"5\r\nlast\n\r\n0\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    let gw = TestGateway::start(
+        table()
+            .version("v1", "current", "")
+            .pool_at("v1", "v1", &addr, "")
+            .route("all", "/", "v1", ""),
+    )
+    .await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"GET /events HTTP/1.1\r\nhost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    let sent = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut first_at = None;
+    while !got.ends_with(b"0\r\n\r\n") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk))
+            .await
+            .expect("the stream went on")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+        if first_at.is_none() && got.windows(6).any(|w| w == b"first\n") {
+            first_at = Some(sent.elapsed());
+        }
+    }
+    let first_at = first_at.expect("the first event");
+    assert!(
+        first_at < Duration::from_millis(300) && sent.elapsed() >= Duration::from_millis(400),
+        "first event after {first_at:?}, all after {:?}",
+        sent.elapsed()
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+}

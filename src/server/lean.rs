@@ -521,8 +521,11 @@ where
             let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
                 Poll::Ready(f) => f,
                 Poll::Pending => {
+                    // Flushed too: over TLS the records could otherwise wait
+                    // in the session (a server-sent event stream must reach
+                    // the client as each event does).
                     if !out.is_empty() {
-                        if send(io, out, &[]).await.is_err() {
+                        if send(io, out, &[]).await.is_err() || io.flush().await.is_err() {
                             return false;
                         }
                         out.clear();
