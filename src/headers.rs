@@ -153,6 +153,25 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Response cache outcome: `HIT`, `MISS` or `STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// Where a parsed field's name and value lie in the head httparse read them
+/// from, as byte ranges (`u32`: heads are far under 4 GiB): the head can
+/// then be frozen into `Bytes` once and every value shared from it.
+pub(crate) type FieldSpan = (u32, u32, u32, u32);
+
+/// The [`FieldSpan`] of each of `fields`, parsed from `head`, into `out`.
+pub(crate) fn field_spans(head: &[u8], fields: &[httparse::Header<'_>], out: &mut [FieldSpan]) {
+    for (slot, h) in out.iter_mut().zip(fields) {
+        let (name, value) = (span(head, h.name.as_bytes()), span(head, h.value));
+        *slot = (name.0, name.1, value.0, value.1);
+    }
+}
+
+/// The byte range of `part`, a slice of `head`, within it.
+pub(crate) fn span(head: &[u8], part: &[u8]) -> (u32, u32) {
+    let start = (part.as_ptr() as usize - head.as_ptr() as usize) as u32;
+    (start, start + part.len() as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{Activity, Admission, CLOSE, Handler, Signal};
 use crate::body::{Body, ClientBody};
+use crate::headers::{FieldSpan, field_spans, span};
 use crate::problem::GatewayError;
 
 /// Most request header fields taken here (hyper's default too); a head
@@ -288,7 +289,7 @@ where
 fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // Offsets of each field's name and value in the head, so the head can
     // be frozen once and the values shared, not copied.
-    let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut fields: [FieldSpan; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let (len, method, target, count) = match req.parse_with_uninit_headers(buf, &mut raw) {
@@ -304,21 +305,11 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             if req.version != Some(1) {
                 return Parsed::Hyper("version");
             }
-            let base = buf.as_ptr() as usize;
-            let at = |p: *const u8| (p as usize - base) as u32;
             let Some(path) = req.path else {
                 return Parsed::Hyper("malformed");
             };
-            let target = (at(path.as_ptr()), at(path.as_ptr()) + path.len() as u32);
-            for (slot, h) in fields.iter_mut().zip(req.headers.iter()) {
-                let (name, value) = (at(h.name.as_ptr()), at(h.value.as_ptr()));
-                *slot = (
-                    name,
-                    name + h.name.len() as u32,
-                    value,
-                    value + h.value.len() as u32,
-                );
-            }
+            let target = span(buf, path.as_bytes());
+            field_spans(buf, req.headers, &mut fields);
             (len, method, target, req.headers.len())
         }
         Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::Partial,

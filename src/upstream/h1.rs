@@ -52,6 +52,7 @@ use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::{Endpoint, Failed, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
 use crate::body::{Body, BodyError, Gap};
+use crate::headers::{FieldSpan, field_spans};
 
 /// The largest buffered request body sent this way, with the head in one
 /// write (a larger one goes through hyper, which writes and reads at once).
@@ -469,7 +470,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
         // can be frozen once and the values shared, not copied. (u32: the
         // head is at most MAX_HEAD bytes; this array is zeroed per parse,
         // httparse's own is left uninitialised.)
-        let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut fields: [FieldSpan; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
         let mut raw =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -477,17 +478,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
             .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
         {
             Ok(httparse::Status::Complete(len)) => {
-                let base = buf.as_ptr() as usize;
-                let at = |p: *const u8| (p as usize - base) as u32;
-                for (slot, h) in fields.iter_mut().zip(resp.headers.iter()) {
-                    let (name, value) = (at(h.name.as_ptr()), at(h.value.as_ptr()));
-                    *slot = (
-                        name,
-                        name + h.name.len() as u32,
-                        value,
-                        value + h.value.len() as u32,
-                    );
-                }
+                field_spans(buf, resp.headers, &mut fields);
                 (
                     len,
                     resp.code.unwrap_or(0),
