@@ -1,8 +1,10 @@
-//! Listeners: accept loop, hyper-util's auto builder (HTTP/1.1 and h2c on
-//! one port), hyper's timers (h2 keep-alive pings), the idle timeout, and
-//! graceful shutdown: stop accepting, let in-flight requests finish up to
-//! the grace period, then return. The header-read timeout (slowloris) is
-//! kept by `framing::Guarded`, which sees the head's bytes arrive.
+//! Listeners: accept loop, the lean HTTP/1.1 path for plain requests
+//! ([`lean`]) and hyper-util's auto builder for the rest of a connection
+//! once one needs it (HTTP/1.1 and h2c on one port), hyper's timers (h2
+//! keep-alive pings), the idle timeout, and graceful shutdown: stop
+//! accepting, let in-flight requests finish up to the grace period, then
+//! return. The header-read timeout (slowloris) is kept by the lean path,
+//! then by `framing::Guarded`, each of which sees a head's bytes arrive.
 //!
 //! Idle: a connection counts its requests from head to the end of the
 //! response body (the body is dropped then); one with none for the idle
