@@ -380,3 +380,31 @@ async fn a_streamed_response_reaches_the_client_as_it_arrives() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
 }
+
+#[tokio::test]
+async fn a_body_still_arriving_is_streamed_by_hyper() {
+    let up = Upstream::spawn("up").await;
+    let gw = gateway(&up, true).await;
+    let mut conn = RawConn::connect(gw.addr).await;
+    conn.send(
+        b"POST /api/slow-body HTTP/1.1\r\nhost: a.example\r\ncontent-length: 10\r\n\r\nhello",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let resp = conn.exchange(b"world").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(up.last().body.as_deref(), Some(&b"helloworld"[..]));
+    // The connection is hyper's now, and still serves.
+    assert_eq!(
+        conn.exchange(b"GET /api/x HTTP/1.1\r\nhost: a.example\r\n\r\n")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.metrics()
+            .await
+            .value("switchyard_http1_handoffs_total", &[("reason", "body")]),
+        Some(1.0)
+    );
+}

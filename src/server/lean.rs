@@ -15,7 +15,8 @@
 //!
 //! Anything else goes to hyper, from the request on which it appears to the
 //! end of the connection, with the bytes already read: a body still on its
-//! way, larger, or chunked; `HEAD` (its framing rules) and other methods;
+//! way (after one read that does not wait, for the rest of a small body
+//! the network split into segments), larger, or chunked; `HEAD` (its framing rules) and other methods;
 //! an upgrade or `Expect`; HTTP/1.0; the h2 preface; a head httparse
 //! refuses, too large or with too many fields (counted by reason in
 //! `switchyard_http1_handoffs_total`). hyper (behind `framing::Guarded`)
@@ -127,6 +128,9 @@ struct Head {
 enum Parsed {
     Lean(Head),
     Partial,
+    /// A whole head whose small body has not all arrived; the request
+    /// (head and body) is this long.
+    BodyPart(usize),
     /// hyper's, for this reason.
     Hyper(&'static str),
 }
@@ -149,6 +153,31 @@ where
                 match parse(&mut buf, lane.max_head) {
                     Parsed::Lean(head) => break head,
                     Parsed::Partial => {}
+                    Parsed::BodyPart(whole) => {
+                        // The rest may be here already, in the segments
+                        // after the first (a client's small POST split by
+                        // the network): one read that does not wait. Else
+                        // hyper streams it, as it would any body.
+                        buf.reserve(whole - buf.len());
+                        let more = poll_fn(|cx| {
+                            Poll::Ready(tokio_util::io::poll_read_buf(
+                                Pin::new(&mut *io),
+                                cx,
+                                &mut buf,
+                            ))
+                        })
+                        .await;
+                        if let Poll::Ready(Ok(n)) = more
+                            && n > 0
+                        {
+                            continue;
+                        }
+                        return End::Hyper {
+                            rest: buf,
+                            first,
+                            reason: "body",
+                        };
+                    }
                     Parsed::Hyper(reason) => {
                         return End::Hyper {
                             rest: buf,
@@ -350,8 +379,12 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             if length.is_some() {
                 return undo(buf, bytes, "framing");
             }
-            if n > MAX_ARRIVED || n > buf.len() {
+            if n > MAX_ARRIVED {
                 return undo(buf, bytes, "body");
+            }
+            if n > buf.len() {
+                undo(buf, bytes, "body");
+                return Parsed::BodyPart(n + len);
             }
             length = Some(n);
         } else if name == TRANSFER_ENCODING {
