@@ -72,9 +72,11 @@ pub struct ServerSettings {
     /// the fewest open (of the listener's) when that has fewer than the one
     /// whose `SO_REUSEPORT` socket it arrived on. Default true.
     pub balance_connections: bool,
-    /// Serve plain HTTP/1.1 requests (`GET`, `DELETE` without a body) on
-    /// the gateway's lean path rather than hyper's; everything else on a
-    /// connection goes to hyper from its first such request. Default true.
+    /// Serve plain HTTP/1.1 requests (`GET`, `POST`, `PUT`, `PATCH`,
+    /// `DELETE` with no body or a small `Content-Length` body that arrived
+    /// with its head) on the gateway's lean path rather than hyper's;
+    /// everything else on a connection goes to hyper from its first such
+    /// request. Default true.
     pub lean_http1: bool,
     /// Redis URL holding the live routing table (`redis://host:6379/0`, or
     /// `redis-cluster://h1:p1,h2:p2`); unset = this file only.
