@@ -73,6 +73,7 @@ fn path(dir: &Path, file: &str) -> String {
 /// (the body of `[server.tls]` and its certificates).
 struct TlsGateway {
     tls_addr: std::net::SocketAddr,
+    admin_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<bool>,
 }
@@ -94,6 +95,7 @@ impl TlsGateway {
         let tls_addr = tls_listener.local_addr().unwrap();
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let options = switchyard::ServeOptions {
             tls: Some(switchyard::TlsListeners {
@@ -112,9 +114,21 @@ impl TlsGateway {
         ));
         TlsGateway {
             tls_addr,
+            admin_addr,
             shutdown,
             task,
         }
+    }
+
+    /// The admin listener's metrics.
+    async fn metrics(&self) -> support::Metrics {
+        let resp = support::raw_exchange(
+            self.admin_addr,
+            b"GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\n",
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+        support::Metrics(String::from_utf8(resp.body).unwrap())
     }
 
     async fn stop(self) {
@@ -252,6 +266,13 @@ async fn sni_picks_the_certificate_and_alpn_serves_h2_and_http1() {
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (status, body) = get_over(s, "api.test", "/api/events").await.unwrap();
     assert_eq!((status, served_by(&body).as_str()), (200, "v1"), "{body}");
+    // HTTP/1.1 stayed on the lean path; h2 (negotiated) never tried it.
+    assert_eq!(
+        gw.metrics()
+            .await
+            .sum("switchyard_http1_handoffs_total", &[]),
+        0.0
+    );
     gw.stop().await;
 }
 

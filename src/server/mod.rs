@@ -581,7 +581,7 @@ async fn serve_inner<H: Handler>(
             handoffs: settings.handoffs.clone(),
         };
         match &tls {
-            None => conn.serve(stream, false),
+            None => conn.serve(stream, false, false),
             Some(tls) => {
                 let (acceptor, timeout) = (tls.acceptor(), tls.handshake_timeout());
                 // The handshake counts as in flight: a drain waits for it
@@ -593,7 +593,11 @@ async fn serve_inner<H: Handler>(
                         _ = stop.cancelled() => return,
                     };
                     match handshake {
-                        Ok(Ok(stream)) => conn.serve(stream, true),
+                        Ok(Ok(stream)) => {
+                            // ALPN said h2: nothing for the lean path to try.
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            conn.serve(stream, true, h2)
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
                     }
@@ -643,8 +647,9 @@ struct Conn<H> {
 impl<H: Handler> Conn<H> {
     /// Serves `stream` (decrypted, if `https`) until it closes: plain
     /// HTTP/1.1 requests on the lean path (see [`lean`]), the rest of the
-    /// connection by hyper from the first request that needs it.
-    fn serve<IO>(self, mut stream: IO, https: bool)
+    /// connection by hyper from the first request that needs it (all of it
+    /// if `h2`: TLS negotiated HTTP/2).
+    fn serve<IO>(self, mut stream: IO, https: bool, h2: bool)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -679,7 +684,7 @@ impl<H: Handler> Conn<H> {
                 hard_stop.clone(),
                 idle_timeout.map(|t| (t, activity)),
             )));
-            let (rest, first) = if lean_http1 {
+            let (rest, first) = if lean_http1 && !h2 {
                 let lane = lean::Lane {
                     handler: &*handler,
                     peer,
