@@ -379,6 +379,11 @@ impl Change {
                 Dir::Up => (from, to),
                 Dir::Down => (to, from),
             };
+            // Absent is the common case: `entry` would reserve room in the
+            // map (an allocation on an empty one) to say so.
+            if !headers.contains_key(src) {
+                return;
+            }
             if let http::header::Entry::Occupied(entry) = headers.entry(src) {
                 let values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
                 for v in values {
