@@ -1020,6 +1020,48 @@ mod tests {
     }
 
     #[test]
+    fn utf8_is_checked_in_every_string_and_key() {
+        // Bad bytes at any offset of a string or key, short or long, before
+        // or after an escape, and outside strings; good multi-byte text
+        // passes as it came.
+        let bad: &[&[u8]] = &[
+            b"\xff",
+            b"\xc3",
+            b"\xc3(",
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+        ];
+        for pad in 0..20 {
+            let a = "a".repeat(pad);
+            for b in bad {
+                for (name, pre, post) in [
+                    ("string", format!(r#"{{"k":"{a}"#), r#"x"}"#.to_string()),
+                    ("key", format!(r#"{{"{a}"#), r#"x":1}"#.to_string()),
+                    (
+                        "after an escape",
+                        format!(r#"["\n{a}"#),
+                        r#""]"#.to_string(),
+                    ),
+                    ("outside strings", format!("[1,{a:.0}"), "]".to_string()),
+                ] {
+                    let mut text = pre.into_bytes();
+                    text.extend_from_slice(b);
+                    text.extend_from_slice(post.as_bytes());
+                    assert!(
+                        matches!(
+                            parse_json(&text, Limits::default()),
+                            Err(TranslateError::InvalidJson { .. })
+                        ),
+                        "{name}, {pad} bytes before {b:?}"
+                    );
+                }
+            }
+            let good = format!(r#"{{"é{a}€":"{a}😀\n{a}é"}}"#);
+            assert_eq!(to_bytes(&strict(&good).unwrap()), good, "{pad}");
+        }
+    }
+
+    #[test]
     fn too_large_is_checked_before_parsing() {
         let limits = Limits {
             max_bytes: 4,
