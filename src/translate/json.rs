@@ -195,6 +195,20 @@ impl<'a> Parser<'a> {
         self.bytes.get(self.pos).copied()
     }
 
+    /// The next byte that is not whitespace, after skipping to it. One
+    /// load and one comparison when there is none to skip (the common
+    /// case), where `ws` then `peek` loaded the byte twice.
+    #[inline(always)]
+    fn token(&mut self) -> Option<u8> {
+        match self.peek() {
+            Some(b) if b > b' ' => Some(b),
+            _ => {
+                self.ws();
+                self.peek()
+            }
+        }
+    }
+
     fn end(&mut self) -> Result<(), Refused> {
         self.ws();
         if self.pos == self.bytes.len() {
@@ -205,15 +219,15 @@ impl<'a> Parser<'a> {
     }
 
     fn value(&mut self, depth: usize) -> Result<NodeId, Refused> {
-        self.ws();
         self.value_here(depth)
     }
 
-    /// A value starting at `pos` (whitespace skipped). Scalars are parsed
-    /// here, inlined into the container loops; only containers recurse.
+    /// A value starting at the next token (whitespace skipped here).
+    /// Scalars are parsed here, inlined into the container loops; only
+    /// containers recurse.
     #[inline(always)]
     fn value_here(&mut self, depth: usize) -> Result<NodeId, Refused> {
-        let node = match self.peek() {
+        let node = match self.token() {
             Some(b'"') => Node::String(self.string()?),
             Some(b'{') => return self.object(depth),
             Some(b'[') => return self.array(depth),
@@ -282,17 +296,14 @@ impl<'a> Parser<'a> {
             return Err(Refused);
         }
         self.pos += 1;
-        self.ws();
         let base = self.items.len();
-        if self.peek() == Some(b']') {
+        if self.token() == Some(b']') {
             self.pos += 1;
         } else {
             loop {
-                self.ws();
                 let item = self.value_here(depth + 1)?;
                 self.items.push(item);
-                self.ws();
-                match self.peek() {
+                match self.token() {
                     Some(b',') => self.pos += 1,
                     Some(b']') => {
                         self.pos += 1;
@@ -313,16 +324,15 @@ impl<'a> Parser<'a> {
             return Err(Refused);
         }
         self.pos += 1;
-        self.ws();
         let base = self.members.len();
         // Whether the keys came in strictly increasing order so far: then
         // (the common case) there is nothing to sort and no repeat.
         let mut sorted = true;
-        if self.peek() == Some(b'}') {
+        if self.token() == Some(b'}') {
             self.pos += 1;
         } else {
             loop {
-                if self.peek() != Some(b'"') {
+                if self.token() != Some(b'"') {
                     return Err(Refused);
                 }
                 let (key, head) = self.key()?;
@@ -332,20 +342,14 @@ impl<'a> Parser<'a> {
                 {
                     sorted = false;
                 }
-                self.ws();
-                if self.peek() != Some(b':') {
+                if self.token() != Some(b':') {
                     return Err(Refused);
                 }
                 self.pos += 1;
-                self.ws();
                 let value = self.value_here(depth + 1)?;
                 self.members.push(Member::with_head(key, value, head));
-                self.ws();
-                match self.peek() {
-                    Some(b',') => {
-                        self.pos += 1;
-                        self.ws();
-                    }
+                match self.token() {
+                    Some(b',') => self.pos += 1,
                     Some(b'}') => {
                         self.pos += 1;
                         break;
@@ -1012,6 +1016,48 @@ mod tests {
             // Bytes >= 0x80 (UTF-8) and plain ASCII are ordinary.
             assert_eq!(special(&vec![0xc3; len], 0), None);
             assert_eq!(special(&vec![b' '; len], 0), None);
+        }
+    }
+
+    #[test]
+    fn utf8_is_checked_in_every_string_and_key() {
+        // Bad bytes at any offset of a string or key, short or long, before
+        // or after an escape, and outside strings; good multi-byte text
+        // passes as it came.
+        let bad: &[&[u8]] = &[
+            b"\xff",
+            b"\xc3",
+            b"\xc3(",
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+        ];
+        for pad in 0..20 {
+            let a = "a".repeat(pad);
+            for b in bad {
+                for (name, pre, post) in [
+                    ("string", format!(r#"{{"k":"{a}"#), r#"x"}"#.to_string()),
+                    ("key", format!(r#"{{"{a}"#), r#"x":1}"#.to_string()),
+                    (
+                        "after an escape",
+                        format!(r#"["\n{a}"#),
+                        r#""]"#.to_string(),
+                    ),
+                    ("outside strings", format!("[1,{a:.0}"), "]".to_string()),
+                ] {
+                    let mut text = pre.into_bytes();
+                    text.extend_from_slice(b);
+                    text.extend_from_slice(post.as_bytes());
+                    assert!(
+                        matches!(
+                            parse_json(&text, Limits::default()),
+                            Err(TranslateError::InvalidJson { .. })
+                        ),
+                        "{name}, {pad} bytes before {b:?}"
+                    );
+                }
+            }
+            let good = format!(r#"{{"é{a}€":"{a}😀\n{a}é"}}"#);
+            assert_eq!(to_bytes(&strict(&good).unwrap()), good, "{pad}");
         }
     }
 

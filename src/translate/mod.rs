@@ -200,16 +200,49 @@ pub struct Plan {
 /// for the response of the same request.
 #[derive(Debug, Default)]
 pub struct Exchange {
-    matched: Vec<u64>,
+    matched: Matched,
     path: Option<String>,
     stash: Stash,
 }
 
 impl Exchange {
     fn is_matched(&self, step: usize) -> bool {
-        self.matched
-            .get(step / 64)
-            .is_some_and(|w| w & (1 << (step % 64)) != 0)
+        self.matched.get(step)
+    }
+}
+
+/// One bit per plan step. The first 64 sit in line: plans that long are
+/// rare, and a vector cost an allocation per exchange.
+#[derive(Debug, Default)]
+struct Matched {
+    first: u64,
+    rest: Vec<u64>,
+}
+
+impl Matched {
+    fn new(steps: usize) -> Matched {
+        Matched {
+            first: 0,
+            rest: vec![0; steps.saturating_sub(64).div_ceil(64)],
+        }
+    }
+
+    #[inline]
+    fn get(&self, step: usize) -> bool {
+        let word = match step / 64 {
+            0 => self.first,
+            n => self.rest.get(n - 1).copied().unwrap_or(0),
+        };
+        word & (1 << (step % 64)) != 0
+    }
+
+    #[inline]
+    fn set(&mut self, step: usize) {
+        let bit = 1 << (step % 64);
+        match step / 64 {
+            0 => self.first |= bit,
+            n => self.rest[n - 1] |= bit,
+        }
     }
 }
 
@@ -288,13 +321,13 @@ impl Plan {
     /// rewrites, without changing anything. `path` is the path to be
     /// forwarded (after the `/vN` segment is stripped), without the query.
     pub fn exchange(&self, method: &Method, path: &str) -> Exchange {
-        let mut matched = vec![0u64; self.steps.len().div_ceil(64)];
+        let mut matched = Matched::new(self.steps.len());
         let mut current: Option<String> = None;
         for (i, step) in self.steps.iter().enumerate() {
             let change = &step.change;
             let here = current.as_deref().unwrap_or(path);
             let hit = if let Some(j) = step.same_scope {
-                matched[j as usize / 64] & (1 << (j % 64)) != 0
+                matched.get(j as usize)
             } else {
                 match &change.kind {
                     // A rewrite's own pattern is its path scope; its response
@@ -312,7 +345,7 @@ impl Plan {
             if !hit {
                 continue;
             }
-            matched[i / 64] |= 1 << (i % 64);
+            matched.set(i);
             if change.scope.direction.request()
                 && let Some(new) = change.rewrite(step.dir, here)
             {
@@ -620,6 +653,23 @@ pub(crate) mod tests {
             .unwrap()
             .unwrap();
         (s.as_u16(), value_of(&body))
+    }
+
+    #[test]
+    fn matched_steps_past_the_first_word() {
+        // Plans longer than 64 steps keep their other bits in a vector.
+        let set = [0, 1, 63, 64, 127, 128, 129];
+        let mut m = Matched::new(130);
+        for i in set {
+            m.set(i);
+        }
+        for i in 0..130 {
+            assert_eq!(m.get(i), set.contains(&i), "step {i}");
+        }
+        assert!(
+            !Matched::new(3).get(200),
+            "a step past the plan never matched"
+        );
     }
 
     const V1: VersionId = 0;

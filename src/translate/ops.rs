@@ -82,8 +82,37 @@ pub(crate) struct Change {
     pub(crate) id: ChangeId,
     pub(crate) scope: Scope,
     pub(crate) kind: Kind,
+    /// The segments of [`anchor`], copied out of `kind` once so
+    /// that a walk does not match on the kind to find them at every
+    /// element.
+    segs: Box<[Seg]>,
     /// Length of [`Change::base`], worked out once.
     cut: usize,
+    /// A rename's keys when it has [`flatten`]'s shape, by direction
+    /// (`Dir::Up`, `Dir::Down`): checked once here, not at every element.
+    flat: [Option<Flat>; 2],
+}
+
+/// The keys of a rename out of a nested object into its parent, one way:
+/// `outer/inner` becomes `to`.
+#[derive(Debug, Clone)]
+struct Flat {
+    outer: Key,
+    inner: Key,
+    to: Key,
+}
+
+impl Flat {
+    fn of(src: &[Seg], dst: &[Seg]) -> Option<Flat> {
+        match (src, dst) {
+            ([outer, inner], [to]) => Some(Flat {
+                outer: outer.as_key()?.clone(),
+                inner: inner.as_key()?.clone(),
+                to: to.as_key()?.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a change does, with everything parsed.
@@ -208,35 +237,34 @@ impl Change {
     /// getting all of them in turn (see `Plan::run_body`).
     #[inline]
     pub(crate) fn base(&self) -> &[Seg] {
-        &self.anchor()[..self.cut]
+        &self.segs[..self.cut]
     }
 
-    /// A compiled change; works out its base.
+    /// A compiled change; works out its base and the shapes with a path
+    /// of their own.
     pub(crate) fn new(id: ChangeId, scope: Scope, kind: Kind) -> Change {
-        let mut change = Change {
-            id,
-            scope,
-            kind,
-            cut: 0,
-        };
-        let segs = change.anchor();
-        change.cut = segs
+        let segs: Box<[Seg]> = anchor(&kind).into();
+        let cut = segs
             .iter()
             .rposition(|s| *s == Seg::Any)
             .map_or(0, |i| i + 1);
-        change
-    }
-
-    /// The pointer whose node a body change works on: a rename's common
-    /// base, the parent of an added or removed key, the mapped or wrapped
-    /// value.
-    #[inline]
-    fn anchor(&self) -> &[Seg] {
-        match &self.kind {
-            Kind::Rename { base, .. } => &base.segs,
-            Kind::Add { parent, .. } | Kind::Remove { parent, .. } => &parent.segs,
-            Kind::Map { at, .. } | Kind::Wrap { at, .. } => &at.segs,
-            Kind::RenameHeader { .. } | Kind::RewritePath { .. } | Kind::MapStatus { .. } => &[],
+        let flat = match &kind {
+            Kind::Rename { from, to, .. } => [Flat::of(from, to), Flat::of(to, from)],
+            Kind::Add { .. }
+            | Kind::Remove { .. }
+            | Kind::Map { .. }
+            | Kind::Wrap { .. }
+            | Kind::RenameHeader { .. }
+            | Kind::RewritePath { .. }
+            | Kind::MapStatus { .. } => [None, None],
+        };
+        Change {
+            id,
+            scope,
+            kind,
+            segs,
+            cut,
+            flat,
         }
     }
 
@@ -255,20 +283,17 @@ impl Change {
         step: u32,
         stash: &mut StashUse<'_>,
     ) -> Result<(), TranslateError> {
-        let anchor = self.anchor();
-        let Some(id) = pointer::get(doc, elem, &anchor[self.cut..]) else {
+        let Some(id) = pointer::get(doc, elem, &self.segs[self.cut..]) else {
             return Ok(());
         };
         match &self.kind {
             Kind::Rename { base, from, to } => {
-                let (src, dst) = match dir {
-                    Dir::Up => (from, to),
-                    Dir::Down => (to, from),
+                let (src, dst, flat) = match dir {
+                    Dir::Up => (from, to, &self.flat[0]),
+                    Dir::Down => (to, from, &self.flat[1]),
                 };
-                if let ([outer, inner], [to]) = (&src[..], &dst[..])
-                    && let (Some(outer), Some(inner), Some(to)) =
-                        (outer.as_key(), inner.as_key(), to.as_key())
-                    && flatten(doc, id, outer, inner, to)
+                if let Some(f) = flat
+                    && flatten(doc, id, &f.outer, &f.inner, &f.to)
                 {
                     return Ok(());
                 }
@@ -379,6 +404,11 @@ impl Change {
                 Dir::Up => (from, to),
                 Dir::Down => (to, from),
             };
+            // Absent is the common case: `entry` would reserve room in the
+            // map (an allocation on an empty one) to say so.
+            if !headers.contains_key(src) {
+                return;
+            }
             if let http::header::Entry::Occupied(entry) = headers.entry(src) {
                 let values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
                 for v in values {
@@ -440,6 +470,17 @@ impl Change {
             | Kind::RenameHeader { .. }
             | Kind::RewritePath { .. } => status,
         }
+    }
+}
+
+/// The pointer whose node a body change works on: a rename's common base,
+/// the parent of an added or removed key, the mapped or wrapped value.
+fn anchor(kind: &Kind) -> &[Seg] {
+    match kind {
+        Kind::Rename { base, .. } => &base.segs,
+        Kind::Add { parent, .. } | Kind::Remove { parent, .. } => &parent.segs,
+        Kind::Map { at, .. } | Kind::Wrap { at, .. } => &at.segs,
+        Kind::RenameHeader { .. } | Kind::RewritePath { .. } | Kind::MapStatus { .. } => &[],
     }
 }
 

@@ -130,7 +130,7 @@ impl PathPattern {
             };
             match seg {
                 PSeg::Lit(lit) => {
-                    if **lit != *head {
+                    if !same(lit.as_bytes(), head.as_bytes()) {
                         return None;
                     }
                 }
@@ -169,7 +169,15 @@ impl PathPattern {
 
     /// Builds a path from this (fully named) pattern and another's captures.
     pub(crate) fn render(&self, caps: &Captures<'_>) -> String {
-        let mut out = String::new();
+        // Sized once: a path grown from nothing reallocated twice or more.
+        let named: usize = caps.named.iter().map(|(_, v)| v.len()).sum();
+        let lits: usize = (self.segs.iter())
+            .map(|seg| match seg {
+                PSeg::Lit(lit) => lit.len() + 1,
+                PSeg::One(_) => 1,
+            })
+            .sum();
+        let mut out = String::with_capacity(lits + named + caps.rest.len() + 1);
         for seg in self.segs.iter() {
             out.push('/');
             match seg {
@@ -212,6 +220,13 @@ impl PathPattern {
         // both allow a rest; one with a rest still matches the zero-rest case.
         true
     }
+}
+
+/// Whether two path segments are equal. A byte loop: segments are short,
+/// and a `memcmp` call cost more than the comparison it made.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 fn ident(text: &str, name: &str) -> Result<(), String> {
