@@ -163,22 +163,26 @@ if [[ $ACCESS_LOG == 1 ]]; then
     LOG_PID=$STARTED
 fi
 
+# server_variant NAME PORT ADMIN_PORT LINE: the gateway with one more
+# [server] setting, log level warn; its PID in STARTED.
+server_variant() {
+    variant "$1" "$2" "$3"
+    sed -i "/^grace_period_ms/a $4" "$TMP/gateway-$1.toml"
+    start_gateway "$TMP/gateway-$1.toml" "$TMP/switchyard-$1.log" warn
+}
+
 # The same gateway with connection balancing off: each worker serves the
 # connections the kernel's SO_REUSEPORT hash gives its socket.
 UNB_PID=
 if [[ $BALANCE == 1 ]]; then
-    variant unbalanced "$UNB_PORT" "$UNB_ADMIN_PORT"
-    sed -i '/^grace_period_ms/a balance_connections = false' "$TMP/gateway-unbalanced.toml"
-    start_gateway "$TMP/gateway-unbalanced.toml" "$TMP/switchyard-unbalanced.log" warn
+    server_variant unbalanced "$UNB_PORT" "$UNB_ADMIN_PORT" 'balance_connections = false'
     UNB_PID=$STARTED
 fi
 
 # The same gateway with hyper serving every request (no lean HTTP/1.1 path).
 HYP_PID=
 if [[ $LEAN == 1 ]]; then
-    variant hyper "$HYP_PORT" "$HYP_ADMIN_PORT"
-    sed -i '/^grace_period_ms/a lean_http1 = false' "$TMP/gateway-hyper.toml"
-    start_gateway "$TMP/gateway-hyper.toml" "$TMP/switchyard-hyper.log" warn
+    server_variant hyper "$HYP_PORT" "$HYP_ADMIN_PORT" 'lean_http1 = false'
     HYP_PID=$STARTED
 fi
 

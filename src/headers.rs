@@ -172,6 +172,31 @@ pub(crate) fn span(head: &[u8], part: &[u8]) -> (u32, u32) {
     (start, start + part.len() as u32)
 }
 
+/// A `Content-Length` value: digits, or a list of identical ones
+/// (`5, 5`, which some intermediaries produce).
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
+    let mut out = None;
+    for part in v.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if out.is_some_and(|o| o != n) {
+            return None;
+        }
+        out = Some(n);
+    }
+    out
+}
+
+/// Whether a `Connection` value lists `token` (case-insensitive).
+pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +223,17 @@ mod tests {
             h.append(name(&format!("x-pad-{i}")), HeaderValue::from_static("1"));
         }
         h
+    }
+
+    #[test]
+    fn content_length_accepts_digits_and_identical_lists_only() {
+        assert_eq!(content_length(b"42"), Some(42));
+        assert_eq!(content_length(b"5, 5"), Some(5));
+        assert_eq!(content_length(b"5, 6"), None);
+        assert_eq!(content_length(b"-1"), None);
+        assert_eq!(content_length(b"+1"), None);
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"99999999999999999999"), None);
     }
 
     #[test]

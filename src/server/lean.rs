@@ -57,7 +57,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{Activity, Admission, CLOSE, Handler, Signal};
 use crate::body::{Body, ClientBody};
-use crate::headers::{FieldSpan, field_spans, span};
+use crate::headers::{FieldSpan, content_length, field_spans, lists_token, span};
 use crate::problem::GatewayError;
 
 /// Most request header fields taken here (hyper's default too); a head
@@ -266,20 +266,7 @@ where
 {
     let _active = lane.activity.map(Activity::begin);
     let (request_slot, over) = lane.admission.request_here();
-    let overload = if lane.shed {
-        Some(GatewayError::Overloaded {
-            limit: "connections",
-            max: lane.admission.max_connections,
-        })
-    } else if over {
-        Some(GatewayError::Overloaded {
-            limit: "requests in flight",
-            max: lane.admission.max_inflight,
-        })
-    } else {
-        None
-    };
-    let resp = match overload {
+    let resp = match lane.admission.overload(lane.shed, over) {
         Some(e) => e.to_response(None),
         None => {
             let mut call = pin!(lane.handler.call(head.request, lane.peer, lane.https));
@@ -371,10 +358,14 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             // One length, of a body that is here whole and small: a
             // second length (a framing violation `framing::Guarded`
             // answers), or a body still on its way, is hyper's.
-            let digits = bytes[v0..v1].trim_ascii();
-            let n = match std::str::from_utf8(digits).ok().map(str::parse::<usize>) {
-                Some(Ok(n)) if digits.iter().all(u8::is_ascii_digit) => n,
-                _ => return undo(buf, bytes, "malformed"),
+            // One number: a list (`5, 5`), which a response may carry, is
+            // refused in a request, by hyper's path (400).
+            let value = &bytes[v0..v1];
+            let Some(n) = content_length(value)
+                .filter(|_| !value.contains(&b','))
+                .and_then(|n| usize::try_from(n).ok())
+            else {
+                return undo(buf, bytes, "malformed");
             };
             if length.is_some() {
                 return undo(buf, bytes, "framing");
@@ -393,11 +384,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             return undo(buf, bytes, "upgrade");
         } else if name == EXPECT {
             return undo(buf, bytes, "expect");
-        } else if name == CONNECTION
-            && bytes[v0..v1]
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
+        } else if name == CONNECTION && lists_token(&bytes[v0..v1], b"close") {
             close = true;
         }
         let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(v0..v1)) else {
@@ -473,10 +460,7 @@ where
             if !can_body || empty || length.is_some() {
                 continue;
             }
-            let Some(n) = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-            else {
+            let Some(n) = content_length(value.as_bytes()) else {
                 // hyper refuses such a response too: the client gets 500.
                 return write_failed(io, out).await;
             };
@@ -485,11 +469,7 @@ where
             // The framing is this connection's to choose.
             continue;
         } else if name == CONNECTION {
-            if value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
+            if lists_token(value.as_bytes(), b"close") {
                 close = true;
                 said_close = true;
             }

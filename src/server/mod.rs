@@ -166,6 +166,24 @@ impl Admission {
         (Slot(self.clone(), Counter::Inflight), over)
     }
 
+    /// What a request is refused with (503) when its connection is over
+    /// the connection limit (`shed`) or it is over the in-flight limit.
+    fn overload(&self, shed: bool, over: bool) -> Option<GatewayError> {
+        if shed {
+            Some(GatewayError::Overloaded {
+                limit: "connections",
+                max: self.max_connections,
+            })
+        } else if over {
+            Some(GatewayError::Overloaded {
+                limit: "requests in flight",
+                max: self.max_inflight,
+            })
+        } else {
+            None
+        }
+    }
+
     /// [`Admission::request`] for a request that ends before the
     /// connection: no reference count to touch (the counters are shared by
     /// every worker, so each atomic on them can move a cache line between
@@ -755,19 +773,7 @@ impl<H: Handler> Conn<H> {
                     req.extensions_mut().insert(Arc::new(lease));
                 }
                 let (request_slot, over) = admission.request();
-                let overload = if shed {
-                    Some(GatewayError::Overloaded {
-                        limit: "connections",
-                        max: admission.max_connections,
-                    })
-                } else if over {
-                    Some(GatewayError::Overloaded {
-                        limit: "requests in flight",
-                        max: admission.max_inflight,
-                    })
-                } else {
-                    None
-                };
+                let overload = admission.overload(shed, over);
                 async move {
                     let _request_slot = request_slot;
                     let resp = if let Some(v) = violation {

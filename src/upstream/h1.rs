@@ -52,7 +52,7 @@ use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::{Endpoint, Failed, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
 use crate::body::{Body, BodyError, Gap};
-use crate::headers::{FieldSpan, field_spans};
+use crate::headers::{FieldSpan, content_length, field_spans};
 
 /// The largest buffered request body sent this way, with the head in one
 /// write (a larger one goes through hyper, which writes and reads at once).
@@ -579,24 +579,6 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
     }
 }
 
-/// A `Content-Length` value: digits, or a list of identical ones
-/// (`5, 5`, which some intermediaries produce).
-fn content_length(v: &[u8]) -> Option<u64> {
-    let mut out = None;
-    for part in v.split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        if out.is_some_and(|o| o != n) {
-            return None;
-        }
-        out = Some(n);
-    }
-    out
-}
-
 fn respond(head: Head, conn: Conn, endpoint: u64, gap: Option<Duration>) -> Response<Body> {
     let body = ResponseBody {
         conn: Some(conn),
@@ -910,17 +892,6 @@ mod tests {
     fn head(bytes: &[u8], head_only: bool) -> Result<Option<Head>, &'static str> {
         let mut buf = BytesMut::from(bytes);
         parse_head(&mut buf, head_only)
-    }
-
-    #[test]
-    fn content_length_accepts_digits_and_identical_lists_only() {
-        assert_eq!(content_length(b"42"), Some(42));
-        assert_eq!(content_length(b"5, 5"), Some(5));
-        assert_eq!(content_length(b"5, 6"), None);
-        assert_eq!(content_length(b"-1"), None);
-        assert_eq!(content_length(b"+1"), None);
-        assert_eq!(content_length(b""), None);
-        assert_eq!(content_length(b"99999999999999999999"), None);
     }
 
     #[test]
