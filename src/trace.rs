@@ -24,6 +24,9 @@ pub struct TraceContext {
     /// Whether the client sent a valid `traceparent` (its `tracestate` is
     /// then forwarded; otherwise `tracestate` is dropped, as the spec asks).
     pub continued: bool,
+    /// Whether the client sent a `tracestate` (so a new trace has one to
+    /// drop: `remove` hashes the name even when it is absent).
+    state: bool,
 }
 
 impl TraceContext {
@@ -32,19 +35,29 @@ impl TraceContext {
     /// every request in its access log). Either way this hop gets a new
     /// random span id.
     pub fn from_headers(h: &HeaderMap) -> TraceContext {
+        let [parent, state] = crate::headers::find_each(h, [Some(&TRACEPARENT), Some(&TRACESTATE)]);
+        TraceContext::from_values(parent, state.is_some())
+    }
+
+    /// [`TraceContext::from_headers`] from the request's first
+    /// `traceparent` and whether it has a `tracestate`, when the caller has
+    /// looked them up already.
+    pub fn from_values(traceparent: Option<&HeaderValue>, tracestate: bool) -> TraceContext {
         let span_id = hex(u128::from(fastrand::u64(1..)));
-        match h.get(TRACEPARENT).and_then(|v| parse(v.as_bytes())) {
+        match traceparent.and_then(|v| parse(v.as_bytes())) {
             Some((trace_id, flags)) => TraceContext {
                 trace_id,
                 span_id,
                 flags,
                 continued: true,
+                state: tracestate,
             },
             None => TraceContext {
                 trace_id: hex(fastrand::u128(1..)),
                 span_id,
                 flags: *b"01",
                 continued: false,
+                state: tracestate,
             },
         }
     }
@@ -68,14 +81,16 @@ impl TraceContext {
         buf[36..52].copy_from_slice(&self.span_id);
         buf[52] = b'-';
         buf[53..].copy_from_slice(&self.flags);
-        HeaderValue::from_bytes(&buf).expect("hex digits and dashes")
+        // Owned by its `Bytes`: one allocation, no copy.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+            .expect("hex digits and dashes")
     }
 
     /// Sets `traceparent` on an upstream request; keeps the client's
     /// `tracestate` only when its trace is continued.
     pub fn propagate(&self, h: &mut HeaderMap) {
         h.insert(TRACEPARENT, self.traceparent());
-        if !self.continued {
+        if !self.continued && (self.state || crate::headers::find(h, &TRACESTATE).is_some()) {
             h.remove(TRACESTATE);
         }
     }
@@ -108,9 +123,14 @@ fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
 #[inline]
 pub(crate) fn hex<const N: usize>(n: u128) -> [u8; N] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    const { assert!(N % 2 == 0 && N <= 32, "whole bytes of a u128") };
+    // A byte (two digits) at a time: shifting a u128 by each nibble's
+    // offset was ~8 instructions a digit.
+    let bytes = n.to_be_bytes();
     let mut out = [0u8; N];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = DIGITS[((n >> ((N - 1 - i) * 4)) & 0xf) as usize];
+    for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[16 - N / 2..]) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
     out
 }

@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
@@ -346,7 +346,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target.0 as usize..target.1 as usize)) else {
         return undo(buf, bytes, "malformed");
     };
-    let mut headers = HeaderMap::with_capacity(count + REQUEST_FIELDS_ADDED);
+    let mut headers = crate::headers::pooled_map(count + REQUEST_FIELDS_ADDED);
     let mut close = false;
     let mut length: Option<usize> = None;
     for &(n0, n1, v0, v1) in &fields[..count] {
@@ -488,6 +488,7 @@ where
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    crate::headers::recycle_map(parts.headers);
     let framing = if !can_body {
         Framing::None
     } else if empty {

@@ -136,6 +136,12 @@ pub(crate) fn exchange<'a>(
                 .then(|| Request::from_parts(parts, body))
         };
         match result {
+            Ok(resp) if body.buffered().is_none() => {
+                // Sent and not kept for a retry: its map goes back for
+                // the next request's.
+                crate::headers::recycle_map(parts.headers);
+                (Ok(resp), None)
+            }
             Ok(resp) => (Ok(resp), kept(parts, body)),
             Err((error, false)) => (
                 Err(Failed {
@@ -506,7 +512,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
         // Room for the fields the gateway adds on the way back (`Via`, the
         // version echo and source, request id, `Vary`, rate-limit fields,
         // `x-cache`...): a full map doubles and rehashes on the next insert.
-        let mut headers = HeaderMap::with_capacity(count + RESPONSE_FIELDS_ADDED);
+        let mut headers = crate::headers::pooled_map(count + RESPONSE_FIELDS_ADDED);
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let mut close = minor == 0;
