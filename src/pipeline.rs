@@ -363,7 +363,7 @@ impl Gateway {
             && (req.method() == Method::GET || req.method() == Method::HEAD)
             && content_length(req.headers()).is_none_or(|n| n == 0)
             && req.body().as_ref().is_none_or(body_is_empty)
-            && crate::headers::find(req.headers(), &header::UPGRADE).is_none()
+            && !req.headers().contains_key(header::UPGRADE)
         {
             return self.cached(ctx, rc, hop, req, peer).await;
         }
@@ -444,7 +444,9 @@ impl Gateway {
             // stripped below); an h2 extended CONNECT (RFC 8441) goes upstream
             // as an HTTP/1.1 handshake.
             let websocket = if parts.version == Version::HTTP_11 {
-                crate::headers::find(&parts.headers, &header::UPGRADE)
+                parts
+                    .headers
+                    .get(header::UPGRADE)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
                     .then_some(Handshake::Upgrade)
             } else if parts.method == Method::CONNECT
@@ -1330,7 +1332,9 @@ fn request_host<B>(req: &Request<B>) -> &str {
     if let Some(a) = req.uri().authority() {
         return a.host();
     }
-    let host = crate::headers::find(req.headers(), &header::HOST)
+    let host = req
+        .headers()
+        .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // Strip the port; keep IPv6 brackets off too.
@@ -1341,7 +1345,7 @@ fn request_host<B>(req: &Request<B>) -> &str {
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
-    crate::headers::find(h, &header::CONTENT_LENGTH).and_then(length_value)
+    h.get(header::CONTENT_LENGTH).and_then(length_value)
 }
 
 /// A `Content-Length` value as a number (`None`: not one).
@@ -1431,7 +1435,14 @@ fn forward_with_retries<'a>(
                     tracing::debug!(endpoint = %ep.authority, status = %resp.status(), try_ = tries, "retrying");
                     req = spare.expect("checked");
                 }
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    // The copy kept for a retry is not needed: its map
+                    // goes back for the next request's.
+                    if let Some(spare) = spare {
+                        crate::headers::recycle_map(spare.into_parts().0.headers);
+                    }
+                    return Ok(resp);
+                }
                 Err(failed) => {
                     // A request that never left did no work upstream, so trying
                     // it elsewhere amplifies nothing: bounded by `attempts` and
@@ -1682,13 +1693,14 @@ fn prepare_upstream_headers(
     request_id: Option<&HeaderValue>,
 ) -> bool {
     // `TE: trailers` says the client takes trailers (gRPC requires it).
-    let trailers = crate::headers::find(h, &header::TE)
+    let trailers = h
+        .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(h);
     // Room for the headers added below, so the map grows at most once.
     h.reserve(5);
     // x-forwarded-for: append the peer to whatever chain the client sent.
-    let xff = if crate::headers::find(h, &X_FORWARDED_FOR).is_some() {
+    let xff = if h.contains_key(X_FORWARDED_FOR) {
         // One buffer: the client's chain (every line, in order), then the peer.
         let mut xff = String::with_capacity(64);
         for prev in h.get_all(X_FORWARDED_FOR) {
@@ -1707,7 +1719,7 @@ fn prepare_upstream_headers(
     }
     let proto = if https { "https" } else { "http" };
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = crate::headers::find(h, &header::HOST).cloned() {
+    if let Some(host) = h.get(header::HOST).cloned() {
         h.insert(X_FORWARDED_HOST, host);
     }
     let via = if version == Version::HTTP_2 {

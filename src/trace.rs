@@ -24,8 +24,8 @@ pub struct TraceContext {
     /// Whether the client sent a valid `traceparent` (its `tracestate` is
     /// then forwarded; otherwise `tracestate` is dropped, as the spec asks).
     pub continued: bool,
-    /// Whether the client sent a `tracestate` (so a new trace has one to
-    /// drop: `remove` hashes the name even when it is absent).
+    /// Whether the client sent a `tracestate`, which a new trace drops
+    /// (`remove` hashes the name even when it is absent).
     state: bool,
 }
 
@@ -90,7 +90,9 @@ impl TraceContext {
     /// `tracestate` only when its trace is continued.
     pub fn propagate(&self, h: &mut HeaderMap) {
         h.insert(TRACEPARENT, self.traceparent());
-        if !self.continued && (self.state || crate::headers::find(h, &TRACESTATE).is_some()) {
+        // Only the client's `tracestate` can be here (propagation comes
+        // before any change renames a header).
+        if !self.continued && self.state {
             h.remove(TRACESTATE);
         }
     }
