@@ -105,6 +105,111 @@ struct RequestContext {
     https: bool,
 }
 
+/// The fields the gateway adds to every answer once the request is done
+/// (`finish`): the request id, the version echo and its source, the
+/// served version, `Vary`, the lifecycle fields, `x-cache`, `RateLimit`
+/// and a sticky cookie. They are kept apart from the response's map so the
+/// lean HTTP/1.1 path can write them after the response's own fields: a
+/// `HeaderMap::insert` of a custom name hashes it byte by byte and costs
+/// about 250 instructions, four or more per response. [`Stamp::apply`]
+/// puts them in the map, in the same order and with the same meaning, for
+/// every other path (hyper's HTTP/1.1 and h2, TLS).
+#[derive(Default)]
+pub struct Stamp {
+    cache: Option<CacheStatus>,
+    request_id: Option<HeaderValue>,
+    rate_limit: Option<crate::limit::RateLimitHeaders>,
+    set_cookie: Option<HeaderValue>,
+    /// The table the request was routed by, which holds the version
+    /// fields' values (moved out of the request's context: no copy).
+    version: Option<VersionStamp>,
+}
+
+/// The names a [`Stamp`] writes, as statics so [`Stamp::each`] can lend
+/// them for as long as its caller keeps them (a `const` lends a temporary).
+static STAMP_NAMES: [HeaderName; 12] = [
+    X_CACHE,
+    X_REQUEST_ID,
+    RATELIMIT_POLICY,
+    RATELIMIT,
+    header::SET_COOKIE,
+    X_API_VERSION,
+    X_API_VERSION_SOURCE,
+    X_API_VERSION_SERVED,
+    header::VARY,
+    DEPRECATION,
+    SUNSET,
+    header::LINK,
+];
+
+/// The version fields of a [`Stamp`], read from the routing table.
+struct VersionStamp {
+    table: Arc<RoutingTable>,
+    route: crate::route::RouteId,
+    detected: Detected,
+    target: Option<version::VersionId>,
+}
+
+impl Stamp {
+    /// Each field in order, with whether it replaces the response's own
+    /// fields of that name (`true`) or is added to them (`false`).
+    pub fn each(&self, mut f: impl FnMut(&'static HeaderName, &HeaderValue, bool)) {
+        if let Some(c) = self.cache {
+            f(&STAMP_NAMES[0], &c.header(), true);
+        }
+        if let Some(id) = &self.request_id {
+            f(&STAMP_NAMES[1], id, true);
+        }
+        if let Some(rl) = &self.rate_limit {
+            f(&STAMP_NAMES[2], &rl.policy, true);
+            f(&STAMP_NAMES[3], &rl.limit, true);
+        }
+        if let Some(cookie) = &self.set_cookie {
+            f(&STAMP_NAMES[4], cookie, false);
+        }
+        if let Some(VersionStamp {
+            table,
+            route,
+            detected,
+            target,
+        }) = &self.version
+        {
+            let v = &table.versions[detected.version as usize];
+            f(&STAMP_NAMES[5], &v.header, true);
+            f(&STAMP_NAMES[6], &source_value(detected.source), true);
+            if let Some(t) = target {
+                f(&STAMP_NAMES[7], &table.versions[*t as usize].header, true);
+            }
+            let vary = &table.route(*route).detection.vary;
+            if !vary.is_empty() {
+                f(&STAMP_NAMES[8], vary, false);
+            }
+            let lc = &v.lifecycle;
+            if let Some(d) = &lc.deprecation {
+                f(&STAMP_NAMES[9], d, true);
+            }
+            if let Some(s) = &lc.sunset {
+                f(&STAMP_NAMES[10], s, true);
+            }
+            if let Some(l) = &lc.link {
+                f(&STAMP_NAMES[11], l, false);
+            }
+        }
+    }
+
+    /// Puts the fields in `h`: set ones replace any of that name, the
+    /// others are added after them.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        self.each(|name, value, set| {
+            if set {
+                h.insert(name.clone(), value.clone());
+            } else {
+                h.append(name.clone(), value.clone());
+            }
+        });
+    }
+}
+
 impl RequestContext {
     /// The forwarded request's response body broke off (or stopped
     /// arriving) while the gateway read it whole.
@@ -186,6 +291,22 @@ impl Gateway {
         peer: SocketAddr,
         https: bool,
     ) -> impl Future<Output = Response<Body>> + Send + 'a {
+        async move {
+            let (mut resp, stamp) = self.handle_stamped(req, peer, https).await;
+            stamp.apply(resp.headers_mut());
+            resp
+        }
+    }
+
+    /// [`Gateway::handle`] with the gateway's own response fields apart
+    /// (see [`Stamp`]), for a server path that writes the head itself.
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle_stamped<'a>(
+        &'a self,
+        req: Request<Option<ClientBody>>,
+        peer: SocketAddr,
+        https: bool,
+    ) -> impl Future<Output = (Response<Body>, Stamp)> + Send + 'a {
         async move {
             let _in_flight = InFlight::enter(&self.metrics.in_flight);
             // The fields read before anything changes the headers, found in
@@ -834,10 +955,10 @@ impl Gateway {
         method: &http::Method,
         uri: Option<&Uri>,
         result: Result<Response<Body>, GatewayError>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Stamp) {
         let trace_id = ctx.trace.as_ref().map(TraceContext::trace_id);
         let mut error = None;
-        let mut resp = match result {
+        let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 if e.status().is_server_error() {
@@ -874,53 +995,36 @@ impl Gateway {
         if let Some(uri) = uri {
             access_log(&ctx, method, uri, trace_id, &resp, elapsed, error);
         }
-        let h = resp.headers_mut();
-        if let Some(c) = ctx.cache {
-            h.insert(X_CACHE, c.header());
-        }
         // The request id and `RateLimit`'s remaining count are new with
         // every request: marked sensitive, h2's HPACK encoder sends them as
         // never-indexed literals instead of adding each one to the
         // connection's dynamic table (4 KiB), where it is never used again
         // and evicts entries that would be. HTTP/1.1 ignores the mark.
-        if let Some(mut id) = ctx.request_id {
+        let request_id = ctx.request_id.map(|mut id| {
             id.set_sensitive(true);
-            h.insert(X_REQUEST_ID, id);
-        }
-        if let Some(mut rl) = ctx.rate_limit {
-            h.insert(RATELIMIT_POLICY, rl.policy);
+            id
+        });
+        let rate_limit = ctx.rate_limit.map(|mut rl| {
             rl.limit.set_sensitive(true);
-            h.insert(RATELIMIT, rl.limit);
-        }
-        if let Some(cookie) = ctx.set_cookie {
-            h.append(header::SET_COOKIE, cookie);
-        }
-        if let (Some(table), Some(route), Some(d)) = (ctx.table.as_ref(), ctx.route, ctx.detected) {
-            let v = &table.versions[d.version as usize];
-            h.insert(X_API_VERSION, v.header.clone());
-            h.insert(X_API_VERSION_SOURCE, source_value(d.source));
-            if let Some(t) = ctx.target {
-                h.insert(
-                    X_API_VERSION_SERVED,
-                    table.versions[t as usize].header.clone(),
-                );
-            }
-            let vary = &table.route(route).detection.vary;
-            if !vary.is_empty() {
-                h.append(header::VARY, vary.clone());
-            }
-            let lc = &v.lifecycle;
-            if let Some(d) = &lc.deprecation {
-                h.insert(DEPRECATION, d.clone());
-            }
-            if let Some(s) = &lc.sunset {
-                h.insert(SUNSET, s.clone());
-            }
-            if let Some(l) = &lc.link {
-                h.append(header::LINK, l.clone());
-            }
-        }
-        resp
+            rl
+        });
+        let version = match (ctx.table, ctx.route, ctx.detected) {
+            (Some(table), Some(route), Some(detected)) => Some(VersionStamp {
+                table,
+                route,
+                detected,
+                target: ctx.target,
+            }),
+            _ => None,
+        };
+        let stamp = Stamp {
+            cache: ctx.cache,
+            request_id,
+            rate_limit,
+            set_cookie: ctx.set_cookie,
+            version,
+        };
+        (resp, stamp)
     }
 
     /// Counts the failures that have their own metrics (an error path:

@@ -125,7 +125,7 @@ fn parse(v: &[u8]) -> Option<([u8; 32], [u8; 2])> {
 #[inline]
 pub(crate) fn hex<const N: usize>(n: u128) -> [u8; N] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    const { assert!(N % 2 == 0 && N <= 32, "whole bytes of a u128") };
+    const { assert!(N.is_multiple_of(2) && N <= 32, "whole bytes of a u128") };
     // A byte (two digits) at a time: shifting a u128 by each nibble's
     // offset was ~8 instructions a digit.
     let bytes = n.to_be_bytes();

@@ -58,6 +58,7 @@ use tokio::time::{Instant, Sleep};
 use super::{Activity, Admission, CLOSE, Handler, Signal};
 use crate::body::{Body, ClientBody};
 use crate::headers::{FieldSpan, content_length, field_spans, lists_token, span};
+use crate::pipeline::Stamp;
 use crate::problem::GatewayError;
 
 /// Most request header fields taken here (hyper's default too); a head
@@ -266,10 +267,13 @@ where
 {
     let _active = lane.activity.map(Activity::begin);
     let (request_slot, over) = lane.admission.request_here();
-    let resp = match lane.admission.overload(lane.shed, over) {
-        Some(e) => e.to_response(None),
+    let (resp, stamp) = match lane.admission.overload(lane.shed, over) {
+        Some(e) => (e.to_response(None), Stamp::default()),
         None => {
-            let mut call = pin!(lane.handler.call(head.request, lane.peer, lane.https));
+            let mut call = pin!(
+                lane.handler
+                    .call_stamped(head.request, lane.peer, lane.https)
+            );
             let mut watch = buf.is_empty();
             let answered = poll_fn(|cx| {
                 if let Poll::Ready(resp) = call.as_mut().poll(cx) {
@@ -298,8 +302,13 @@ where
     };
     drop(request_slot);
     let closing = head.close || lane.shed || lane.signal.state.load(Ordering::Acquire) == CLOSE;
-    write_response(io, resp, closing, out).await
+    write_response(io, resp, &stamp, closing, out).await
 }
+
+/// Most fields a [`Stamp`] sets (its replacing ones: `x-cache`, the
+/// request id, two `RateLimit` fields, three version fields, two
+/// lifecycle ones).
+const STAMP_SETS: usize = 9;
 
 /// Parses the head at the start of `buf`; a lean one is split off it.
 fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
@@ -427,6 +436,7 @@ enum Framing {
 async fn write_response<IO>(
     io: &mut IO,
     resp: Response<Body>,
+    stamp: &Stamp,
     mut close: bool,
     out: &mut Vec<u8>,
 ) -> bool
@@ -454,7 +464,20 @@ where
     let mut wrote_date = false;
     let mut said_close = false;
     let mut trailers_allowed: Vec<HeaderName> = Vec::new();
+    // The names the stamp sets: the response's own fields of those names
+    // give way, as `Stamp::apply`'s inserts replace them.
+    let mut set = [const { None::<&HeaderName> }; STAMP_SETS];
+    let mut sets = 0;
+    stamp.each(|name, _, replaces| {
+        if replaces && sets < STAMP_SETS {
+            set[sets] = Some(name);
+            sets += 1;
+        }
+    });
     for (name, value) in &parts.headers {
+        if set[..sets].contains(&Some(name)) {
+            continue;
+        }
         if name == CONTENT_LENGTH {
             // An empty body is framed below; a second length is dropped.
             if !can_body || empty || length.is_some() {
@@ -489,6 +512,12 @@ where
         out.extend_from_slice(b"\r\n");
     }
     crate::headers::recycle_map(parts.headers);
+    stamp.each(|name, value, _| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
     let framing = if !can_body {
         Framing::None
     } else if empty {

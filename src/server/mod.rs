@@ -54,6 +54,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use crate::body::{Body, ClientBody};
 use crate::config::ServerSettings;
 use crate::framing;
+use crate::pipeline::Stamp;
 use crate::problem::GatewayError;
 use crate::tls::TlsTerminator;
 
@@ -70,6 +71,19 @@ pub trait Handler: Send + Sync + 'static {
         peer: SocketAddr,
         https: bool,
     ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// [`Handler::call`] with fields to add to the response kept apart,
+    /// for the lean path, which writes them after the response's own
+    /// (see [`Stamp`]). By default there are none.
+    fn call_stamped(
+        &self,
+        req: Request<Option<ClientBody>>,
+        peer: SocketAddr,
+        https: bool,
+    ) -> impl Future<Output = (Response<Body>, Stamp)> + Send {
+        let call = self.call(req, peer, https);
+        async move { (call.await, Stamp::default()) }
+    }
 }
 
 impl Handler for crate::pipeline::Gateway {
@@ -80,6 +94,15 @@ impl Handler for crate::pipeline::Gateway {
         https: bool,
     ) -> impl Future<Output = Response<Body>> + Send {
         self.handle(req, peer, https)
+    }
+
+    fn call_stamped(
+        &self,
+        req: Request<Option<ClientBody>>,
+        peer: SocketAddr,
+        https: bool,
+    ) -> impl Future<Output = (Response<Body>, Stamp)> + Send {
+        self.handle_stamped(req, peer, https)
     }
 }
 
