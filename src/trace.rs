@@ -222,13 +222,16 @@ mod tests {
 
     #[test]
     fn tracestate_only_follows_a_continued_trace() {
+        // The context is read from the request the headers are forwarded
+        // from, as the pipeline does.
         let mut h = HeaderMap::new();
         h.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
-        ctx(None).propagate(&mut h);
+        TraceContext::from_headers(&h).propagate(&mut h);
         assert!(h.get(TRACESTATE).is_none());
         let mut h = HeaderMap::new();
         h.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
-        ctx(Some(VALID)).propagate(&mut h);
+        h.insert(TRACEPARENT, HeaderValue::from_static(VALID));
+        TraceContext::from_headers(&h).propagate(&mut h);
         assert_eq!(h.get(TRACESTATE).unwrap(), "vendor=1");
         assert_eq!(
             &h.get(TRACEPARENT).unwrap().to_str().unwrap()[..35],
