@@ -27,7 +27,7 @@ use crate::split;
 use crate::table::{RoutingTable, TableHandle};
 use crate::trace::TraceContext;
 use crate::translate::{TranslateError, has_json_body, parse_json, set_body_headers, to_bytes};
-use crate::upstream::{Endpoint, Upstream, UpstreamError};
+use crate::upstream::{Endpoint, Forwarding, Upstream, UpstreamError};
 use crate::version::{self, Detected, RequestView, ResolveError};
 
 /// The access log's `tracing` target: `RUST_LOG=switchyard::access=off`
@@ -585,7 +585,7 @@ impl Gateway {
                 let lease = parts.extensions.remove::<Arc<crate::server::Lease>>();
                 Some((kind, on, lease))
             });
-            let te_trailers = prepare_upstream_headers(
+            let (te_trailers, mut forwarding) = prepare_upstream_headers(
                 &mut parts.headers,
                 parts.version,
                 peer,
@@ -619,7 +619,7 @@ impl Gateway {
                 }
             }
             if let Some(trace) = &ctx.trace {
-                trace.propagate(&mut parts.headers);
+                forwarding.traceparent = Some(trace.propagate(&mut parts.headers));
             }
             let no_body =
                 declared.is_none_or(|n| n == 0) && body.as_ref().is_none_or(body_is_empty);
@@ -731,6 +731,7 @@ impl Gateway {
                 &pool_entry.pool,
                 route,
                 upstream_req,
+                &forwarding,
                 &method,
                 &mut ctx.endpoint,
                 sent,
@@ -1481,6 +1482,7 @@ fn forward_with_retries<'a>(
     pool: &'a crate::upstream::Pool,
     route: &'a crate::table::Route,
     mut req: Request<Body>,
+    forwarding: &'a Forwarding,
     method: &'a http::Method,
     endpoint: &'a mut Option<Arc<Endpoint>>,
     start: Instant,
@@ -1529,7 +1531,8 @@ fn forward_with_retries<'a>(
             let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
                 more && Instant::now() < deadline && attempts.try_retry()
             };
-            let (result, kept) = Upstream::forward_once(serving, ep, req, timeouts).await;
+            let (result, kept) =
+                Upstream::forward_once(serving, ep, req, forwarding, timeouts).await;
             let spare = spare.or(kept.filter(|_| more && replayable));
             match result {
                 Ok(resp) if policy.retry_status(resp.status()) && spare.is_some() => {
@@ -1787,22 +1790,21 @@ fn peer_value(ip: std::net::IpAddr) -> HeaderValue {
     })
 }
 
-/// Strips hop-by-hop headers and sets the forwarding ones; returns whether
-/// the client sent `TE: trailers`.
+/// Strips hop-by-hop headers and works out the forwarding ones (sent after
+/// the client's: see [`Forwarding`]); says whether the client sent `TE:
+/// trailers`.
 fn prepare_upstream_headers(
     h: &mut HeaderMap,
     version: Version,
     peer: SocketAddr,
     https: bool,
     request_id: Option<&HeaderValue>,
-) -> bool {
+) -> (bool, Forwarding) {
     // `TE: trailers` says the client takes trailers (gRPC requires it).
     let trailers = h
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(h);
-    // Room for the headers added below, so the map grows at most once.
-    h.reserve(5);
     // x-forwarded-for: append the peer to whatever chain the client sent.
     let xff = if h.contains_key(X_FORWARDED_FOR) {
         // One buffer: the client's chain (every line, in order), then the peer.
@@ -1818,14 +1820,7 @@ fn prepare_upstream_headers(
     } else {
         Some(peer_value(peer.ip()))
     };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
-    }
     let proto = if https { "https" } else { "http" };
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = h.get(header::HOST).cloned() {
-        h.insert(X_FORWARDED_HOST, host);
-    }
     let via = if version == Version::HTTP_2 {
         HeaderValue::from_static("2 switchyard")
     } else if version == Version::HTTP_10 {
@@ -1833,11 +1828,15 @@ fn prepare_upstream_headers(
     } else {
         HeaderValue::from_static("1.1 switchyard")
     };
-    h.append(header::VIA, via);
-    if let Some(id) = request_id {
-        h.insert(X_REQUEST_ID, id.clone());
-    }
-    trailers
+    let forwarding = Forwarding {
+        for_: xff,
+        proto: Some(HeaderValue::from_static(proto)),
+        host: h.get(header::HOST).cloned(),
+        via: Some(via),
+        request_id: request_id.cloned(),
+        traceparent: None,
+    };
+    (trailers, forwarding)
 }
 
 /// `/health/live` and `/health/ready`, shared by both listeners.

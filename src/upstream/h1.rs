@@ -50,7 +50,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant as TokioInstant, Sleep};
 
-use super::{Endpoint, Failed, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
+use super::{Endpoint, Failed, Forwarding, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
 use crate::body::{Body, BodyError, Gap};
 use crate::headers::{FieldSpan, content_length, field_spans};
 
@@ -125,11 +125,12 @@ pub(crate) fn eligible(req: &Request<Body>) -> bool {
 pub(crate) fn exchange<'a>(
     ep: &'a Endpoint,
     req: Request<Body>,
+    forwarding: &'a Forwarding,
     timeouts: Timeouts,
 ) -> impl Future<Output = (Result<Response<Body>, Failed>, Option<Request<Body>>)> + Send + 'a {
     async move {
         let (parts, mut body) = req.into_parts();
-        let result = send(ep, &parts, &mut body, timeouts).await;
+        let result = send(ep, &parts, forwarding, &mut body, timeouts).await;
         let kept = |parts, body: Body| {
             body.buffered()
                 .is_some()
@@ -160,6 +161,7 @@ pub(crate) fn exchange<'a>(
 async fn send(
     ep: &Endpoint,
     parts: &http::request::Parts,
+    forwarding: &Forwarding,
     body: &mut Body,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, (UpstreamError, bool)> {
@@ -193,13 +195,13 @@ async fn send(
         let outcome = within(&mut timer, deadline, async {
             let sent = match body.buffered() {
                 Some(data) => {
-                    encode(parts, Some(data.len() as u64), &mut conn.out);
+                    encode(parts, forwarding, Some(data.len() as u64), &mut conn.out);
                     conn.out.extend_from_slice(data);
                     conn.flush().await.map_err(|e| Fault::Io(e, true))
                 }
                 // Boxed: a streamed upload's future would otherwise add to
                 // every request's (see `super::exchange`).
-                None => Box::pin(send_streamed(parts, &mut *body, &mut conn)).await,
+                None => Box::pin(send_streamed(parts, forwarding, &mut *body, &mut conn)).await,
             };
             sent?;
             Ok::<_, Fault>(roundtrip(&mut conn, head_only).await)
@@ -289,11 +291,12 @@ enum Fault {
 /// Writes the head of a streamed request and its body as it arrives.
 async fn send_streamed(
     parts: &http::request::Parts,
+    forwarding: &Forwarding,
     body: &mut Body,
     conn: &mut Conn,
 ) -> Result<(), Fault> {
     let length = body.size_hint().exact();
-    encode(parts, length, &mut conn.out);
+    encode(parts, forwarding, length, &mut conn.out);
     let chunked = length.is_none();
     let mut first = true;
     loop {
@@ -325,7 +328,7 @@ async fn send_streamed(
                 Err(frame) => {
                     if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
                         conn.out.extend_from_slice(b"0\r\n");
-                        encode_fields(&trailers, &mut conn.out);
+                        encode_fields(&trailers, None, &mut conn.out);
                         conn.out.extend_from_slice(b"\r\n");
                         return conn.flush().await.map_err(|e| Fault::Io(e, first));
                     }
@@ -395,17 +398,24 @@ async fn roundtrip(conn: &mut Conn, head_only: bool) -> Result<Head, Broken> {
 }
 
 /// Serialises the request head (origin form; the caller set `Host`) into
-/// `out`, framed by `length` (`Content-Length`) or, for `None`, chunked.
+/// `out`, with the gateway's `forwarding` fields after the client's own,
+/// framed by `length` (`Content-Length`) or, for `None`, chunked.
 /// The client's own `Content-Length` and `Transfer-Encoding` are not
 /// forwarded: the body is framed here, not the way the client framed it.
-fn encode(parts: &http::request::Parts, length: Option<u64>, out: &mut Vec<u8>) {
+fn encode(
+    parts: &http::request::Parts,
+    forwarding: &Forwarding,
+    length: Option<u64>,
+    out: &mut Vec<u8>,
+) {
     let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.reserve(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(pq.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    encode_fields(&parts.headers, out);
+    encode_fields(&parts.headers, Some(forwarding), out);
+    forwarding.each(|name, value, _| field(out, name, value));
     match length {
         // A method that defines a body gets an explicit zero length, as
         // hyper sends it; GET, HEAD and the like send none when empty.
@@ -420,17 +430,36 @@ fn encode(parts: &http::request::Parts, length: Option<u64>, out: &mut Vec<u8>) 
     out.extend_from_slice(b"\r\n");
 }
 
-/// `name: value` lines for every field but the framing ones.
-fn encode_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
+/// `name: value` lines for every field but the framing ones and those
+/// `forwarding` replaces.
+fn encode_fields(fields: &HeaderMap, forwarding: Option<&Forwarding>, out: &mut Vec<u8>) {
+    // The replaced names, gathered once (compared as `HeaderName`s: a
+    // standard name against these custom ones is a tag test).
+    let mut set = [None::<&HeaderName>; 6];
+    let mut sets = 0;
+    if let Some(f) = forwarding {
+        f.each(|name, _, replaces| {
+            if replaces {
+                set[sets] = Some(name);
+                sets += 1;
+            }
+        });
+    }
     for (name, value) in fields {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || set[..sets].contains(&Some(name))
+        {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(out, name, value);
     }
+}
+
+/// One `name: value` line.
+fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head and how its body is framed.
@@ -1031,7 +1060,7 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode(&parts, Some(2), &mut out);
+        encode(&parts, &Forwarding::default(), Some(2), &mut out);
         out.extend_from_slice(b"{}");
         assert_eq!(
             out,
@@ -1039,14 +1068,14 @@ mod tests {
         );
         let (parts, ()) = Request::get("/x").body(()).unwrap().into_parts();
         out.clear();
-        encode(&parts, Some(0), &mut out);
+        encode(&parts, &Forwarding::default(), Some(0), &mut out);
         assert_eq!(out, b"GET /x HTTP/1.1\r\n\r\n");
         let (parts, ()) = Request::put("/x").body(()).unwrap().into_parts();
         out.clear();
-        encode(&parts, Some(0), &mut out);
+        encode(&parts, &Forwarding::default(), Some(0), &mut out);
         assert_eq!(out, b"PUT /x HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         out.clear();
-        encode(&parts, None, &mut out);
+        encode(&parts, &Forwarding::default(), None, &mut out);
         assert_eq!(
             out,
             b"PUT /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
