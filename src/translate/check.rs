@@ -322,6 +322,11 @@ fn compile_change(
                             "from",
                             "hop-by-hop and framing headers (content-length, transfer-encoding, host, connection, ...) cannot be renamed".into(),
                         );
+                    } else if is_forwarding(&from) || is_forwarding(&to) {
+                        err(
+                            "from",
+                            "the gateway sets x-forwarded-for, x-forwarded-proto, x-forwarded-host, via, x-request-id and traceparent itself (after the changes run): they cannot be renamed".into(),
+                        );
                     }
                     Some(Kind::RenameHeader { from, to })
                 }
@@ -414,6 +419,21 @@ fn compile_change(
         },
         kind?,
     ))
+}
+
+/// The fields the gateway adds to every forwarded request
+/// ([`crate::upstream::Forwarding`]), written after the changes have run.
+fn is_forwarding(h: &HeaderName) -> bool {
+    use crate::headers::*;
+    [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        X_REQUEST_ID,
+        TRACEPARENT,
+        http::header::VIA,
+    ]
+    .contains(h)
 }
 
 fn is_framing(h: &HeaderName) -> bool {
@@ -902,6 +922,11 @@ mod tests {
                 "framing header",
                 c("op = \"rename_header\"\nfrom = \"content-length\"\nto = \"x-len\""),
                 "versions[1].changes[0].from: hop-by-hop and framing headers",
+            ),
+            (
+                "forwarding header",
+                c("op = \"rename_header\"\nfrom = \"x-correlation-id\"\nto = \"x-request-id\""),
+                "versions[1].changes[0].from: the gateway sets x-forwarded-for",
             ),
             (
                 "status out of range",
