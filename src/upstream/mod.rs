@@ -1118,3 +1118,77 @@ fn classify(e: hyper::Error, ep: &Endpoint) -> UpstreamError {
         source: e,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue, header};
+
+    use super::Forwarding;
+    use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+
+    fn fields() -> Forwarding {
+        Forwarding {
+            for_: Some(HeaderValue::from_static("203.0.113.7, 127.0.0.1")),
+            proto: Some(HeaderValue::from_static("http")),
+            host: None,
+            via: Some(HeaderValue::from_static("1.1 switchyard")),
+            request_id: Some(HeaderValue::from_static("abc")),
+            traceparent: None,
+        }
+    }
+
+    fn pairs(h: &HeaderMap) -> Vec<(String, String)> {
+        h.iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    /// `apply` replaces the client's fields of the set names and adds `via`
+    /// after the client's; `unapply` gives back the map as it came, minus
+    /// the fields the next try sets again.
+    #[test]
+    fn apply_then_unapply_leaves_the_request_as_the_next_try_needs_it() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        h.append(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.append(header::VIA, HeaderValue::from_static("1.0 edge"));
+        h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let f = fields();
+        f.apply(&mut h);
+        assert_eq!(
+            h.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["203.0.113.7, 127.0.0.1"]
+        );
+        assert_eq!(
+            h.get_all(X_FORWARDED_PROTO).iter().collect::<Vec<_>>(),
+            ["http"]
+        );
+        assert_eq!(
+            h.get_all(header::VIA).iter().collect::<Vec<_>>(),
+            ["1.0 edge", "1.1 switchyard"]
+        );
+        assert_eq!(h.get(X_REQUEST_ID).unwrap(), "abc");
+        f.unapply(&mut h);
+        // (The client's `via` may move after other fields: order between
+        // different names carries no meaning.)
+        let mut left = pairs(&h);
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("accept".to_string(), "*/*".to_string()),
+                ("via".to_string(), "1.0 edge".to_string()),
+            ]
+        );
+        // Applied again, as the next try does: one of each, as the first time.
+        f.apply(&mut h);
+        assert_eq!(h.get_all(header::VIA).iter().count(), 2);
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+
+        // No `via` from the client: none left after `unapply`.
+        let mut h = HeaderMap::new();
+        f.apply(&mut h);
+        f.unapply(&mut h);
+        assert!(h.is_empty(), "{:?}", pairs(&h));
+    }
+}
