@@ -155,6 +155,45 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Response cache outcome: `HIT`, `MISS` or `STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// Slots in this thread's cache of parsed header names ([`parse_name`]).
+const NAME_SLOTS: usize = 64;
+
+thread_local! {
+    static NAMES: RefCell<[Option<HeaderName>; NAME_SLOTS]> =
+        const { RefCell::new([const { None }; NAME_SLOTS]) };
+}
+
+/// `HeaderName::from_bytes`, answered from a small per-thread cache of the
+/// names seen last: a connection's requests (and an upstream's responses)
+/// repeat the same few names, and parsing one costs about 160
+/// instructions (a custom name is validated byte by byte and copied into
+/// an allocation of its own), comparing it with the cached one a few
+/// dozen. The comparison ignores ASCII case, as `from_bytes` lower-cases
+/// what it accepts. A slot is chosen by the name's length and its first
+/// and last bytes; a different name in it is replaced.
+pub(crate) fn parse_name(bytes: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return HeaderName::from_bytes(bytes);
+    };
+    let slot =
+        (bytes.len() * 7 + usize::from(first | 0x20) * 3 + usize::from(last | 0x20)) % NAME_SLOTS;
+    let cached = NAMES
+        .try_with(|n| {
+            n.borrow()[slot]
+                .as_ref()
+                .filter(|c| c.as_str().as_bytes().eq_ignore_ascii_case(bytes))
+                .cloned()
+        })
+        .ok()
+        .flatten();
+    if let Some(name) = cached {
+        return Ok(name);
+    }
+    let name = HeaderName::from_bytes(bytes)?;
+    let _ = NAMES.try_with(|n| n.borrow_mut()[slot] = Some(name.clone()));
+    Ok(name)
+}
+
 /// Header maps kept per thread for reuse ([`pooled_map`], [`recycle_map`]):
 /// a map's two tables (its index and its entries, a kilobyte or more) are
 /// allocated past glibc's per-thread cache, so a request and its response
@@ -247,6 +286,39 @@ pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache answers what `from_bytes` answers, for names seen before
+    /// or not, in any case, and refuses what it refuses.
+    #[test]
+    fn parse_name_answers_as_from_bytes() {
+        let inputs: [&[u8]; 12] = [
+            b"host",
+            b"Host",
+            b"HOST",
+            b"x-api-version",
+            b"X-Api-Version",
+            b"x-api-version",
+            b"x-api-versioN",
+            b"content-type",
+            b"bad name",
+            b"bad\xffname",
+            b"",
+            b"x_under",
+        ];
+        for _ in 0..2 {
+            for input in inputs {
+                let want = HeaderName::from_bytes(input).ok();
+                let got = parse_name(input).ok();
+                assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
+            }
+        }
+        // Names that share a slot replace each other and stay right.
+        for n in 0..200u32 {
+            let text = format!("x-n{n}");
+            assert_eq!(parse_name(text.as_bytes()).unwrap().as_str(), text);
+        }
+        assert_eq!(parse_name(b"Host").unwrap(), http::header::HOST);
+    }
 
     fn name(n: &str) -> HeaderName {
         HeaderName::from_bytes(n.as_bytes()).unwrap()

@@ -360,7 +360,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let mut length: Option<usize> = None;
     for &(n0, n1, v0, v1) in &fields[..count] {
         let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-        let Ok(name) = HeaderName::from_bytes(&bytes[n0..n1]) else {
+        let Ok(name) = crate::headers::parse_name(&bytes[n0..n1]) else {
             return undo(buf, bytes, "malformed");
         };
         if name == CONTENT_LENGTH {

@@ -547,7 +547,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
         let mut close = minor == 0;
         for &(n0, n1, v0, v1) in &fields[..count] {
             let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-            let name = HeaderName::from_bytes(&head[n0..n1])
+            let name = crate::headers::parse_name(&head[n0..n1])
                 .map_err(|_| "invalid response header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
                 .map_err(|_| "invalid response header value")?;
