@@ -158,31 +158,43 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// Slots in this thread's cache of parsed header names ([`parse_name`]).
 const NAME_SLOTS: usize = 64;
 
+/// Longest name the cache keeps (longer ones are parsed every time).
+const NAME_KEY: usize = 30;
+
+/// A cached name and the exact bytes it was parsed from.
+struct CachedName {
+    len: u8,
+    key: [u8; NAME_KEY],
+    name: HeaderName,
+}
+
 thread_local! {
-    static NAMES: RefCell<[Option<HeaderName>; NAME_SLOTS]> =
+    static NAMES: RefCell<[Option<CachedName>; NAME_SLOTS]> =
         const { RefCell::new([const { None }; NAME_SLOTS]) };
 }
 
 /// `HeaderName::from_bytes`, answered from a small per-thread cache of the
 /// names seen last: a connection's requests (and an upstream's responses)
 /// repeat the same few names, and parsing one costs about 160
-/// instructions (a custom name is validated byte by byte and copied into
-/// an allocation of its own), comparing it with the cached one a few
-/// dozen. The comparison ignores ASCII case, as `from_bytes` lower-cases
-/// what it accepts. A slot is chosen by the name's length and its first
-/// and last bytes; a different name in it is replaced.
+/// instructions (a standard name is matched against the whole list, a
+/// custom one validated byte by byte and copied into an allocation of its
+/// own). The cache compares the bytes exactly (as sent, in their case) and
+/// hands out a clone; a slot is chosen by the name's length and its first
+/// and last bytes, and a different name in it is replaced.
 pub(crate) fn parse_name(bytes: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
         return HeaderName::from_bytes(bytes);
     };
-    let slot =
-        (bytes.len() * 7 + usize::from(first | 0x20) * 3 + usize::from(last | 0x20)) % NAME_SLOTS;
+    if bytes.len() > NAME_KEY {
+        return HeaderName::from_bytes(bytes);
+    }
+    let slot = (bytes.len() * 7 + usize::from(first) * 3 + usize::from(last)) % NAME_SLOTS;
     let cached = NAMES
         .try_with(|n| {
             n.borrow()[slot]
                 .as_ref()
-                .filter(|c| c.as_str().as_bytes().eq_ignore_ascii_case(bytes))
-                .cloned()
+                .filter(|c| &c.key[..usize::from(c.len)] == bytes)
+                .map(|c| c.name.clone())
         })
         .ok()
         .flatten();
@@ -190,7 +202,14 @@ pub(crate) fn parse_name(bytes: &[u8]) -> Result<HeaderName, http::header::Inval
         return Ok(name);
     }
     let name = HeaderName::from_bytes(bytes)?;
-    let _ = NAMES.try_with(|n| n.borrow_mut()[slot] = Some(name.clone()));
+    let mut key = [0; NAME_KEY];
+    key[..bytes.len()].copy_from_slice(bytes);
+    let entry = CachedName {
+        len: bytes.len() as u8,
+        key,
+        name: name.clone(),
+    };
+    let _ = NAMES.try_with(|n| n.borrow_mut()[slot] = Some(entry));
     Ok(name)
 }
 
