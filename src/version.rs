@@ -265,9 +265,9 @@ pub fn detect(
 ) -> Result<Detected, DetectError> {
     for &source in &detection.order {
         let found: Option<(&str, Option<(usize, usize)>)> = match source {
-            Source::Header => req
-                .headers
-                .get(&detection.header)
+            // A scan of the request's few names, not a hash of this one:
+            // see `headers::find`.
+            Source::Header => crate::headers::find(req.headers, &detection.header)
                 .map(|v| (v.to_str().unwrap_or("\u{fffd}"), None)),
             Source::Accept => {
                 accept_version(req.headers, &detection.accept_vendor).map(|v| (v, None))
