@@ -209,6 +209,24 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Past the `:` after a key, the first byte of the value (whitespace
+    /// skipped). Machine-written bodies have no space around the colon:
+    /// then one two-byte read does what two [`Parser::token`]s did.
+    #[inline(always)]
+    fn colon_then_token(&mut self) -> Result<Option<u8>, Refused> {
+        if let Some(&[b':', b]) = self.bytes.get(self.pos..self.pos + 2)
+            && b > b' '
+        {
+            self.pos += 1;
+            return Ok(Some(b));
+        }
+        if self.token() != Some(b':') {
+            return Err(Refused);
+        }
+        self.pos += 1;
+        Ok(self.token())
+    }
+
     fn end(&mut self) -> Result<(), Refused> {
         self.ws();
         if self.pos == self.bytes.len() {
@@ -227,10 +245,18 @@ impl<'a> Parser<'a> {
     /// containers recurse.
     #[inline(always)]
     fn value_here(&mut self, depth: usize) -> Result<NodeId, Refused> {
-        let node = match self.token() {
+        match self.token() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            b => self.scalar(b),
+        }
+    }
+
+    /// A scalar starting with byte `b` (the next token), as a new node.
+    #[inline(always)]
+    fn scalar(&mut self, b: Option<u8>) -> Result<NodeId, Refused> {
+        let node = match b {
             Some(b'"') => Node::String(self.string()?),
-            Some(b'{') => return self.object(depth),
-            Some(b'[') => return self.array(depth),
             Some(b'-' | b'0'..=b'9') => self.number()?,
             Some(b't') => self.literal(b"true", Node::Bool(true))?,
             Some(b'f') => self.literal(b"false", Node::Bool(false))?,
@@ -290,6 +316,10 @@ impl<'a> Parser<'a> {
         Ok(Node::Number(Text::Plain(&self.bytes[start..self.pos])))
     }
 
+    /// An array. Its items go straight into the document while they are
+    /// scalars (one run, no copy); from its first container item on they
+    /// go through the scratch stack (the nested container writes its own
+    /// runs into the document meanwhile) and are copied out at the end.
     #[inline(never)]
     fn array(&mut self, depth: usize) -> Result<NodeId, Refused> {
         if depth > self.max_depth {
@@ -297,12 +327,29 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         let base = self.items.len();
+        // `Some(start)` while the items are written in place.
+        let mut direct = Some(self.doc.open_items());
         if self.token() == Some(b']') {
             self.pos += 1;
         } else {
             loop {
-                let item = self.value_here(depth + 1)?;
-                self.items.push(item);
+                let item = match self.token() {
+                    b @ Some(b'{' | b'[') => {
+                        if let Some(start) = direct.take() {
+                            self.doc.spill_items(start, &mut self.items);
+                        }
+                        if b == Some(b'{') {
+                            self.object(depth + 1)?
+                        } else {
+                            self.array(depth + 1)?
+                        }
+                    }
+                    b => self.scalar(b)?,
+                };
+                match direct {
+                    Some(_) => self.doc.push_item(item),
+                    None => self.items.push(item),
+                }
                 match self.token() {
                     Some(b',') => self.pos += 1,
                     Some(b']') => {
@@ -313,11 +360,19 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        let span = self.doc.push_items(&self.items[base..]);
-        self.items.truncate(base);
+        let span = match direct {
+            Some(start) => self.doc.close_items(start),
+            None => {
+                let span = self.doc.push_items(&self.items[base..]);
+                self.items.truncate(base);
+                span
+            }
+        };
         Ok(self.doc.push(Node::Array(span)))
     }
 
+    /// An object; its members are written as [`Parser::array`] writes
+    /// items (in place until the first container value).
     #[inline(never)]
     fn object(&mut self, depth: usize) -> Result<NodeId, Refused> {
         if depth > self.max_depth {
@@ -325,6 +380,8 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         let base = self.members.len();
+        // `Some(start)` while the members are written in place.
+        let mut direct = Some(self.doc.open_members());
         // Whether the keys came in strictly increasing order so far: then
         // (the common case) there is nothing to sort and no repeat.
         let mut sorted = true;
@@ -336,18 +393,34 @@ impl<'a> Parser<'a> {
                     return Err(Refused);
                 }
                 let (key, head) = self.key()?;
-                if let Some(last) = self.members[base..].last()
+                let last = match direct {
+                    Some(start) => self.doc.last_member(start),
+                    None => self.members[base..].last(),
+                };
+                if let Some(last) = last
                     && (last.head > head
                         || (last.head == head && !key_before(&self.doc, last, &key)))
                 {
                     sorted = false;
                 }
-                if self.token() != Some(b':') {
-                    return Err(Refused);
+                let value = match self.colon_then_token()? {
+                    b @ Some(b'{' | b'[') => {
+                        if let Some(start) = direct.take() {
+                            self.doc.spill_members(start, &mut self.members);
+                        }
+                        if b == Some(b'{') {
+                            self.object(depth + 1)?
+                        } else {
+                            self.array(depth + 1)?
+                        }
+                    }
+                    b => self.scalar(b)?,
+                };
+                let member = Member::with_head(key, value, head);
+                match direct {
+                    Some(_) => self.doc.push_member(member),
+                    None => self.members.push(member),
                 }
-                self.pos += 1;
-                let value = self.value_here(depth + 1)?;
-                self.members.push(Member::with_head(key, value, head));
                 match self.token() {
                     Some(b',') => self.pos += 1,
                     Some(b'}') => {
@@ -359,11 +432,17 @@ impl<'a> Parser<'a> {
             }
         }
         // A repeated key is refused here; serde_json then names it.
-        if !sorted && !sort_members(self.doc.own(), &mut self.members[base..]) {
-            return Err(Refused);
-        }
-        let span = self.doc.push_members(&self.members[base..]);
-        self.members.truncate(base);
+        let span = match direct {
+            Some(start) => self.doc.close_members(start, sorted).ok_or(Refused)?,
+            None => {
+                if !sorted && !sort_members(self.doc.own(), &mut self.members[base..]) {
+                    return Err(Refused);
+                }
+                let span = self.doc.push_members(&self.members[base..]);
+                self.members.truncate(base);
+                span
+            }
+        };
         Ok(self.doc.push(Node::Object(span)))
     }
 

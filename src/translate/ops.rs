@@ -274,6 +274,11 @@ impl Change {
     /// body by value, so such a body is dropped, never sent. Keys and values
     /// the change writes borrow from the change itself. `step` is the
     /// change's place in its plan, the stash's key.
+    ///
+    /// In line into the walk: the commonest shapes (a map, a flattening
+    /// rename, a key added or dropped) run here; the rest out of line in
+    /// [`Change::apply_rest`], so that the per-element call stays cheap.
+    #[inline(always)]
     pub(crate) fn apply_at<'a>(
         &'a self,
         dir: Dir,
@@ -283,20 +288,84 @@ impl Change {
         step: u32,
         stash: &mut StashUse<'_>,
     ) -> Result<(), TranslateError> {
-        let Some(id) = pointer::get(doc, elem, &self.segs[self.cut..]) else {
-            return Ok(());
+        let id = match &self.segs[self.cut..] {
+            [] => elem,
+            // One key under an object (`/*/status`): the lookup in line.
+            [seg] => match (doc.node(elem), seg) {
+                (Node::Object(_), Seg::Key { name, .. }) => match doc.get_key(elem, name) {
+                    Some(id) => id,
+                    None => return Ok(()),
+                },
+                _ => match pointer::child(doc, elem, seg) {
+                    Some(id) => id,
+                    None => return Ok(()),
+                },
+            },
+            tail => match pointer::get(doc, elem, tail) {
+                Some(id) => id,
+                None => return Ok(()),
+            },
         };
         match &self.kind {
-            Kind::Rename { base, from, to } => {
-                let (src, dst, flat) = match dir {
-                    Dir::Up => (from, to, &self.flat[0]),
-                    Dir::Down => (to, from, &self.flat[1]),
+            Kind::Map { up, down, .. } => {
+                let table = match dir {
+                    Dir::Up => up,
+                    Dir::Down => down,
+                };
+                if let Node::String(s) = doc.node(id)
+                    && let Some(new) = table.get(doc.str(&s))
+                {
+                    doc.set(id, Node::String(new.text()));
+                }
+                Ok(())
+            }
+            Kind::Rename { .. } => {
+                let flat = match dir {
+                    Dir::Up => &self.flat[0],
+                    Dir::Down => &self.flat[1],
                 };
                 if let Some(f) = flat
                     && flatten(doc, id, &f.outer, &f.inner, &f.to)
                 {
                     return Ok(());
                 }
+                self.apply_rest(dir, doc, id, b, step, stash)
+            }
+            Kind::Add { key, .. } if dir == Dir::Down => {
+                if let Node::Object(_) = doc.node(id)
+                    && let Ok(i) = doc.find_key(id, key)
+                {
+                    doc.remove_at(id, i);
+                }
+                Ok(())
+            }
+            Kind::Add { .. }
+            | Kind::Remove { .. }
+            | Kind::Wrap { .. }
+            | Kind::RenameHeader { .. }
+            | Kind::RewritePath { .. }
+            | Kind::MapStatus { .. } => self.apply_rest(dir, doc, id, b, step, stash),
+        }
+    }
+
+    /// [`Change::apply_at`] on the node `id` its pointer reached, for
+    /// every shape (the common ones too, though `apply_at` runs those).
+    #[inline(never)]
+    fn apply_rest<'a>(
+        &'a self,
+        dir: Dir,
+        doc: &mut Json<'a>,
+        id: NodeId,
+        b: &[usize],
+        step: u32,
+        stash: &mut StashUse<'_>,
+    ) -> Result<(), TranslateError> {
+        match &self.kind {
+            Kind::Rename { base, from, to } => {
+                let (src, dst) = match dir {
+                    Dir::Up => (from, to),
+                    Dir::Down => (to, from),
+                };
                 move_value(doc, id, src, dst)
                     .map_err(|(tail, kind)| self.fail(pointer::render_under(base, b, tail), kind))
             }
@@ -575,6 +644,7 @@ where
 /// result, without the general walk's bookkeeping. Returns whether it
 /// moved the field; when not, it changed nothing and `move_value` decides
 /// (absent field, collision, a non-object on the way).
+#[inline(always)]
 fn flatten<'a>(
     doc: &mut Json<'a>,
     container: NodeId,

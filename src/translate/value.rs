@@ -468,6 +468,80 @@ impl<'a> Json<'a> {
         push_run(&mut self.items, items)
     }
 
+    // The parser writes the children of a container that holds no
+    // container straight into the document (`open_*`, `push_*`,
+    // `close_*`), not through its scratch stacks and a copy; when a nested
+    // container turns up, the run so far moves to the scratch stack
+    // (`spill_*`) before the nested one writes its own run.
+
+    /// Where a run of items written in place starts.
+    #[inline(always)]
+    pub(crate) fn open_items(&self) -> usize {
+        self.items.len()
+    }
+
+    #[inline(always)]
+    pub(crate) fn push_item(&mut self, item: NodeId) {
+        self.items.push(item);
+    }
+
+    /// Moves the items written in place since `start` onto `to`.
+    #[inline(never)]
+    pub(crate) fn spill_items(&mut self, start: usize, to: &mut Vec<NodeId>) {
+        to.extend_from_slice(&self.items[start..]);
+        self.items.truncate(start);
+    }
+
+    /// The span of the items written in place since `start`.
+    #[inline(always)]
+    pub(crate) fn close_items(&self, start: usize) -> Span {
+        let len = index(self.items.len() - start);
+        Span {
+            start: index(start),
+            len,
+            cap: len,
+        }
+    }
+
+    /// Where a run of members written in place starts.
+    #[inline(always)]
+    pub(crate) fn open_members(&self) -> usize {
+        self.members.len()
+    }
+
+    #[inline(always)]
+    pub(crate) fn push_member(&mut self, member: Member<'a>) {
+        self.members.push(member);
+    }
+
+    /// The last member written in place since `start`.
+    #[inline(always)]
+    pub(crate) fn last_member(&self, start: usize) -> Option<&Member<'a>> {
+        self.members[start..].last()
+    }
+
+    /// Moves the members written in place since `start` onto `to`.
+    #[inline(never)]
+    pub(crate) fn spill_members(&mut self, start: usize, to: &mut Vec<Member<'a>>) {
+        to.extend_from_slice(&self.members[start..]);
+        self.members.truncate(start);
+    }
+
+    /// The span of the members written in place since `start`, sorted
+    /// first unless `sorted`; `None` when two keys are the same.
+    #[inline(always)]
+    pub(crate) fn close_members(&mut self, start: usize, sorted: bool) -> Option<Span> {
+        if !sorted && !sort_members(&self.text, &mut self.members[start..]) {
+            return None;
+        }
+        let len = index(self.members.len() - start);
+        Some(Span {
+            start: index(start),
+            len,
+            cap: len,
+        })
+    }
+
     /// Appends an object's members, which must be sorted and unique.
     pub(crate) fn push_members(&mut self, members: &[Member<'a>]) -> Span {
         push_run(&mut self.members, members)
