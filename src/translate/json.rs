@@ -329,16 +329,17 @@ impl<'a> Parser<'a> {
         let base = self.items.len();
         // `Some(start)` while the items are written in place.
         let mut direct = Some(self.doc.open_items());
-        if self.token() == Some(b']') {
+        let mut next = self.token();
+        if next == Some(b']') {
             self.pos += 1;
         } else {
             loop {
-                let item = match self.token() {
-                    b @ Some(b'{' | b'[') => {
+                let item = match next {
+                    Some(b @ (b'{' | b'[')) => {
                         if let Some(start) = direct.take() {
                             self.doc.spill_items(start, &mut self.items);
                         }
-                        if b == Some(b'{') {
+                        if b == b'{' {
                             self.object(depth + 1)?
                         } else {
                             self.array(depth + 1)?
@@ -350,8 +351,20 @@ impl<'a> Parser<'a> {
                     Some(_) => self.doc.push_item(item),
                     None => self.items.push(item),
                 }
+                // The next item: a comma and its first byte, one read when
+                // no space comes between (`,]` is refused by `scalar`).
+                if let Some(&[b',', b]) = self.bytes.get(self.pos..self.pos + 2)
+                    && b > b' '
+                {
+                    self.pos += 1;
+                    next = Some(b);
+                    continue;
+                }
                 match self.token() {
-                    Some(b',') => self.pos += 1,
+                    Some(b',') => {
+                        self.pos += 1;
+                        next = self.token();
+                    }
                     Some(b']') => {
                         self.pos += 1;
                         break;
@@ -385,23 +398,19 @@ impl<'a> Parser<'a> {
         // Whether the keys came in strictly increasing order so far: then
         // (the common case) there is nothing to sort and no repeat.
         let mut sorted = true;
-        if self.token() == Some(b'}') {
-            self.pos += 1;
-        } else {
-            loop {
-                if self.token() != Some(b'"') {
-                    return Err(Refused);
-                }
+        // The last key and its head, while the keys are sorted.
+        let mut prev: Option<(u32, Text<'a>)> = None;
+        match self.token() {
+            Some(b'}') => self.pos += 1,
+            Some(b'"') => loop {
                 let (key, head) = self.key()?;
-                let last = match direct {
-                    Some(start) => self.doc.last_member(start),
-                    None => self.members[base..].last(),
-                };
-                if let Some(last) = last
-                    && (last.head > head
-                        || (last.head == head && !key_before(&self.doc, last, &key)))
-                {
-                    sorted = false;
+                if sorted {
+                    if let Some((h, last)) = prev
+                        && (h > head || (h == head && !key_before(&self.doc, &last, &key)))
+                    {
+                        sorted = false;
+                    }
+                    prev = Some((head, key));
                 }
                 let value = match self.colon_then_token()? {
                     b @ Some(b'{' | b'[') => {
@@ -421,15 +430,26 @@ impl<'a> Parser<'a> {
                     Some(_) => self.doc.push_member(member),
                     None => self.members.push(member),
                 }
+                // The next key: `,"` in machine-written bodies, one read.
+                if let Some(&[b',', b'"']) = self.bytes.get(self.pos..self.pos + 2) {
+                    self.pos += 1;
+                    continue;
+                }
                 match self.token() {
-                    Some(b',') => self.pos += 1,
+                    Some(b',') => {
+                        self.pos += 1;
+                        if self.token() != Some(b'"') {
+                            return Err(Refused);
+                        }
+                    }
                     Some(b'}') => {
                         self.pos += 1;
                         break;
                     }
                     _ => return Err(Refused),
                 }
-            }
+            },
+            _ => return Err(Refused),
         }
         // A repeated key is refused here; serde_json then names it.
         let span = match direct {

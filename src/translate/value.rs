@@ -214,12 +214,12 @@ fn cmp_key(own: &[u8], m: &Member<'_>, key: &[u8], h: u32) -> Ordering {
     }
 }
 
-/// Whether member `m`'s key sorts strictly before `key`, both of `doc`
-/// and with equal heads.
+/// Whether key `a` sorts strictly before `key`, both of `doc` and with
+/// equal heads.
 #[inline]
-pub(crate) fn key_before(doc: &Json<'_>, m: &Member<'_>, key: &Text<'_>) -> bool {
+pub(crate) fn key_before(doc: &Json<'_>, a: &Text<'_>, key: &Text<'_>) -> bool {
     let own = &doc.text;
-    cmp_after_head(resolve(own, &m.key), resolve(own, key)) == Ordering::Less
+    cmp_after_head(resolve(own, a), resolve(own, key)) == Ordering::Less
 }
 
 /// Orders two keys whose heads are equal, so whose first `min(4, len)`
@@ -485,11 +485,13 @@ impl<'a> Json<'a> {
         self.items.push(item);
     }
 
-    /// Moves the items written in place since `start` onto `to`.
-    #[inline(never)]
+    /// Moves the items written in place since `start` onto `to`. Nothing
+    /// to move (a container first) is the common case: tested in line.
+    #[inline(always)]
     pub(crate) fn spill_items(&mut self, start: usize, to: &mut Vec<NodeId>) {
-        to.extend_from_slice(&self.items[start..]);
-        self.items.truncate(start);
+        if start < self.items.len() {
+            spill(&mut self.items, start, to);
+        }
     }
 
     /// The span of the items written in place since `start`.
@@ -514,17 +516,13 @@ impl<'a> Json<'a> {
         self.members.push(member);
     }
 
-    /// The last member written in place since `start`.
+    /// Moves the members written in place since `start` onto `to`. Nothing
+    /// to move (a container first) is the common case: tested in line.
     #[inline(always)]
-    pub(crate) fn last_member(&self, start: usize) -> Option<&Member<'a>> {
-        self.members[start..].last()
-    }
-
-    /// Moves the members written in place since `start` onto `to`.
-    #[inline(never)]
     pub(crate) fn spill_members(&mut self, start: usize, to: &mut Vec<Member<'a>>) {
-        to.extend_from_slice(&self.members[start..]);
-        self.members.truncate(start);
+        if start < self.members.len() {
+            spill(&mut self.members, start, to);
+        }
     }
 
     /// The span of the members written in place since `start`, sorted
@@ -588,7 +586,7 @@ impl<'a> Json<'a> {
     }
 
     /// The value of member `key` when `id` is an object that has it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get_key(&self, id: NodeId, key: &Key) -> Option<NodeId> {
         match self.node(id) {
             Node::Object(span) => {
@@ -837,6 +835,13 @@ impl<'a> Json<'a> {
         };
         self.push(node)
     }
+}
+
+/// Moves `from[start..]` onto `to`.
+#[inline(never)]
+fn spill<T: Copy>(from: &mut Vec<T>, start: usize, to: &mut Vec<T>) {
+    to.extend_from_slice(&from[start..]);
+    from.truncate(start);
 }
 
 /// Appends a container's children to one of the document's vectors.
