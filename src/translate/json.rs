@@ -209,24 +209,6 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Past the `:` after a key, the first byte of the value (whitespace
-    /// skipped). Machine-written bodies have no space around the colon:
-    /// then one two-byte read does what two [`Parser::token`]s did.
-    #[inline(always)]
-    fn colon_then_token(&mut self) -> Result<Option<u8>, Refused> {
-        if let Some(&[b':', b]) = self.bytes.get(self.pos..self.pos + 2)
-            && b > b' '
-        {
-            self.pos += 1;
-            return Ok(Some(b));
-        }
-        if self.token() != Some(b':') {
-            return Err(Refused);
-        }
-        self.pos += 1;
-        Ok(self.token())
-    }
-
     fn end(&mut self) -> Result<(), Refused> {
         self.ws();
         if self.pos == self.bytes.len() {
@@ -245,18 +227,10 @@ impl<'a> Parser<'a> {
     /// containers recurse.
     #[inline(always)]
     fn value_here(&mut self, depth: usize) -> Result<NodeId, Refused> {
-        match self.token() {
-            Some(b'{') => self.object(depth),
-            Some(b'[') => self.array(depth),
-            b => self.scalar(b),
-        }
-    }
-
-    /// A scalar starting with byte `b` (the next token), as a new node.
-    #[inline(always)]
-    fn scalar(&mut self, b: Option<u8>) -> Result<NodeId, Refused> {
-        let node = match b {
+        let node = match self.token() {
             Some(b'"') => Node::String(self.string()?),
+            Some(b'{') => return self.object(depth),
+            Some(b'[') => return self.array(depth),
             Some(b'-' | b'0'..=b'9') => self.number()?,
             Some(b't') => self.literal(b"true", Node::Bool(true))?,
             Some(b'f') => self.literal(b"false", Node::Bool(false))?,
@@ -316,10 +290,6 @@ impl<'a> Parser<'a> {
         Ok(Node::Number(Text::Plain(&self.bytes[start..self.pos])))
     }
 
-    /// An array. Its items go straight into the document while they are
-    /// scalars (one run, no copy); from its first container item on they
-    /// go through the scratch stack (the nested container writes its own
-    /// runs into the document meanwhile) and are copied out at the end.
     #[inline(never)]
     fn array(&mut self, depth: usize) -> Result<NodeId, Refused> {
         if depth > self.max_depth {
@@ -327,44 +297,14 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         let base = self.items.len();
-        // `Some(start)` while the items are written in place.
-        let mut direct = Some(self.doc.open_items());
-        let mut next = self.token();
-        if next == Some(b']') {
+        if self.token() == Some(b']') {
             self.pos += 1;
         } else {
             loop {
-                let item = match next {
-                    Some(b @ (b'{' | b'[')) => {
-                        if let Some(start) = direct.take() {
-                            self.doc.spill_items(start, &mut self.items);
-                        }
-                        if b == b'{' {
-                            self.object(depth + 1)?
-                        } else {
-                            self.array(depth + 1)?
-                        }
-                    }
-                    b => self.scalar(b)?,
-                };
-                match direct {
-                    Some(_) => self.doc.push_item(item),
-                    None => self.items.push(item),
-                }
-                // The next item: a comma and its first byte, one read when
-                // no space comes between (`,]` is refused by `scalar`).
-                if let Some(&[b',', b]) = self.bytes.get(self.pos..self.pos + 2)
-                    && b > b' '
-                {
-                    self.pos += 1;
-                    next = Some(b);
-                    continue;
-                }
+                let item = self.value_here(depth + 1)?;
+                self.items.push(item);
                 match self.token() {
-                    Some(b',') => {
-                        self.pos += 1;
-                        next = self.token();
-                    }
+                    Some(b',') => self.pos += 1,
                     Some(b']') => {
                         self.pos += 1;
                         break;
@@ -373,19 +313,11 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        let span = match direct {
-            Some(start) => self.doc.close_items(start),
-            None => {
-                let span = self.doc.push_items(&self.items[base..]);
-                self.items.truncate(base);
-                span
-            }
-        };
+        let span = self.doc.push_items(&self.items[base..]);
+        self.items.truncate(base);
         Ok(self.doc.push(Node::Array(span)))
     }
 
-    /// An object; its members are written as [`Parser::array`] writes
-    /// items (in place until the first container value).
     #[inline(never)]
     fn object(&mut self, depth: usize) -> Result<NodeId, Refused> {
         if depth > self.max_depth {
@@ -393,76 +325,45 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         let base = self.members.len();
-        // `Some(start)` while the members are written in place.
-        let mut direct = Some(self.doc.open_members());
         // Whether the keys came in strictly increasing order so far: then
         // (the common case) there is nothing to sort and no repeat.
         let mut sorted = true;
-        // The last key and its head, while the keys are sorted.
-        let mut prev: Option<(u32, Text<'a>)> = None;
-        match self.token() {
-            Some(b'}') => self.pos += 1,
-            Some(b'"') => loop {
+        if self.token() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                if self.token() != Some(b'"') {
+                    return Err(Refused);
+                }
                 let (key, head) = self.key()?;
-                if sorted {
-                    if let Some((h, last)) = prev
-                        && (h > head || (h == head && !key_before(&self.doc, &last, &key)))
-                    {
-                        sorted = false;
-                    }
-                    prev = Some((head, key));
+                if let Some(last) = self.members[base..].last()
+                    && (last.head > head
+                        || (last.head == head && !key_before(&self.doc, last, &key)))
+                {
+                    sorted = false;
                 }
-                let value = match self.colon_then_token()? {
-                    b @ Some(b'{' | b'[') => {
-                        if let Some(start) = direct.take() {
-                            self.doc.spill_members(start, &mut self.members);
-                        }
-                        if b == Some(b'{') {
-                            self.object(depth + 1)?
-                        } else {
-                            self.array(depth + 1)?
-                        }
-                    }
-                    b => self.scalar(b)?,
-                };
-                let member = Member::with_head(key, value, head);
-                match direct {
-                    Some(_) => self.doc.push_member(member),
-                    None => self.members.push(member),
+                if self.token() != Some(b':') {
+                    return Err(Refused);
                 }
-                // The next key: `,"` in machine-written bodies, one read.
-                if let Some(&[b',', b'"']) = self.bytes.get(self.pos..self.pos + 2) {
-                    self.pos += 1;
-                    continue;
-                }
+                self.pos += 1;
+                let value = self.value_here(depth + 1)?;
+                self.members.push(Member::with_head(key, value, head));
                 match self.token() {
-                    Some(b',') => {
-                        self.pos += 1;
-                        if self.token() != Some(b'"') {
-                            return Err(Refused);
-                        }
-                    }
+                    Some(b',') => self.pos += 1,
                     Some(b'}') => {
                         self.pos += 1;
                         break;
                     }
                     _ => return Err(Refused),
                 }
-            },
-            _ => return Err(Refused),
+            }
         }
         // A repeated key is refused here; serde_json then names it.
-        let span = match direct {
-            Some(start) => self.doc.close_members(start, sorted).ok_or(Refused)?,
-            None => {
-                if !sorted && !sort_members(self.doc.own(), &mut self.members[base..]) {
-                    return Err(Refused);
-                }
-                let span = self.doc.push_members(&self.members[base..]);
-                self.members.truncate(base);
-                span
-            }
-        };
+        if !sorted && !sort_members(self.doc.own(), &mut self.members[base..]) {
+            return Err(Refused);
+        }
+        let span = self.doc.push_members(&self.members[base..]);
+        self.members.truncate(base);
         Ok(self.doc.push(Node::Object(span)))
     }
 

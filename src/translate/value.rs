@@ -214,12 +214,12 @@ fn cmp_key(own: &[u8], m: &Member<'_>, key: &[u8], h: u32) -> Ordering {
     }
 }
 
-/// Whether key `a` sorts strictly before `key`, both of `doc` and with
-/// equal heads.
+/// Whether member `m`'s key sorts strictly before `key`, both of `doc`
+/// and with equal heads.
 #[inline]
-pub(crate) fn key_before(doc: &Json<'_>, a: &Text<'_>, key: &Text<'_>) -> bool {
+pub(crate) fn key_before(doc: &Json<'_>, m: &Member<'_>, key: &Text<'_>) -> bool {
     let own = &doc.text;
-    cmp_after_head(resolve(own, a), resolve(own, key)) == Ordering::Less
+    cmp_after_head(resolve(own, &m.key), resolve(own, key)) == Ordering::Less
 }
 
 /// Orders two keys whose heads are equal, so whose first `min(4, len)`
@@ -468,78 +468,6 @@ impl<'a> Json<'a> {
         push_run(&mut self.items, items)
     }
 
-    // The parser writes the children of a container that holds no
-    // container straight into the document (`open_*`, `push_*`,
-    // `close_*`), not through its scratch stacks and a copy; when a nested
-    // container turns up, the run so far moves to the scratch stack
-    // (`spill_*`) before the nested one writes its own run.
-
-    /// Where a run of items written in place starts.
-    #[inline(always)]
-    pub(crate) fn open_items(&self) -> usize {
-        self.items.len()
-    }
-
-    #[inline(always)]
-    pub(crate) fn push_item(&mut self, item: NodeId) {
-        self.items.push(item);
-    }
-
-    /// Moves the items written in place since `start` onto `to`. Nothing
-    /// to move (a container first) is the common case: tested in line.
-    #[inline(always)]
-    pub(crate) fn spill_items(&mut self, start: usize, to: &mut Vec<NodeId>) {
-        if start < self.items.len() {
-            spill(&mut self.items, start, to);
-        }
-    }
-
-    /// The span of the items written in place since `start`.
-    #[inline(always)]
-    pub(crate) fn close_items(&self, start: usize) -> Span {
-        let len = index(self.items.len() - start);
-        Span {
-            start: index(start),
-            len,
-            cap: len,
-        }
-    }
-
-    /// Where a run of members written in place starts.
-    #[inline(always)]
-    pub(crate) fn open_members(&self) -> usize {
-        self.members.len()
-    }
-
-    #[inline(always)]
-    pub(crate) fn push_member(&mut self, member: Member<'a>) {
-        self.members.push(member);
-    }
-
-    /// Moves the members written in place since `start` onto `to`. Nothing
-    /// to move (a container first) is the common case: tested in line.
-    #[inline(always)]
-    pub(crate) fn spill_members(&mut self, start: usize, to: &mut Vec<Member<'a>>) {
-        if start < self.members.len() {
-            spill(&mut self.members, start, to);
-        }
-    }
-
-    /// The span of the members written in place since `start`, sorted
-    /// first unless `sorted`; `None` when two keys are the same.
-    #[inline(always)]
-    pub(crate) fn close_members(&mut self, start: usize, sorted: bool) -> Option<Span> {
-        if !sorted && !sort_members(&self.text, &mut self.members[start..]) {
-            return None;
-        }
-        let len = index(self.members.len() - start);
-        Some(Span {
-            start: index(start),
-            len,
-            cap: len,
-        })
-    }
-
     /// Appends an object's members, which must be sorted and unique.
     pub(crate) fn push_members(&mut self, members: &[Member<'a>]) -> Span {
         push_run(&mut self.members, members)
@@ -600,7 +528,22 @@ impl<'a> Json<'a> {
     /// [`Json::find`] with the key's [`head`] already known.
     #[inline(always)]
     fn find_head(&self, obj: NodeId, key: &[u8], h: u32) -> Result<usize, usize> {
-        let members = &self.members[self.span(obj).range()];
+        self.find_head_from(obj, 0, key, h)
+    }
+
+    /// [`Json::find_key`] among the members of `obj` from index `from` on,
+    /// when the key is known to sort after those before it. Indexes count
+    /// from the object's first member.
+    #[inline(always)]
+    pub(crate) fn find_key_from(&self, obj: NodeId, from: usize, key: &Key) -> Result<usize, usize> {
+        self.find_head_from(obj, from, key.name.as_bytes(), key.head)
+    }
+
+    #[inline(always)]
+    fn find_head_from(&self, obj: NodeId, from: usize, key: &[u8], h: u32) -> Result<usize, usize> {
+        let all = &self.members[self.span(obj).range()];
+        let members = &all[from.min(all.len())..];
+        let from = all.len() - members.len();
         if members.len() <= 8 {
             // Real objects are small: one pass in key order, most steps a
             // comparison of heads, beats a binary search's branches.
@@ -609,17 +552,20 @@ impl<'a> Json<'a> {
                     continue;
                 }
                 if m.head > h {
-                    return Err(i);
+                    return Err(from + i);
                 }
                 match cmp_after_head(resolve(&self.text, &m.key), key) {
                     Ordering::Less => {}
-                    Ordering::Equal => return Ok(i),
-                    Ordering::Greater => return Err(i),
+                    Ordering::Equal => return Ok(from + i),
+                    Ordering::Greater => return Err(from + i),
                 }
             }
-            Err(members.len())
+            Err(all.len())
         } else {
-            members.binary_search_by(|m| cmp_key(&self.text, m, key, h))
+            match members.binary_search_by(|m| cmp_key(&self.text, m, key, h)) {
+                Ok(i) => Ok(from + i),
+                Err(i) => Err(from + i),
+            }
         }
     }
 
@@ -835,13 +781,6 @@ impl<'a> Json<'a> {
         };
         self.push(node)
     }
-}
-
-/// Moves `from[start..]` onto `to`.
-#[inline(never)]
-fn spill<T: Copy>(from: &mut Vec<T>, start: usize, to: &mut Vec<T>) {
-    to.extend_from_slice(&from[start..]);
-    from.truncate(start);
 }
 
 /// Appends a container's children to one of the document's vectors.
