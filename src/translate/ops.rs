@@ -100,15 +100,20 @@ struct Flat {
     outer: Key,
     inner: Key,
     to: Key,
+    /// Whether `outer` sorts before `to`: the later one is looked up
+    /// among the members after the earlier one.
+    outer_first: bool,
 }
 
 impl Flat {
     fn of(src: &[Seg], dst: &[Seg]) -> Option<Flat> {
         match (src, dst) {
-            ([outer, inner], [to]) => Some(Flat {
+            // `/a/b` -> `/a` moves onto its own parent: the general walk.
+            ([outer, inner], [to]) if outer != to => Some(Flat {
                 outer: outer.as_key()?.clone(),
                 inner: inner.as_key()?.clone(),
                 to: to.as_key()?.clone(),
+                outer_first: outer.as_key()?.as_bytes() < to.as_key()?.as_bytes(),
             }),
             _ => None,
         }
@@ -325,7 +330,7 @@ impl Change {
                     Dir::Down => &self.flat[1],
                 };
                 if let Some(f) = flat
-                    && flatten(doc, id, &f.outer, &f.inner, &f.to)
+                    && flatten(doc, id, f)
                 {
                     return Ok(());
                 }
@@ -645,21 +650,29 @@ where
 /// moved the field; when not, it changed nothing and `move_value` decides
 /// (absent field, collision, a non-object on the way).
 #[inline(always)]
-fn flatten<'a>(
-    doc: &mut Json<'a>,
-    container: NodeId,
-    outer: &Key,
-    inner: &Key,
-    to: &'a Key,
-) -> bool {
+fn flatten<'a>(doc: &mut Json<'a>, container: NodeId, f: &'a Flat) -> bool {
+    let (outer, inner, to) = (&f.outer, &f.inner, &f.to);
     if !matches!(doc.node(container), Node::Object(_)) {
         return false;
     }
-    let Err(at) = doc.find_key(container, to) else {
-        return false;
-    };
-    let Ok(i) = doc.find_key(container, outer) else {
-        return false;
+    // The two keys of `container` in one pass over its sorted members: the
+    // later one is looked for after the earlier one.
+    let (i, at) = if f.outer_first {
+        let Ok(i) = doc.find_key(container, outer) else {
+            return false;
+        };
+        let Err(at) = doc.find_key_from(container, i + 1, to) else {
+            return false;
+        };
+        (i, at)
+    } else {
+        let Err(at) = doc.find_key(container, to) else {
+            return false;
+        };
+        let Ok(i) = doc.find_key_from(container, at, outer) else {
+            return false;
+        };
+        (i, at)
     };
     let child = doc.member_value(container, i);
     if !matches!(doc.node(child), Node::Object(_)) {
