@@ -168,13 +168,19 @@ pub(crate) struct ValueMap {
 
 impl ValueMap {
     /// What `from` becomes, if it is mapped.
+    #[inline]
     pub(crate) fn get(&self, from: &[u8]) -> Option<&Key> {
         if self.pairs.len() <= 8 {
             // A map names a few enum values: equality (lengths first) beats
             // hashing the body's string or a binary search.
+            // Lengths first, then a byte loop: enum values are short, and
+            // a `bcmp` call per pair cost more than the comparison.
             self.pairs
                 .iter()
-                .find(|(k, _)| k.as_bytes() == from)
+                .find(|(k, _)| {
+                    let k = k.as_bytes();
+                    k.len() == from.len() && k.iter().zip(from).all(|(a, b)| a == b)
+                })
                 .map(|(_, v)| v)
         } else {
             let i = self
@@ -873,6 +879,42 @@ mod tests {
             let (got, ex) = up(plan, Method::POST, "/x", v1.clone()).unwrap();
             assert_eq!(got, v2, "{name}: upgrade");
             assert_eq!(down(plan, &ex, v2).unwrap(), v1, "{name}: downgrade");
+        }
+    }
+
+    #[test]
+    fn flattening_rename_in_either_key_order() {
+        // A field out of a nested object into its parent, with the new key
+        // sorting before the nested object's key and after it: the path of
+        // its own finds both keys in one pass, and what it cannot do
+        // (collision, no object, absent) is left to the general walk.
+        for (from, to) in [("/x/name", "/a_name"), ("/a/name", "/z_name")] {
+            let t = two(&format!(
+                "[[versions.changes]]\nop = \"rename\"\nfrom = \"{from}\"\nto = \"{to}\"\n"
+            ));
+            let plan = t.plan(0, 1).unwrap();
+            let (outer, new) = (&from[1..2], &to[1..]);
+            let cases = [
+                (json!({outer: {"name": "N"}, "m": 1}), Some(json!({new: "N", "m": 1}))),
+                (
+                    json!({outer: {"name": "N", "k": 2}}),
+                    Some(json!({new: "N", outer: {"k": 2}})),
+                ),
+                (json!({outer: {"name": "N"}, new: 0}), None),
+                (json!({outer: 5}), Some(json!({outer: 5}))),
+                (json!({outer: {"k": 2}}), Some(json!({outer: {"k": 2}}))),
+                (json!({"m": 1}), Some(json!({"m": 1}))),
+            ];
+            for (body, want) in cases {
+                let got = up(plan, Method::POST, "/x", body.clone()).map(|(v, _)| v);
+                match want {
+                    Some(want) => assert_eq!(got, Ok(want), "{from} -> {to}: {body}"),
+                    None => assert!(
+                        matches!(got, Err(TranslateError::Collision { .. })),
+                        "{from} -> {to}: {body}: {got:?}"
+                    ),
+                }
+            }
         }
     }
 
