@@ -895,7 +895,10 @@ mod tests {
             let plan = t.plan(0, 1).unwrap();
             let (outer, new) = (&from[1..2], &to[1..]);
             let cases = [
-                (json!({outer: {"name": "N"}, "m": 1}), Some(json!({new: "N", "m": 1}))),
+                (
+                    json!({outer: {"name": "N"}, "m": 1}),
+                    Some(json!({new: "N", "m": 1})),
+                ),
                 (
                     json!({outer: {"name": "N", "k": 2}}),
                     Some(json!({new: "N", outer: {"k": 2}})),

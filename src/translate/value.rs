@@ -535,7 +535,12 @@ impl<'a> Json<'a> {
     /// when the key is known to sort after those before it. Indexes count
     /// from the object's first member.
     #[inline(always)]
-    pub(crate) fn find_key_from(&self, obj: NodeId, from: usize, key: &Key) -> Result<usize, usize> {
+    pub(crate) fn find_key_from(
+        &self,
+        obj: NodeId,
+        from: usize,
+        key: &Key,
+    ) -> Result<usize, usize> {
         self.find_head_from(obj, from, key.name.as_bytes(), key.head)
     }
 
