@@ -168,19 +168,13 @@ pub(crate) struct ValueMap {
 
 impl ValueMap {
     /// What `from` becomes, if it is mapped.
-    #[inline]
     pub(crate) fn get(&self, from: &[u8]) -> Option<&Key> {
         if self.pairs.len() <= 8 {
             // A map names a few enum values: equality (lengths first) beats
             // hashing the body's string or a binary search.
-            // Lengths first, then a byte loop: enum values are short, and
-            // a `bcmp` call per pair cost more than the comparison.
             self.pairs
                 .iter()
-                .find(|(k, _)| {
-                    let k = k.as_bytes();
-                    k.len() == from.len() && k.iter().zip(from).all(|(a, b)| a == b)
-                })
+                .find(|(k, _)| k.as_bytes() == from)
                 .map(|(_, v)| v)
         } else {
             let i = self
