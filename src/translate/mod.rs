@@ -346,7 +346,10 @@ impl Plan {
                 continue;
             }
             matched.set(i);
+            // Only a path rewrite rewrites: the kind is tested here, in
+            // line, rather than by a call per matched step.
             if change.scope.direction.request()
+                && matches!(change.kind, Kind::RewritePath { .. })
                 && let Some(new) = change.rewrite(step.dir, here)
             {
                 current = Some(new);

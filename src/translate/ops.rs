@@ -100,15 +100,20 @@ struct Flat {
     outer: Key,
     inner: Key,
     to: Key,
+    /// Whether `outer` sorts before `to`: the later one is looked up
+    /// among the members after the earlier one.
+    outer_first: bool,
 }
 
 impl Flat {
     fn of(src: &[Seg], dst: &[Seg]) -> Option<Flat> {
         match (src, dst) {
-            ([outer, inner], [to]) => Some(Flat {
+            // `/a/b` -> `/a` moves onto its own parent: the general walk.
+            ([outer, inner], [to]) if outer != to => Some(Flat {
                 outer: outer.as_key()?.clone(),
                 inner: inner.as_key()?.clone(),
                 to: to.as_key()?.clone(),
+                outer_first: outer.as_key()?.as_bytes() < to.as_key()?.as_bytes(),
             }),
             _ => None,
         }
@@ -274,6 +279,11 @@ impl Change {
     /// body by value, so such a body is dropped, never sent. Keys and values
     /// the change writes borrow from the change itself. `step` is the
     /// change's place in its plan, the stash's key.
+    ///
+    /// In line into the walk: the commonest shapes (a map, a flattening
+    /// rename, a key added or dropped) run here; the rest out of line in
+    /// [`Change::apply_rest`], so that the per-element call stays cheap.
+    #[inline(always)]
     pub(crate) fn apply_at<'a>(
         &'a self,
         dir: Dir,
@@ -283,20 +293,84 @@ impl Change {
         step: u32,
         stash: &mut StashUse<'_>,
     ) -> Result<(), TranslateError> {
-        let Some(id) = pointer::get(doc, elem, &self.segs[self.cut..]) else {
-            return Ok(());
+        let id = match &self.segs[self.cut..] {
+            [] => elem,
+            // One key under an object (`/*/status`): the lookup in line.
+            [seg] => match (doc.node(elem), seg) {
+                (Node::Object(_), Seg::Key { name, .. }) => match doc.get_key(elem, name) {
+                    Some(id) => id,
+                    None => return Ok(()),
+                },
+                _ => match pointer::child(doc, elem, seg) {
+                    Some(id) => id,
+                    None => return Ok(()),
+                },
+            },
+            tail => match pointer::get(doc, elem, tail) {
+                Some(id) => id,
+                None => return Ok(()),
+            },
         };
         match &self.kind {
-            Kind::Rename { base, from, to } => {
-                let (src, dst, flat) = match dir {
-                    Dir::Up => (from, to, &self.flat[0]),
-                    Dir::Down => (to, from, &self.flat[1]),
+            Kind::Map { up, down, .. } => {
+                let table = match dir {
+                    Dir::Up => up,
+                    Dir::Down => down,
+                };
+                if let Node::String(s) = doc.node(id)
+                    && let Some(new) = table.get(doc.str(&s))
+                {
+                    doc.set(id, Node::String(new.text()));
+                }
+                Ok(())
+            }
+            Kind::Rename { .. } => {
+                let flat = match dir {
+                    Dir::Up => &self.flat[0],
+                    Dir::Down => &self.flat[1],
                 };
                 if let Some(f) = flat
-                    && flatten(doc, id, &f.outer, &f.inner, &f.to)
+                    && flatten(doc, id, f)
                 {
                     return Ok(());
                 }
+                self.apply_rest(dir, doc, id, b, step, stash)
+            }
+            Kind::Add { key, .. } if dir == Dir::Down => {
+                if let Node::Object(_) = doc.node(id)
+                    && let Ok(i) = doc.find_key(id, key)
+                {
+                    doc.remove_at(id, i);
+                }
+                Ok(())
+            }
+            Kind::Add { .. }
+            | Kind::Remove { .. }
+            | Kind::Wrap { .. }
+            | Kind::RenameHeader { .. }
+            | Kind::RewritePath { .. }
+            | Kind::MapStatus { .. } => self.apply_rest(dir, doc, id, b, step, stash),
+        }
+    }
+
+    /// [`Change::apply_at`] on the node `id` its pointer reached, for
+    /// every shape (the common ones too, though `apply_at` runs those).
+    #[inline(never)]
+    fn apply_rest<'a>(
+        &'a self,
+        dir: Dir,
+        doc: &mut Json<'a>,
+        id: NodeId,
+        b: &[usize],
+        step: u32,
+        stash: &mut StashUse<'_>,
+    ) -> Result<(), TranslateError> {
+        match &self.kind {
+            Kind::Rename { base, from, to } => {
+                let (src, dst) = match dir {
+                    Dir::Up => (from, to),
+                    Dir::Down => (to, from),
+                };
                 move_value(doc, id, src, dst)
                     .map_err(|(tail, kind)| self.fail(pointer::render_under(base, b, tail), kind))
             }
@@ -575,21 +649,30 @@ where
 /// result, without the general walk's bookkeeping. Returns whether it
 /// moved the field; when not, it changed nothing and `move_value` decides
 /// (absent field, collision, a non-object on the way).
-fn flatten<'a>(
-    doc: &mut Json<'a>,
-    container: NodeId,
-    outer: &Key,
-    inner: &Key,
-    to: &'a Key,
-) -> bool {
+#[inline(always)]
+fn flatten<'a>(doc: &mut Json<'a>, container: NodeId, f: &'a Flat) -> bool {
+    let (outer, inner, to) = (&f.outer, &f.inner, &f.to);
     if !matches!(doc.node(container), Node::Object(_)) {
         return false;
     }
-    let Err(at) = doc.find_key(container, to) else {
-        return false;
-    };
-    let Ok(i) = doc.find_key(container, outer) else {
-        return false;
+    // The two keys of `container` in one pass over its sorted members: the
+    // later one is looked for after the earlier one.
+    let (i, at) = if f.outer_first {
+        let Ok(i) = doc.find_key(container, outer) else {
+            return false;
+        };
+        let Err(at) = doc.find_key_from(container, i + 1, to) else {
+            return false;
+        };
+        (i, at)
+    } else {
+        let Err(at) = doc.find_key(container, to) else {
+            return false;
+        };
+        let Ok(i) = doc.find_key_from(container, at, outer) else {
+            return false;
+        };
+        (i, at)
     };
     let child = doc.member_value(container, i);
     if !matches!(doc.node(child), Node::Object(_)) {
@@ -790,6 +873,45 @@ mod tests {
             let (got, ex) = up(plan, Method::POST, "/x", v1.clone()).unwrap();
             assert_eq!(got, v2, "{name}: upgrade");
             assert_eq!(down(plan, &ex, v2).unwrap(), v1, "{name}: downgrade");
+        }
+    }
+
+    #[test]
+    fn flattening_rename_in_either_key_order() {
+        // A field out of a nested object into its parent, with the new key
+        // sorting before the nested object's key and after it: the path of
+        // its own finds both keys in one pass, and what it cannot do
+        // (collision, no object, absent) is left to the general walk.
+        for (from, to) in [("/x/name", "/a_name"), ("/a/name", "/z_name")] {
+            let t = two(&format!(
+                "[[versions.changes]]\nop = \"rename\"\nfrom = \"{from}\"\nto = \"{to}\"\n"
+            ));
+            let plan = t.plan(0, 1).unwrap();
+            let (outer, new) = (&from[1..2], &to[1..]);
+            let cases = [
+                (
+                    json!({outer: {"name": "N"}, "m": 1}),
+                    Some(json!({new: "N", "m": 1})),
+                ),
+                (
+                    json!({outer: {"name": "N", "k": 2}}),
+                    Some(json!({new: "N", outer: {"k": 2}})),
+                ),
+                (json!({outer: {"name": "N"}, new: 0}), None),
+                (json!({outer: 5}), Some(json!({outer: 5}))),
+                (json!({outer: {"k": 2}}), Some(json!({outer: {"k": 2}}))),
+                (json!({"m": 1}), Some(json!({"m": 1}))),
+            ];
+            for (body, want) in cases {
+                let got = up(plan, Method::POST, "/x", body.clone()).map(|(v, _)| v);
+                match want {
+                    Some(want) => assert_eq!(got, Ok(want), "{from} -> {to}: {body}"),
+                    None => assert!(
+                        matches!(got, Err(TranslateError::Collision { .. })),
+                        "{from} -> {to}: {body}: {got:?}"
+                    ),
+                }
+            }
         }
     }
 

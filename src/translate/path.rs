@@ -110,7 +110,33 @@ impl PathPattern {
 
     /// Whether the path matches.
     pub(crate) fn matches(&self, path: &str) -> bool {
-        self.captures(path).is_some()
+        // `captures` without the captures: scope matching runs for every
+        // step of a plan on every request.
+        let Some(mut remaining) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut at_end = remaining.is_empty();
+        for seg in self.segs.iter() {
+            if at_end {
+                return false;
+            }
+            let (head, tail) = match remaining.bytes().position(|b| b == b'/') {
+                Some(i) => (&remaining[..i], Some(&remaining[i + 1..])),
+                None => (remaining, None),
+            };
+            let ok = match seg {
+                PSeg::Lit(lit) => same(lit.as_bytes(), head.as_bytes()),
+                PSeg::One(_) => !head.is_empty(),
+            };
+            if !ok {
+                return false;
+            }
+            match tail {
+                Some(t) => remaining = t,
+                None => at_end = true,
+            }
+        }
+        at_end || self.rest.is_some()
     }
 
     /// Matches and captures. `path` is a normalised absolute path.
@@ -311,6 +337,8 @@ mod tests {
         for (name, pattern, path, want) in cases {
             let p = PathPattern::parse(pattern).unwrap();
             assert_eq!(p.matches(path), *want, "{name}: {pattern} vs {path}");
+            // `matches` is `captures` without the captures.
+            assert_eq!(p.captures(path).is_some(), *want, "{name}: captures");
         }
     }
 

@@ -514,7 +514,7 @@ impl<'a> Json<'a> {
     }
 
     /// The value of member `key` when `id` is an object that has it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get_key(&self, id: NodeId, key: &Key) -> Option<NodeId> {
         match self.node(id) {
             Node::Object(span) => {
@@ -528,7 +528,27 @@ impl<'a> Json<'a> {
     /// [`Json::find`] with the key's [`head`] already known.
     #[inline(always)]
     fn find_head(&self, obj: NodeId, key: &[u8], h: u32) -> Result<usize, usize> {
-        let members = &self.members[self.span(obj).range()];
+        self.find_head_from(obj, 0, key, h)
+    }
+
+    /// [`Json::find_key`] among the members of `obj` from index `from` on,
+    /// when the key is known to sort after those before it. Indexes count
+    /// from the object's first member.
+    #[inline(always)]
+    pub(crate) fn find_key_from(
+        &self,
+        obj: NodeId,
+        from: usize,
+        key: &Key,
+    ) -> Result<usize, usize> {
+        self.find_head_from(obj, from, key.name.as_bytes(), key.head)
+    }
+
+    #[inline(always)]
+    fn find_head_from(&self, obj: NodeId, from: usize, key: &[u8], h: u32) -> Result<usize, usize> {
+        let all = &self.members[self.span(obj).range()];
+        let members = &all[from.min(all.len())..];
+        let from = all.len() - members.len();
         if members.len() <= 8 {
             // Real objects are small: one pass in key order, most steps a
             // comparison of heads, beats a binary search's branches.
@@ -537,17 +557,20 @@ impl<'a> Json<'a> {
                     continue;
                 }
                 if m.head > h {
-                    return Err(i);
+                    return Err(from + i);
                 }
                 match cmp_after_head(resolve(&self.text, &m.key), key) {
                     Ordering::Less => {}
-                    Ordering::Equal => return Ok(i),
-                    Ordering::Greater => return Err(i),
+                    Ordering::Equal => return Ok(from + i),
+                    Ordering::Greater => return Err(from + i),
                 }
             }
-            Err(members.len())
+            Err(all.len())
         } else {
-            members.binary_search_by(|m| cmp_key(&self.text, m, key, h))
+            match members.binary_search_by(|m| cmp_key(&self.text, m, key, h)) {
+                Ok(i) => Ok(from + i),
+                Err(i) => Err(from + i),
+            }
         }
     }
 
