@@ -313,15 +313,7 @@ impl Change {
         };
         match &self.kind {
             Kind::Map { up, down, .. } => {
-                let table = match dir {
-                    Dir::Up => up,
-                    Dir::Down => down,
-                };
-                if let Node::String(s) = doc.node(id)
-                    && let Some(new) = table.get(doc.str(&s))
-                {
-                    doc.set(id, Node::String(new.text()));
-                }
+                map_string(doc, id, up, down, dir);
                 Ok(())
             }
             Kind::Rename { .. } => {
@@ -432,15 +424,7 @@ impl Change {
                 Ok(())
             }
             Kind::Map { up, down, .. } => {
-                let table = match dir {
-                    Dir::Up => up,
-                    Dir::Down => down,
-                };
-                if let Node::String(s) = doc.node(id)
-                    && let Some(new) = table.get(doc.str(&s))
-                {
-                    doc.set(id, Node::String(new.text()));
-                }
+                map_string(doc, id, up, down, dir);
                 Ok(())
             }
             Kind::Wrap { at, key, unwrap } => {
@@ -755,6 +739,21 @@ fn take_pruning(doc: &mut Json<'_>, id: NodeId, segs: &[Seg]) -> Option<(NodeId,
             Some((value, None))
         }
         _ => None,
+    }
+}
+
+/// A `map` change on the node at `id`: a listed string becomes its mapped
+/// value in `dir`; anything else is left as it is.
+#[inline]
+fn map_string<'a>(doc: &mut Json<'a>, id: NodeId, up: &'a ValueMap, down: &'a ValueMap, dir: Dir) {
+    let table = match dir {
+        Dir::Up => up,
+        Dir::Down => down,
+    };
+    if let Node::String(s) = doc.node(id)
+        && let Some(new) = table.get(doc.str(&s))
+    {
+        doc.set(id, Node::String(new.text()));
     }
 }
 
