@@ -155,6 +155,14 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Response cache outcome: `HIT`, `MISS` or `STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// One `name: value` line of an HTTP/1.1 head, into `out`.
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Slots in this thread's cache of parsed header names ([`parse_name`]).
 const NAME_SLOTS: usize = 64;
 

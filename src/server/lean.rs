@@ -57,7 +57,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{Activity, Admission, CLOSE, Handler, Signal};
 use crate::body::{Body, ClientBody};
-use crate::headers::{FieldSpan, content_length, field_spans, lists_token, span};
+use crate::headers::{FieldSpan, content_length, field_spans, lists_token, span, write_field};
 use crate::pipeline::Stamp;
 use crate::problem::GatewayError;
 
@@ -469,9 +469,12 @@ where
     let mut set = [const { None::<&HeaderName> }; STAMP_SETS];
     let mut sets = 0;
     stamp.each(|name, _, replaces| {
-        if replaces && sets < STAMP_SETS {
-            set[sets] = Some(name);
-            sets += 1;
+        if replaces {
+            debug_assert!(sets < STAMP_SETS, "STAMP_SETS is the most a stamp replaces");
+            if sets < STAMP_SETS {
+                set[sets] = Some(name);
+                sets += 1;
+            }
         }
     });
     for (name, value) in &parts.headers {
@@ -506,18 +509,10 @@ where
                     .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok()),
             );
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
     crate::headers::recycle_map(parts.headers);
-    stamp.each(|name, value, _| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    });
+    stamp.each(|name, value, _| write_field(out, name, value));
     let framing = if !can_body {
         Framing::None
     } else if empty {

@@ -52,7 +52,7 @@ use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::{Endpoint, Failed, Forwarding, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
 use crate::body::{Body, BodyError, Gap};
-use crate::headers::{FieldSpan, content_length, field_spans};
+use crate::headers::{FieldSpan, content_length, field_spans, write_field};
 
 /// The largest buffered request body sent this way, with the head in one
 /// write (a larger one goes through hyper, which writes and reads at once).
@@ -131,18 +131,17 @@ pub(crate) fn exchange<'a>(
     async move {
         let (parts, mut body) = req.into_parts();
         let result = send(ep, &parts, forwarding, &mut body, timeouts).await;
-        let kept = |parts, body: Body| {
-            body.buffered()
-                .is_some()
-                .then(|| Request::from_parts(parts, body))
+        // Sent: kept for a retry if its body can go again; otherwise its
+        // map goes back for the next request's.
+        let kept = |parts: http::request::Parts, body: Body| {
+            if body.buffered().is_some() {
+                Some(Request::from_parts(parts, body))
+            } else {
+                crate::headers::recycle_map(parts.headers);
+                None
+            }
         };
         match result {
-            Ok(resp) if body.buffered().is_none() => {
-                // Sent and not kept for a retry: its map goes back for
-                // the next request's.
-                crate::headers::recycle_map(parts.headers);
-                (Ok(resp), None)
-            }
             Ok(resp) => (Ok(resp), kept(parts, body)),
             Err((error, false)) => (
                 Err(Failed {
@@ -415,7 +414,7 @@ fn encode(
     out.extend_from_slice(pq.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     encode_fields(&parts.headers, Some(forwarding), out);
-    forwarding.each(|name, value, _| field(out, name, value));
+    forwarding.each(|name, value, _| write_field(out, name, value));
     match length {
         // A method that defines a body gets an explicit zero length, as
         // hyper sends it; GET, HEAD and the like send none when empty.
@@ -450,16 +449,8 @@ fn encode_fields(fields: &HeaderMap, forwarding: Option<&Forwarding>, out: &mut 
         {
             continue;
         }
-        field(out, name, value);
+        write_field(out, name, value);
     }
-}
-
-/// One `name: value` line.
-fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head and how its body is framed.

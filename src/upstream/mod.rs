@@ -80,17 +80,18 @@ impl Forwarding {
     /// Each field in order, with whether it replaces the request's own
     /// fields of that name (`true`) or is added after them (`false`).
     pub fn each(&self, mut f: impl FnMut(&'static http::HeaderName, &HeaderValue, bool)) {
+        // `via` is added after the client's; the rest replace theirs.
         let fields = [
-            &self.for_,
-            &self.proto,
-            &self.host,
-            &self.via,
-            &self.request_id,
-            &self.traceparent,
+            (&self.for_, true),
+            (&self.proto, true),
+            (&self.host, true),
+            (&self.via, false),
+            (&self.request_id, true),
+            (&self.traceparent, true),
         ];
-        for (i, (name, value)) in FORWARDING_NAMES.iter().zip(fields).enumerate() {
+        for (name, (value, replaces)) in FORWARDING_NAMES.iter().zip(fields) {
             if let Some(v) = value {
-                f(name, v, i != 3);
+                f(name, v, replaces);
             }
         }
     }
