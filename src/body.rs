@@ -233,6 +233,24 @@ impl Body {
         }
     }
 
+    /// A proxied response's own fields, when the lean client left them
+    /// unparsed for the lean server to write as they are (see
+    /// `upstream::h1::RawFields`); taken, they are no longer the body's.
+    pub(crate) fn take_raw_fields(&mut self) -> Option<crate::upstream::h1::RawFields> {
+        match self {
+            Body::Lean { inner } => inner.raw_fields().take(),
+            _ => None,
+        }
+    }
+
+    /// The unparsed fields (see [`Body::take_raw_fields`]), to add to.
+    pub(crate) fn raw_fields_mut(&mut self) -> Option<&mut crate::upstream::h1::RawFields> {
+        match self {
+            Body::Lean { inner } => inner.raw_fields().as_mut(),
+            _ => None,
+        }
+    }
+
     /// The bytes of a buffered body (empty when there is none); `None`
     /// for a streamed one.
     pub fn buffered(&self) -> Option<&Bytes> {

@@ -103,6 +103,9 @@ struct RequestContext {
     cache: Option<CacheStatus>,
     /// The client connection is TLS (`x-forwarded-proto: https`).
     https: bool,
+    /// The answer's writer takes a response's fields as they arrived (see
+    /// `Forwarding::raw_response`): the lean HTTP/1.1 server.
+    raw_fields: bool,
 }
 
 /// The fields the gateway adds to every answer once the request is done
@@ -141,6 +144,18 @@ static STAMP_NAMES: [HeaderName; 12] = [
     SUNSET,
     header::LINK,
 ];
+
+/// Whether a response field of this name gives way to a [`Stamp`]'s (by
+/// its bytes, in any case): the lean client keeps a head with one in the
+/// general path, where the lean server's writer skips it.
+pub(crate) fn stamp_replaces(name: &[u8]) -> bool {
+    // Every stamp name but the three it appends (`set-cookie`, `vary`,
+    // `link`); a field's name differs from most in length alone.
+    [0, 1, 2, 3, 5, 6, 7, 9, 10].iter().any(|&i| {
+        let n = STAMP_NAMES[i].as_str().as_bytes();
+        n.len() == name.len() && n.eq_ignore_ascii_case(name)
+    })
+}
 
 /// The version fields of a [`Stamp`], read from the routing table.
 struct VersionStamp {
@@ -292,7 +307,7 @@ impl Gateway {
         https: bool,
     ) -> impl Future<Output = Response<Body>> + Send + 'a {
         async move {
-            let (mut resp, stamp) = self.handle_stamped(req, peer, https).await;
+            let (mut resp, stamp) = self.handle_stamped(req, peer, https, false).await;
             stamp.apply(resp.headers_mut());
             resp
         }
@@ -300,12 +315,17 @@ impl Gateway {
 
     /// [`Gateway::handle`] with the gateway's own response fields apart
     /// (see [`Stamp`]), for a server path that writes the head itself.
+    /// With `raw_fields`, a proxied response's own fields may come back
+    /// unparsed, in its body (`RawFields`), for that writer to copy out
+    /// as they are (`Body::take_raw_fields`; `RawFields::fill` puts them
+    /// in a map).
     #[allow(clippy::manual_async_fn)]
     pub fn handle_stamped<'a>(
         &'a self,
         req: Request<Option<ClientBody>>,
         peer: SocketAddr,
         https: bool,
+        raw_fields: bool,
     ) -> impl Future<Output = (Response<Body>, Stamp)> + Send + 'a {
         async move {
             let _in_flight = InFlight::enter(&self.metrics.in_flight);
@@ -327,6 +347,7 @@ impl Gateway {
                 trace: Some(TraceContext::from_values(parent, state.is_some())),
                 started: Some(Instant::now()),
                 bytes_in: length.and_then(length_value),
+                raw_fields,
                 ..Default::default()
             };
             let method = req.method().clone();
@@ -621,6 +642,12 @@ impl Gateway {
             if let Some(trace) = &ctx.trace {
                 forwarding.traceparent = Some(trace.propagate(&mut parts.headers));
             }
+            // Nothing below reads or changes the response's fields unless
+            // it is translated, cached or upgraded.
+            forwarding.raw_response = ctx.raw_fields
+                && route.cache.is_none()
+                && client_upgrade.is_none()
+                && !matches!((plan, &exchange), (Some(_), Some(_)));
             let no_body =
                 declared.is_none_or(|n| n == 0) && body.as_ref().is_none_or(body_is_empty);
             let body = match (plan, exchange.as_mut()) {
@@ -782,9 +809,15 @@ impl Gateway {
                     status: parts.status,
                 }));
             }
-            parts
-                .headers
-                .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
+            let mut body = body;
+            match body.raw_fields_mut() {
+                Some(raw) => raw.add_via(),
+                None => {
+                    parts
+                        .headers
+                        .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
+                }
+            }
             let body = match (plan, exchange) {
                 (Some(plan), Some(ex)) => {
                     let target = &table.versions[pool_entry.version as usize];
@@ -1518,15 +1551,17 @@ fn forward_with_retries<'a>(
                 None
             };
             // The first try has the whole timeout (`start` is just now).
-            let left = if tries == 1 {
-                route.timeouts.response
+            let (began, left) = if tries == 1 {
+                (start, route.timeouts.response)
             } else {
-                deadline.saturating_duration_since(Instant::now())
+                let now = Instant::now();
+                (now, deadline.saturating_duration_since(now))
             };
             let timeouts = crate::upstream::Timeouts {
                 connect: route.timeouts.connect.min(left),
                 response: policy.per_try.map_or(left, |t| t.min(left)),
                 body: route.timeouts.body,
+                start: Some(began),
             };
             let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
                 more && Instant::now() < deadline && attempts.try_retry()
@@ -1732,7 +1767,7 @@ fn body_is_empty(b: &ClientBody) -> bool {
     b.is_end_stream()
 }
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the few names present
     // (standard names compare as enum tags) costs less than hashing all
     // eight for `remove`. `Connection` is one of them, so a message without
@@ -1835,6 +1870,7 @@ fn prepare_upstream_headers(
         via: Some(via),
         request_id: request_id.cloned(),
         traceparent: None,
+        raw_response: false,
     };
     (trailers, forwarding)
 }

@@ -266,6 +266,7 @@ impl RoutingTable {
                     connect: Duration::from_millis(r.connect_timeout_ms),
                     response: Duration::from_millis(r.timeout_ms),
                     body: crate::server::optional_ms(r.body_timeout_ms),
+                    start: None,
                 };
                 let detection = Detection::compile(&doc.detection, &r.detection);
                 let split = SplitSettings::compile(

@@ -536,3 +536,89 @@ async fn the_response_timeout_holds_on_a_reused_connection_and_only_then() {
     assert_eq!(gw.get("/d").send().await.status(), 200);
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
+
+/// Status, the fields as a sorted list and the body, without what differs
+/// per response (`date`, the request id).
+fn normalised(r: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut fields: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "date" && k != "x-request-id")
+        .cloned()
+        .collect();
+    fields.sort();
+    (r.status, fields, r.body.clone())
+}
+
+/// The lean server writes a plain response's fields as they arrived
+/// (`RawFields`): what reaches the client must be what the general path
+/// (hyper's server, every field through a map) sends, hop-by-hop fields
+/// gone, the gateway's `via` after the upstream's, the stamp's fields
+/// replacing the upstream's of the same name. Heads the lean path must not
+/// copy (a field named by `Connection`, a stamp name, bare LF lines, a
+/// close-delimited body) take the general path on both.
+#[tokio::test]
+async fn fields_passed_on_as_they_arrived_match_the_general_path() {
+    let scripts: [&'static [u8]; 7] = [
+        // Plain, with hop-by-hop fields, repeated names and mixed case.
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Custom: a\r\nSet-Cookie: a=1\r\nX-Custom: b\r\nVia: 1.1 edge\r\nTE: trailers\r\nProxy-Authorization: secret\r\nUpgrade: h2c\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 5\r\n\r\nhello",
+        // Chunked, with a stray length and a trailer announcement.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntrailer: x-sum\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n",
+        // A field named by `Connection` must go too.
+        b"HTTP/1.1 200 OK\r\nconnection: x-drop\r\nx-drop: 1\r\nx-keep: 2\r\ncontent-length: 2\r\n\r\nok",
+        // The upstream's request id and version echo give way to the stamp's.
+        b"HTTP/1.1 201 Created\r\nX-Request-Id: from-upstream\r\nx-api-version: v0\r\ncontent-length: 2\r\n\r\nok",
+        // Bare LF line ends.
+        b"HTTP/1.1 200 OK\nx-lf: 1\ncontent-length: 2\n\nok",
+        // No fields at all.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        // A length, then `Connection: close` from the upstream.
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+    ];
+    for script in scripts {
+        let up = RawUpstream::spawn(Script::whole(script)).await;
+        let lean = TestGateway::start(gateway_for(&up)).await;
+        let general = TestGateway::start(gateway_for(&up).server("lean_http1 = false")).await;
+        let request = b"GET /a HTTP/1.1\r\nhost: a.example\r\n\r\n";
+        let (mut a, mut b) = (
+            RawConn::connect(lean.addr).await,
+            RawConn::connect(general.addr).await,
+        );
+        let what = String::from_utf8_lossy(script);
+        for _ in 0..2 {
+            let (ra, rb) = (a.exchange(request).await, b.exchange(request).await);
+            assert_eq!(
+                normalised(&ra),
+                normalised(&rb),
+                "lean vs hyper for {what:?}"
+            );
+            let names: Vec<&str> = ra.headers.iter().map(|(k, _)| k.as_str()).collect();
+            for hop in [
+                "connection",
+                "keep-alive",
+                "te",
+                "trailer",
+                "upgrade",
+                "proxy-authorization",
+                "x-drop",
+            ] {
+                assert!(!names.contains(&hop), "{hop} passed on for {what:?}");
+            }
+            let vias: Vec<&str> = ra
+                .headers
+                .iter()
+                .filter(|(k, _)| k == "via")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(vias.last(), Some(&"1.1 switchyard"), "{what:?}");
+            assert_eq!(
+                names.iter().filter(|n| **n == "x-request-id").count(),
+                1,
+                "{what:?}"
+            );
+            assert_ne!(ra.header("x-request-id"), Some("from-upstream"));
+            assert_eq!(names.iter().filter(|n| **n == "date").count(), 1);
+            assert!(ra.body == b"hello" || ra.body == b"ok", "{what:?}");
+        }
+    }
+}

@@ -443,7 +443,8 @@ async fn write_response<IO>(
 where
     IO: AsyncWrite + Unpin,
 {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let raw = body.take_raw_fields();
     let mut body = pin!(body);
     let status = parts.status;
     out.clear();
@@ -477,6 +478,14 @@ where
             }
         }
     });
+    // Fields left as they arrived (`RawFields`) come first: their names
+    // were checked against the stamp's and the framing ones settled when
+    // the head was read, and the map holds nothing but the gateway's own.
+    if let Some(raw) = &raw {
+        raw.write(out);
+        wrote_date = raw.has_date();
+        length = raw.length();
+    }
     for (name, value) in &parts.headers {
         if set[..sets].contains(&Some(name)) {
             continue;

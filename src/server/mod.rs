@@ -102,7 +102,7 @@ impl Handler for crate::pipeline::Gateway {
         peer: SocketAddr,
         https: bool,
     ) -> impl Future<Output = (Response<Body>, Stamp)> + Send {
-        self.handle_stamped(req, peer, https)
+        self.handle_stamped(req, peer, https, true)
     }
 }
 

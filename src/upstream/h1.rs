@@ -41,7 +41,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
@@ -86,12 +86,18 @@ pub(crate) struct Conn {
     /// The response timeout's timer, kept armed across requests (see
     /// [`within`]); made at the connection's first request.
     timer: Option<Pin<Box<Sleep>>>,
+    /// When its latest request's try began (the pipeline's clock reading):
+    /// its idle age counts from there, so an exchange that itself lasts
+    /// longer than [`IDLE_TIMEOUT`] retires the connection early, which is
+    /// the safe side, and no clock is read when it goes idle.
+    used: Instant,
 }
 
-struct Idle {
-    conn: Conn,
-    since: Instant,
-}
+/// Connections live boxed: a response body holds one, and bodies are moved
+/// whole between the pipeline's layers; boxed once per connection, not per
+/// request, it keeps every request's body a pointer's width instead of
+/// the connection's ~100 bytes.
+type Idle = Box<Conn>;
 
 thread_local! {
     /// This thread's idle lean connections by endpoint id, oldest first.
@@ -167,23 +173,25 @@ async fn send(
     // The response timeout covers connecting, sending and the response
     // head, as `tokio::time::timeout` around it all would, but on the
     // connection's own timer.
-    let deadline = TokioInstant::now() + timeouts.response;
+    let start = timeouts.start.unwrap_or_else(Instant::now);
+    let deadline = TokioInstant::from_std(start) + timeouts.response;
     let head_only = parts.method == Method::HEAD;
     let mut retried = false;
     loop {
-        let reused = checkout(ep.id);
+        let reused = checkout(ep.id, start);
         let was_reused = reused.is_some();
         let mut conn = match reused {
             Some(c) => c,
             // Boxed: a connect is once per connection, and its future
             // would otherwise add to every request's (see `super::exchange`).
             None => match Box::pin(super::tcp(ep, timeouts.connect)).await {
-                Ok(io) => Conn {
+                Ok(io) => Box::new(Conn {
                     io,
                     buf: BytesMut::new(),
                     out: Vec::new(),
                     timer: None,
-                },
+                    used: start,
+                }),
                 Err(error) => return Err((error, false)),
             },
         };
@@ -203,7 +211,7 @@ async fn send(
                 None => Box::pin(send_streamed(parts, forwarding, &mut *body, &mut conn)).await,
             };
             sent?;
-            Ok::<_, Fault>(roundtrip(&mut conn, head_only).await)
+            Ok::<_, Fault>(roundtrip(&mut conn, head_only, forwarding.raw_response).await)
         })
         .await;
         conn.timer = timer;
@@ -364,10 +372,10 @@ struct Broken {
 }
 
 /// Reads the response head of the request just sent.
-async fn roundtrip(conn: &mut Conn, head_only: bool) -> Result<Head, Broken> {
+async fn roundtrip(conn: &mut Conn, head_only: bool, raw: bool) -> Result<Head, Broken> {
     loop {
         if !conn.buf.is_empty() {
-            match parse_head(&mut conn.buf, head_only) {
+            match parse_head(&mut conn.buf, head_only, raw) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
                 Err(reason) => {
@@ -459,6 +467,8 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// The fields left unparsed (then `headers` is empty).
+    raw: Option<RawFields>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -489,19 +499,25 @@ enum Chunk {
 }
 
 /// Parses a complete response head off the front of `buf`, skipping
-/// interim (1xx) responses; `None` when more bytes are needed.
-fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'static str> {
+/// interim (1xx) responses; `None` when more bytes are needed. With `raw`,
+/// a head whose fields nothing in the gateway reads keeps them unparsed
+/// (see [`RawFields`]).
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    raw: bool,
+) -> Result<Option<Head>, &'static str> {
     loop {
         // Offsets of each field's name and value in the head, so the head
         // can be frozen once and the values shared, not copied. (u32: the
         // head is at most MAX_HEAD bytes; this array is zeroed per parse,
         // httparse's own is left uninitialised.)
         let mut fields: [FieldSpan; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-        let mut raw =
+        let mut parsed =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let (len, code, minor, count) = match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut parsed)
         {
             Ok(httparse::Status::Complete(len)) => {
                 field_spans(buf, resp.headers, &mut fields);
@@ -519,7 +535,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
             Err(httparse::Error::TooManyHeaders) => return Err("too many response header fields"),
             Err(_) => return Err("malformed response head"),
         };
-        let head = buf.split_to(len).freeze();
+        let mut head = buf.split_to(len).freeze();
         if (100..200).contains(&code) {
             if code == 101 {
                 return Err("upstream switched protocols unasked");
@@ -529,6 +545,49 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
+        let fields = &fields[..count];
+        let no_body =
+            head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let version = if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // A body framed by length or (HTTP/1.1) chunks; every other
+        // framing takes the general path, which adjusts the fields.
+        if raw
+            && !no_body
+            && minor == 1
+            && let Some(r) = RawFields::classify(&head, fields)
+        {
+            let framing = match (r.chunked, r.length) {
+                (Some(true), _) => Some(Framing::Chunked(Chunk::Size)),
+                (None, Some(n)) if n > 0 => Some(Framing::Length(n)),
+                _ => None,
+            };
+            if let Some(framing) = framing {
+                let start = fields.first().map_or(len - 2, |f| f.0 as usize);
+                head.advance(start);
+                return Ok(Some(Head {
+                    status,
+                    version,
+                    headers: HeaderMap::new(),
+                    raw: Some(RawFields {
+                        block: head,
+                        // A chunked body's length field goes, as below.
+                        skip: match (framing, r.length_at) {
+                            (Framing::Chunked(_), Some(i)) => r.skip | 1 << i,
+                            _ => r.skip,
+                        },
+                        length: r.length.filter(|_| matches!(framing, Framing::Length(_))),
+                        date: r.date,
+                        via: false,
+                    }),
+                    framing,
+                    keep_alive: !r.close,
+                }));
+            }
+        }
         // Room for the fields the gateway adds on the way back (`Via`, the
         // version echo and source, request id, `Vary`, rate-limit fields,
         // `x-cache`...): a full map doubles and rehashes on the next insert.
@@ -536,7 +595,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let mut close = minor == 0;
-        for &(n0, n1, v0, v1) in &fields[..count] {
+        for &(n0, n1, v0, v1) in fields {
             let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
             let name = crate::headers::parse_name(&head[n0..n1])
                 .map_err(|_| "invalid response header name")?;
@@ -549,13 +608,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
                 }
                 length = Some(n);
             } else if name == TRANSFER_ENCODING {
-                // Only the last coding matters: is it chunked?
-                let last = value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .unwrap_or(b"");
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked = Some(last_coding_chunked(value.as_bytes()));
             } else if name == http::header::CONNECTION {
                 for token in value.as_bytes().split(|&b| b == b',') {
                     let token = token.trim_ascii();
@@ -568,8 +621,6 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
             }
             headers.append(name, value);
         }
-        let no_body =
-            head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let framing = match (chunked, length) {
             _ if no_body => Framing::Empty,
             (Some(true), _) if minor == 1 => {
@@ -593,21 +644,206 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, &'sta
         };
         return Ok(Some(Head {
             status,
-            version: if minor == 0 {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            },
+            version,
             headers,
+            raw: None,
             framing,
             keep_alive: !close,
         }));
     }
 }
 
-fn respond(head: Head, conn: Conn, endpoint: u64, gap: Option<Duration>) -> Response<Body> {
+/// Whether a `Transfer-Encoding` value's last coding is chunked: only the
+/// last one matters.
+fn last_coding_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+/// A lean response's fields as the upstream sent them, unparsed, for the
+/// lean HTTP/1.1 server to write out in one copy. Put through a
+/// `HeaderMap` instead, each field costs a name lookup, a hash and an
+/// insert, a shared reference count taken and dropped, and a walk to write
+/// it out: ~400 instructions a field, a tenth of a proxied request.
+///
+/// Only a response whose fields nothing in the gateway reads or changes
+/// travels this way (the pipeline asks for it with
+/// [`Forwarding::raw_response`]: no translation, no cache, no upgrade, a
+/// lean server writing the answer) and only when its head is plain: framed
+/// by a length or by chunks, lines ending in CRLF, no field named by
+/// `Connection`, none of the names the gateway's stamp replaces, one
+/// length at most. Anything else takes the general path. [`RawFields::fill`]
+/// puts the fields in a map for any other writer.
+#[derive(Debug)]
+pub struct RawFields {
+    /// The head from its first field line through the empty line that
+    /// ends it.
+    block: Bytes,
+    /// Fields (bit `i`: the `i`th line) not passed on: the hop-by-hop
+    /// ones, and a chunked body's length.
+    skip: u64,
+    /// The `Content-Length` the block passes on.
+    length: Option<u64>,
+    /// The block has a `Date`.
+    date: bool,
+    /// The gateway's `via: 1.1 switchyard` follows.
+    via: bool,
+}
+
+/// What [`RawFields::classify`] found in a head's fields.
+struct Classified {
+    skip: u64,
+    length: Option<u64>,
+    /// The line of the `Content-Length`.
+    length_at: Option<u32>,
+    chunked: Option<bool>,
+    close: bool,
+    date: bool,
+}
+
+impl RawFields {
+    /// Reads an HTTP/1.1 head's fields by their bytes (no `HeaderName`s
+    /// made): the framing ones, the hop-by-hop ones to skip, `Date`. `None`
+    /// for a head the general path must take (see the type's doc), which
+    /// also reports any malformed value.
+    fn classify(head: &[u8], fields: &[FieldSpan]) -> Option<Classified> {
+        if fields.len() > 64 || !head.ends_with(b"\r\n\r\n") {
+            return None;
+        }
+        let mut c = Classified {
+            skip: 0,
+            length: None,
+            length_at: None,
+            chunked: None,
+            close: false,
+            date: false,
+        };
+        for (i, &(n0, n1, v0, v1)) in fields.iter().enumerate() {
+            // Each line must end in CRLF, as it is written out as it is.
+            let next = fields.get(i + 1).map_or(head.len() - 2, |f| f.0 as usize);
+            if !head[..next].ends_with(b"\r\n") {
+                return None;
+            }
+            let name = &head[n0 as usize..n1 as usize];
+            let value = &head[v0 as usize..v1 as usize];
+            let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+            let hop = match name.len() {
+                2 => is(b"te"),
+                4 if is(b"date") => {
+                    c.date = true;
+                    false
+                }
+                7 => is(b"trailer") || is(b"upgrade"),
+                10 if is(b"connection") => {
+                    for token in value.split(|&b| b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            c.close = true;
+                        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                            // Names another field as hop-by-hop.
+                            return None;
+                        }
+                    }
+                    true
+                }
+                10 => is(b"keep-alive"),
+                14 if is(b"content-length") => {
+                    if c.length.is_some() {
+                        return None;
+                    }
+                    c.length = Some(content_length(value)?);
+                    c.length_at = Some(i as u32);
+                    false
+                }
+                16 => is(b"proxy-connection"),
+                17 if is(b"transfer-encoding") => {
+                    c.chunked = Some(last_coding_chunked(value));
+                    true
+                }
+                19 => is(b"proxy-authorization"),
+                _ => false,
+            };
+            if hop {
+                c.skip |= 1 << i;
+            } else if crate::pipeline::stamp_replaces(name) {
+                return None;
+            }
+        }
+        Some(c)
+    }
+
+    /// The `Content-Length` the fields pass on.
+    pub(crate) fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Whether the fields have a `Date`.
+    pub(crate) fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// Adds the gateway's `via: 1.1 switchyard` after the upstream's fields.
+    pub(crate) fn add_via(&mut self) {
+        self.via = true;
+    }
+
+    /// The field lines to pass on, each ending in CRLF.
+    fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        // Without the final empty line.
+        let fields = &self.block[..self.block.len() - 2];
+        fields
+            .split_inclusive(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(i, _)| self.skip & (1 << i) == 0)
+            .map(|(_, line)| line)
+    }
+
+    /// Writes the fields to pass on, as `name: value` lines.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        if self.skip == 0 {
+            out.extend_from_slice(&self.block[..self.block.len() - 2]);
+        } else {
+            for line in self.lines() {
+                out.extend_from_slice(line);
+            }
+        }
+        if self.via {
+            out.extend_from_slice(b"via: 1.1 switchyard\r\n");
+        }
+    }
+
+    /// Appends the fields to pass on to `h`, as the general path would
+    /// have them (its tests hold the two paths to the same fields).
+    #[cfg(test)]
+    pub fn fill(self, h: &mut HeaderMap) {
+        for line in self.lines() {
+            // Checked when the head was parsed: a name, a colon, a value.
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (Ok(name), Ok(value)) = (
+                crate::headers::parse_name(&line[..colon]),
+                HeaderValue::from_maybe_shared(
+                    self.block.slice_ref(line[colon + 1..].trim_ascii()),
+                ),
+            ) else {
+                continue;
+            };
+            h.append(name, value);
+        }
+        if self.via {
+            h.append(
+                http::header::VIA,
+                HeaderValue::from_static("1.1 switchyard"),
+            );
+        }
+    }
+}
+
+fn respond(head: Head, conn: Box<Conn>, endpoint: u64, gap: Option<Duration>) -> Response<Body> {
     let body = ResponseBody {
         conn: Some(conn),
+        raw: head.raw,
         framing: head.framing,
         keep_alive: head.keep_alive,
         endpoint,
@@ -625,7 +861,9 @@ fn respond(head: Head, conn: Conn, endpoint: u64, gap: Option<Duration>) -> Resp
 /// response allowed it); dropped before that, the connection closes.
 #[derive(Debug)]
 pub struct ResponseBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
+    /// The response's fields, when left unparsed (see [`RawFields`]).
+    raw: Option<RawFields>,
     framing: Framing,
     keep_alive: bool,
     endpoint: u64,
@@ -645,6 +883,11 @@ impl ResponseBody {
     /// Whether no more frames follow.
     pub(crate) fn is_end_stream(&self) -> bool {
         self.framing == Framing::Empty
+    }
+
+    /// The response's fields when they were left unparsed.
+    pub(crate) fn raw_fields(&mut self) -> &mut Option<RawFields> {
+        &mut self.raw
     }
 
     /// The bytes still to come, when known.
@@ -855,27 +1098,25 @@ enum Step {
     Fail(&'static str),
 }
 
-fn checkin(endpoint: u64, conn: Conn) {
-    let idle = Idle {
-        conn,
-        since: Instant::now(),
-    };
-    IDLE.with_borrow_mut(|pool| super::park(pool, endpoint, idle));
+fn checkin(endpoint: u64, conn: Box<Conn>) {
+    IDLE.with_borrow_mut(|pool| super::park(pool, endpoint, conn));
 }
 
-/// The most recently idled live connection to `endpoint`: those idle
-/// longer than [`IDLE_TIMEOUT`] and those the upstream closed are dropped.
-fn checkout(endpoint: u64) -> Option<Conn> {
+/// The most recently idled live connection to `endpoint`, for a try that
+/// began at `now`: those idle longer than [`IDLE_TIMEOUT`] and those the
+/// upstream closed are dropped.
+fn checkout(endpoint: u64, now: Instant) -> Option<Box<Conn>> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(&endpoint)?;
-        while let Some(mut idle) = list.pop() {
-            if idle.since.elapsed() > IDLE_TIMEOUT {
+        while let Some(mut conn) = list.pop() {
+            if now.saturating_duration_since(conn.used) > IDLE_TIMEOUT {
                 // The rest are older still.
                 list.clear();
                 return None;
             }
-            if idle.conn.alive() {
-                return Some(idle.conn);
+            if conn.alive() {
+                conn.used = now;
+                return Some(conn);
             }
         }
         None
@@ -917,7 +1158,110 @@ mod tests {
 
     fn head(bytes: &[u8], head_only: bool) -> Result<Option<Head>, &'static str> {
         let mut buf = BytesMut::from(bytes);
-        parse_head(&mut buf, head_only)
+        parse_head(&mut buf, head_only, false)
+    }
+
+    type Fields = Vec<(String, String)>;
+
+    /// The fields as the writer puts them on the wire, parsed back: the
+    /// raw path's written lines (`None`: the head took the general path),
+    /// and the general path's map after the pipeline's hop-by-hop strip
+    /// and `via`.
+    fn passed_on(bytes: &[u8]) -> (Option<Fields>, Fields) {
+        let pairs = |h: &HeaderMap| -> Vec<(String, String)> {
+            h.iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                .collect()
+        };
+        let general = {
+            let mut h = head(bytes, false).unwrap().unwrap();
+            crate::pipeline::strip_hop_by_hop(&mut h.headers);
+            h.headers.append(
+                http::header::VIA,
+                HeaderValue::from_static("1.1 switchyard"),
+            );
+            h
+        };
+        let mut buf = BytesMut::from(bytes);
+        let raw = parse_head(&mut buf, false, true).unwrap().unwrap();
+        assert_eq!(raw.framing, general.framing);
+        assert_eq!(raw.keep_alive, general.keep_alive);
+        let written = raw.raw.map(|mut r| {
+            r.add_via();
+            let mut out = Vec::new();
+            r.write(&mut out);
+            // Lines as written, each ending in CRLF, parse back as they
+            // went in; `fill` gives the same fields.
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            out.extend_from_slice(b"\r\n");
+            let httparse::Status::Complete((_, parsed)) =
+                httparse::parse_headers(&out, &mut fields).unwrap()
+            else {
+                panic!("written fields parse");
+            };
+            let lines: Vec<(String, String)> = parsed
+                .iter()
+                .map(|f| {
+                    (
+                        f.name.to_ascii_lowercase(),
+                        String::from_utf8(f.value.to_vec()).unwrap(),
+                    )
+                })
+                .collect();
+            let mut filled = HeaderMap::new();
+            r.fill(&mut filled);
+            let mut sorted = lines.clone();
+            let mut from_fill = pairs(&filled);
+            sorted.sort();
+            from_fill.sort();
+            assert_eq!(sorted, from_fill, "fill gives the written fields");
+            lines
+        });
+        (written, pairs(&general.headers))
+    }
+
+    #[test]
+    fn raw_fields_pass_on_what_the_general_path_does() {
+        let sorted = |mut v: Vec<(String, String)>| {
+            v.sort();
+            v
+        };
+        for bytes in [
+            &b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-c: a\r\nVia: 1.0 edge\r\nx-c: b\r\nTE: trailers\r\nProxy-Connection: x\r\nProxy-Authorization: y\r\nUpgrade: h2c\r\nTrailer: x-sum\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\ncontent-length: 5\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nx-a: 1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nx-a:   padded  \r\ncontent-length: 2\r\n\r\n",
+        ] {
+            let (raw, general) = passed_on(bytes);
+            let raw = raw.expect("a plain head stays raw");
+            assert_eq!(sorted(raw.clone()), sorted(general), "{}", String::from_utf8_lossy(bytes));
+            // Same-name fields keep their order; ours comes last.
+            assert_eq!(raw.last().unwrap(), &("via".to_string(), "1.1 switchyard".to_string()));
+        }
+        // Heads the general path must take.
+        for bytes in [
+            &b"HTTP/1.1 200 OK\r\nconnection: x-drop\r\nx-drop: 1\r\ncontent-length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nx-request-id: up\r\ncontent-length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-API-Version: v0\r\ncontent-length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\nx-lf: 1\ncontent-length: 2\n\n",
+            b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n",
+        ] {
+            let (raw, _) = passed_on(bytes);
+            assert!(raw.is_none(), "{}", String::from_utf8_lossy(bytes));
+        }
+        // Malformed heads fail as they did.
+        for bytes in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: nope\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(parse_head(&mut buf, false, true).is_err());
+        }
     }
 
     #[test]
@@ -1015,7 +1359,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"[..],
         );
-        let h = parse_head(&mut buf, false).unwrap().unwrap();
+        let h = parse_head(&mut buf, false, false).unwrap().unwrap();
         assert_eq!(h.status, StatusCode::CREATED);
         assert!(!h.headers.contains_key("link"));
         assert_eq!(&buf[..], b"ok");
