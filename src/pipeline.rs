@@ -1941,11 +1941,21 @@ mod tests {
     fn stamp_replaces_names_the_fields_a_stamp_sets() {
         for (i, name) in STAMP_NAMES.iter().enumerate() {
             let appended = matches!(i, 4 | 8 | 11);
-            for case in [name.as_str().to_string(), name.as_str().to_ascii_uppercase()] {
+            for case in [
+                name.as_str().to_string(),
+                name.as_str().to_ascii_uppercase(),
+            ] {
                 assert_eq!(stamp_replaces(case.as_bytes()), !appended, "{case}");
             }
         }
-        for other in ["content-type", "x-request-ids", "date", "server", "x-api-versions", ""] {
+        for other in [
+            "content-type",
+            "x-request-ids",
+            "date",
+            "server",
+            "x-api-versions",
+            "",
+        ] {
             assert!(!stamp_replaces(other.as_bytes()), "{other}");
         }
         // The flags `each` passes for the fields it can set without a table.
