@@ -233,7 +233,60 @@ where
             }
         };
         first = false;
-        let keep = answer(io, &lane, head, &mut buf, &mut out).await;
+        // One request's answer: the handler runs while the client's socket
+        // is watched as hyper watches it (a client that closes or resets
+        // its connection cancels the request, upstream exchange included,
+        // as nginx does unless told to ignore client aborts; bytes of a
+        // pipelined next request are kept in `buf`, and reading stops until
+        // it is served); then the response is written. Whether the
+        // connection stays open. Written here rather than as an `async fn`:
+        // that would be a future of its own per request (6.4 KB, the
+        // handler's inside it), copied whole into this one's state each
+        // time.
+        let keep = 'answer: {
+            let _active = lane.activity.map(Activity::begin);
+            let (request_slot, over) = lane.admission.request_here();
+            let (resp, stamp) = match lane.admission.overload(lane.shed, over) {
+                Some(e) => (e.to_response(None), Stamp::default()),
+                None => {
+                    let mut call = pin!(lane.handler.call_stamped(
+                        head.request,
+                        lane.peer,
+                        lane.https
+                    ));
+                    let mut watch = buf.is_empty();
+                    let answered = poll_fn(|cx| {
+                        if let Poll::Ready(resp) = call.as_mut().poll(cx) {
+                            return Poll::Ready(Some(resp));
+                        }
+                        // Usually no system call: the runtime knows the socket has
+                        // nothing to read since the head's read drained it.
+                        if watch {
+                            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf) {
+                                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                    return Poll::Ready(None);
+                                }
+                                Poll::Ready(Ok(_)) => watch = false,
+                                Poll::Pending => {}
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await;
+                    match answered {
+                        Some(resp) => resp,
+                        None => {
+                            tracing::debug!(peer = %lane.peer, "client closed the connection mid-request: cancelled");
+                            break 'answer false;
+                        }
+                    }
+                }
+            };
+            drop(request_slot);
+            let closing =
+                head.close || lane.shed || lane.signal.state.load(Ordering::Acquire) == CLOSE;
+            write_response(io, resp, &stamp, closing, &mut out).await
+        };
         if !keep {
             let _ = io.shutdown().await;
             return End::Closed;
@@ -246,63 +299,6 @@ enum Read {
     Eof,
     Close,
     Timeout,
-}
-
-/// Answers one request and writes the response; whether the connection
-/// stays open. While the handler runs, the client's socket is watched as
-/// hyper watches it: a client that closes (or resets) its connection
-/// cancels the request, upstream exchange included, as nginx does unless
-/// told to ignore client aborts; bytes of a pipelined next request are
-/// kept in `buf` (and reading stops until it is served).
-async fn answer<IO, H>(
-    io: &mut IO,
-    lane: &Lane<'_, H>,
-    head: Head,
-    buf: &mut BytesMut,
-    out: &mut Vec<u8>,
-) -> bool
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-    H: Handler,
-{
-    let _active = lane.activity.map(Activity::begin);
-    let (request_slot, over) = lane.admission.request_here();
-    let (resp, stamp) = match lane.admission.overload(lane.shed, over) {
-        Some(e) => (e.to_response(None), Stamp::default()),
-        None => {
-            let mut call = pin!(
-                lane.handler
-                    .call_stamped(head.request, lane.peer, lane.https)
-            );
-            let mut watch = buf.is_empty();
-            let answered = poll_fn(|cx| {
-                if let Poll::Ready(resp) = call.as_mut().poll(cx) {
-                    return Poll::Ready(Some(resp));
-                }
-                // Usually no system call: the runtime knows the socket has
-                // nothing to read since the head's read drained it.
-                if watch {
-                    match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                        Poll::Ready(Ok(_)) => watch = false,
-                        Poll::Pending => {}
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
-            match answered {
-                Some(resp) => resp,
-                None => {
-                    tracing::debug!(peer = %lane.peer, "client closed the connection mid-request: cancelled");
-                    return false;
-                }
-            }
-        }
-    };
-    drop(request_slot);
-    let closing = head.close || lane.shed || lane.signal.state.load(Ordering::Acquire) == CLOSE;
-    write_response(io, resp, &stamp, closing, out).await
 }
 
 /// Most fields a [`Stamp`] sets (its replacing ones: `x-cache`, the
