@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use http::Method;
-use support::{RawConn, RawResponse, Reply, TestGateway, Upstream, table};
+use support::{RawConn, Reply, TestGateway, Upstream, normalised, table};
 
 async fn gateway(up: &Upstream, lean: bool) -> TestGateway {
     TestGateway::start(
@@ -26,26 +26,6 @@ async fn gateway(up: &Upstream, lean: bool) -> TestGateway {
             .route("api", "/api/", "v1", ""),
     )
     .await
-}
-
-/// Status, headers as a sorted list and body, without what differs per
-/// response: `date`, and the request and trace ids (also in problems).
-fn normalised(r: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut headers: Vec<_> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| k != "date" && k != "x-request-id")
-        .cloned()
-        .collect();
-    headers.sort();
-    let mut body = r.body.clone();
-    if r.header("content-type") == Some("application/problem+json") {
-        let mut p = r.problem();
-        let p = p.as_object_mut().expect("a problem object");
-        assert!(p.remove("request_id").is_some() && p.remove("trace_id").is_some());
-        body = serde_json::to_vec(p).unwrap();
-    }
-    (r.status, headers, body)
 }
 
 #[tokio::test]

@@ -537,19 +537,6 @@ async fn the_response_timeout_holds_on_a_reused_connection_and_only_then() {
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
 
-/// Status, the fields as a sorted list and the body, without what differs
-/// per response (`date`, the request id).
-fn normalised(r: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut fields: Vec<_> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| k != "date" && k != "x-request-id")
-        .cloned()
-        .collect();
-    fields.sort();
-    (r.status, fields, r.body.clone())
-}
-
 /// The lean server writes a plain response's fields as they arrived
 /// (`RawFields`): what reaches the client must be what the general path
 /// (hyper's server, every field through a map) sends, hop-by-hop fields

@@ -800,6 +800,26 @@ pub struct RawResponse {
     pub body: Vec<u8>,
 }
 
+/// Status, headers as a sorted list and body, without what differs per
+/// response: `date`, and the request and trace ids (also in problems).
+pub fn normalised(r: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut headers: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "date" && k != "x-request-id")
+        .cloned()
+        .collect();
+    headers.sort();
+    let mut body = r.body.clone();
+    if r.header("content-type") == Some("application/problem+json") {
+        let mut p = r.problem();
+        let p = p.as_object_mut().expect("a problem object");
+        assert!(p.remove("request_id").is_some() && p.remove("trace_id").is_some());
+        body = serde_json::to_vec(p).unwrap();
+    }
+    (r.status, headers, body)
+}
+
 impl RawResponse {
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
