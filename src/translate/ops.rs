@@ -531,6 +531,194 @@ impl Change {
     }
 }
 
+/// Most keys one [`Fused`] group may touch: real groups touch a handful,
+/// and the per-element positions live in a fixed array of this size.
+const MAX_FUSED_KEYS: usize = 8;
+
+/// A group of body changes that run on the same elements (one
+/// [`Change::base`] ending in `*`) and each touch only keys of the element
+/// itself, no two the same key: a map of `/*/k`, a rename `k -> t` or
+/// `k/inner -> t` (the flattening shape), a downgraded `add` (the key
+/// dropped). Such changes commute, so running them together on an element
+/// gives what running them one after another gives, and they can share
+/// one merge pass over the element's sorted members instead of a lookup
+/// per key, and one rewrite of its members instead of a shift per removal
+/// and insertion. Compiled with the plan for each group it may meet.
+#[derive(Debug, Clone)]
+pub(crate) struct Fused {
+    /// The group, as `Plan::run_body` sees it: (plan step, direction), in
+    /// order. The fused run stands for exactly these.
+    pub(crate) steps: Box<[(usize, Dir)]>,
+    /// Every key the group reads or writes, sorted and unique; the rest
+    /// name keys by their place here.
+    keys: Box<[Key]>,
+    /// The renames, by their new key's place (so their new members come
+    /// out in key order).
+    moves: Box<[Move]>,
+    /// The maps: the key of the mapped value and the table, this way.
+    maps: Box<[(u8, ValueMap)]>,
+    /// The keys dropped when present, one bit each.
+    drops: u32,
+}
+
+/// A rename within an element, as a [`Fused`] group runs it.
+#[derive(Debug, Clone)]
+struct Move {
+    /// The key it takes the value from.
+    from: u8,
+    /// The key it writes: must be absent.
+    to: u8,
+    /// The flattening shape: the value is that of `from`'s member
+    /// `inner` (`from` must be an object that has it).
+    inner: Option<Key>,
+}
+
+impl Fused {
+    /// The fused form of `group` (steps of a plan whose changes `change`
+    /// gives, sharing one base that ends in `*`), or `None` when one of
+    /// its changes has another shape, or two touch the same key.
+    pub(crate) fn compile<'c>(
+        group: &[(usize, Dir)],
+        change: impl Fn(usize) -> &'c Change,
+    ) -> Option<Fused> {
+        let mut keys: Vec<Key> = Vec::new();
+        let mut moves = Vec::new();
+        let mut maps = Vec::new();
+        let mut drops = Vec::new();
+        for &(i, dir) in group {
+            let c = change(i);
+            match (&c.kind, &c.segs[c.cut..]) {
+                (Kind::Map { up, down, .. }, [Seg::Key { name, .. }]) => {
+                    let table = match dir {
+                        Dir::Up => up,
+                        Dir::Down => down,
+                    };
+                    maps.push((name.clone(), table.clone()));
+                    keys.push(name.clone());
+                }
+                (Kind::Rename { from, to, .. }, []) => {
+                    let (src, dst) = match dir {
+                        Dir::Up => (from, to),
+                        Dir::Down => (to, from),
+                    };
+                    let (outer, inner) = match &**src {
+                        [outer] => (outer.as_key()?, None),
+                        [outer, inner] => (outer.as_key()?, Some(inner.as_key()?.clone())),
+                        _ => return None,
+                    };
+                    let [to] = &**dst else { return None };
+                    let to = to.as_key()?;
+                    moves.push((outer.clone(), to.clone(), inner));
+                    keys.extend([outer.clone(), to.clone()]);
+                }
+                (Kind::Add { key, .. }, []) if dir == Dir::Down => {
+                    drops.push(key.clone());
+                    keys.push(key.clone());
+                }
+                _ => return None,
+            }
+        }
+        keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        if keys.len() > MAX_FUSED_KEYS || keys.windows(2).any(|w| w[0] == w[1]) {
+            return None;
+        }
+        let place = |k: &Key| {
+            let i = keys.iter().position(|x| x == k).expect("listed");
+            u8::try_from(i).expect("at most MAX_FUSED_KEYS")
+        };
+        let mut moves: Vec<Move> = (moves.into_iter())
+            .map(|(from, to, inner)| Move {
+                from: place(&from),
+                to: place(&to),
+                inner,
+            })
+            .collect();
+        moves.sort_by_key(|m| m.to);
+        let maps = maps.into_iter().map(|(k, t)| (place(&k), t)).collect();
+        let drops = drops.iter().fold(0, |bits, k| bits | 1 << place(k));
+        Some(Fused {
+            steps: group.into(),
+            keys: keys.into(),
+            moves: moves.into(),
+            maps,
+            drops,
+        })
+    }
+
+    /// Runs the group on one element. Returns `false`, having changed
+    /// nothing, when the element is not an object or one of the changes
+    /// would fail or meet something other than the plain case (a rename
+    /// onto a present key, an `inner` that is missing or under a
+    /// non-object): the changes then run one by one on it, which decide
+    /// the rare cases and name the failure.
+    #[inline]
+    pub(crate) fn apply<'a>(&'a self, doc: &mut Json<'a>, elem: NodeId) -> bool {
+        // Removals are kept as bits of a word.
+        if !matches!(doc.node(elem), Node::Object(_)) || doc.members(elem).len() > 64 {
+            return false;
+        }
+        let mut at = [0u32; MAX_FUSED_KEYS];
+        let found = doc.find_sorted(elem, &self.keys, &mut at);
+        let has = |k: u8| found & (1 << k) != 0;
+        // First the checks, so that a refusal leaves the element as it was.
+        for m in &self.moves {
+            if !has(m.from) {
+                continue;
+            }
+            if has(m.to) {
+                return false;
+            }
+            if let Some(inner) = &m.inner {
+                let child = doc.member_value(elem, at[usize::from(m.from)] as usize);
+                if doc.get_key(child, inner).is_none() {
+                    return false;
+                }
+            }
+        }
+        for (k, table) in &self.maps {
+            if has(*k) {
+                let value = doc.member_value(elem, at[usize::from(*k)] as usize);
+                map_one(doc, value, table);
+            }
+        }
+        let mut dropped = 0u64;
+        let mut bits = self.drops & found;
+        while bits != 0 {
+            dropped |= 1 << at[bits.trailing_zeros() as usize];
+            bits &= bits - 1;
+        }
+        let mut added = [(0u32, 0u8, 0 as NodeId); MAX_FUSED_KEYS / 2];
+        let mut n = 0;
+        for m in &self.moves {
+            if !has(m.from) {
+                continue;
+            }
+            let i = at[usize::from(m.from)];
+            let mut value = doc.member_value(elem, i as usize);
+            match &m.inner {
+                None => dropped |= 1 << i,
+                Some(inner) => {
+                    let child = value;
+                    let j = doc.find_key(child, inner).expect("checked");
+                    value = doc.member_value(child, j);
+                    if doc.members(child).len() == 1 {
+                        // The nested object would be left empty: it goes.
+                        dropped |= 1 << i;
+                    } else {
+                        doc.remove_at(child, j);
+                    }
+                }
+            }
+            added[n] = (at[usize::from(m.to)], m.to, value);
+            n += 1;
+        }
+        if dropped != 0 || n != 0 {
+            doc.rewrite_members(elem, dropped, &added[..n], &self.keys);
+        }
+        true
+    }
+}
+
 /// The pointer whose node a body change works on: a rename's common base,
 /// the parent of an added or removed key, the mapped or wrapped value.
 fn anchor(kind: &Kind) -> &[Seg] {
@@ -750,6 +938,12 @@ fn map_string<'a>(doc: &mut Json<'a>, id: NodeId, up: &'a ValueMap, down: &'a Va
         Dir::Up => up,
         Dir::Down => down,
     };
+    map_one(doc, id, table);
+}
+
+/// A `map` change one way, on the node at `id`.
+#[inline(always)]
+fn map_one<'a>(doc: &mut Json<'a>, id: NodeId, table: &'a ValueMap) {
     if let Node::String(s) = doc.node(id)
         && let Some(new) = table.get(doc.str(&s))
     {

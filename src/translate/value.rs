@@ -598,6 +598,99 @@ impl<'a> Json<'a> {
         self.members[self.span(obj).start as usize + i].value
     }
 
+    /// Where each of `keys` (sorted and unique) is among the members of
+    /// object `obj`, in one merge pass over the members instead of a
+    /// search each: `at[k]` is the index of key `k`, or where it would go
+    /// (as [`Json::find_key`] says), and bit `k` of the result says which.
+    #[inline]
+    pub(crate) fn find_sorted(&self, obj: NodeId, keys: &[Key], at: &mut [u32]) -> u32 {
+        let members = &self.members[self.span(obj).range()];
+        let mut i = 0;
+        let mut found = 0;
+        for (k, (key, at)) in keys.iter().zip(at).enumerate() {
+            *at = loop {
+                let Some(m) = members.get(i) else { break i };
+                if m.head < key.head {
+                    i += 1;
+                    continue;
+                }
+                if m.head > key.head {
+                    break i;
+                }
+                match cmp_after_head(resolve(&self.text, &m.key), key.name.as_bytes()) {
+                    Ordering::Less => i += 1,
+                    Ordering::Equal => {
+                        found |= 1 << k;
+                        i += 1;
+                        break i - 1;
+                    }
+                    Ordering::Greater => break i,
+                }
+            } as u32;
+        }
+        found
+    }
+
+    /// Rewrites the members of object `obj` in one pass: all but those
+    /// whose bit is set in `dropped` (indexes below 64), with the members
+    /// `added` put in place, each (position, key, value) before the old
+    /// member its position names (or at the end), the key one of `keys`.
+    /// `added` is ordered by position and, at one position, by key, and
+    /// none of its keys is among the members kept. One copy of each member
+    /// moved, where a removal and an insertion each shifted the members
+    /// after them.
+    pub(crate) fn rewrite_members(
+        &mut self,
+        obj: NodeId,
+        dropped: u64,
+        added: &[(u32, u8, NodeId)],
+        keys: &'a [Key],
+    ) {
+        let mut span = self.span(obj);
+        let n = span.len;
+        let len = n - dropped.count_ones() + index(added.len());
+        // In place when no member is overwritten before it is read: writing
+        // front to back, every insertion before an old member needs a
+        // removal before it. Otherwise the new run goes at the end (the
+        // old one stays behind, unused).
+        let mut in_place = len <= span.cap;
+        for (t, &(pos, _, _)) in added.iter().enumerate() {
+            if pos < n && index(t) >= (dropped & ((1 << pos) - 1)).count_ones() {
+                in_place = false;
+            }
+        }
+        let old = span.start as usize;
+        let mut w = if in_place { old } else { self.members.len() };
+        if !in_place {
+            self.members.resize(w + len as usize, self.members[old]);
+        }
+        let start = w;
+        let mut a = 0;
+        for k in 0..n {
+            while let Some(&(pos, key, value)) = added.get(a)
+                && pos == k
+            {
+                self.members[w] = Member::keyed(&keys[usize::from(key)], value);
+                w += 1;
+                a += 1;
+            }
+            if dropped & (1 << k) == 0 {
+                self.members[w] = self.members[old + k as usize];
+                w += 1;
+            }
+        }
+        for &(_, key, value) in &added[a..] {
+            self.members[w] = Member::keyed(&keys[usize::from(key)], value);
+            w += 1;
+        }
+        span.start = index(start);
+        span.len = len;
+        if !in_place {
+            span.cap = len;
+        }
+        self.set(obj, Node::Object(span));
+    }
+
     /// Removes the `i`th member of object `obj`; returns its value.
     pub(crate) fn remove_at(&mut self, obj: NodeId, i: usize) -> NodeId {
         let mut span = self.span(obj);
