@@ -48,7 +48,7 @@ pub use value::Json;
 
 use crate::config::{ConfigError, Document};
 use crate::version::{MAX_VERSIONS, VersionId};
-use ops::{Change, Dir, Fused, Kind, Stash, StashUse};
+use ops::{Change, Dir, Kind, Stash, StashUse};
 
 /// Why a body could not be translated. For a request the client is at fault
 /// (400, or 413 for [`TranslateError::TooLarge`]); for a response the
@@ -192,10 +192,6 @@ struct Step {
 #[derive(Debug)]
 pub struct Plan {
     steps: Box<[Step]>,
-    /// The groups of body changes that can run fused on each element (see
-    /// [`Fused`]), for the groups `run_body` meets when every body step of
-    /// a leg is active; other groups run change by change.
-    fused: Box<[Fused]>,
 }
 
 /// What the request leg learned for the response leg: which steps matched
@@ -305,10 +301,8 @@ impl Plan {
                 .filter(|&j| !rewrites(&steps[j].change));
             steps[i].same_scope = earlier.map(|j| j as u32);
         }
-        let fused = fusions(&steps);
         (!steps.is_empty()).then(|| Plan {
             steps: steps.into(),
-            fused: fused.into(),
         })
     }
 
@@ -511,17 +505,8 @@ impl Plan {
             let mut failed = None;
             let mut limit = group.len();
             let root = body.root();
-            let fused = self.fused(group);
             // `Err(())` only stops the walk once no change is left to run.
             let _ = pointer::for_each(body, root, base, &mut binds, &mut |doc, id, b| {
-                // Fused while every change still runs on every element; an
-                // element it refuses gets the changes one by one.
-                if let Some(f) = fused
-                    && limit == group.len()
-                    && f.apply(doc, id)
-                {
-                    return Ok(());
-                }
                 for (k, &(i, dir)) in group[..limit].iter().enumerate() {
                     let change = &self.steps[i].change;
                     if let Err(e) = change.apply_at(dir, doc, id, b, i as u32, stash) {
@@ -539,14 +524,6 @@ impl Plan {
         Ok(())
     }
 
-    /// The fused form of `group`, when the plan has one.
-    fn fused(&self, group: &[(usize, Dir)]) -> Option<&Fused> {
-        if group.len() < 2 {
-            return None;
-        }
-        self.fused.iter().find(|f| *f.steps == *group)
-    }
-
     /// The direction step `i` runs in on a response with status `status` at
     /// that point, or `None` when it does not apply.
     fn response_dir(&self, ex: &Exchange, i: usize, status: StatusCode) -> Option<Dir> {
@@ -555,42 +532,6 @@ impl Plan {
         (ex.is_matched(i) && scope.direction.response() && scope.responses.admits(status.as_u16()))
             .then(|| step.dir.inverse())
     }
-}
-
-/// The [`Fused`] groups of a plan's steps: on each leg, the body steps it
-/// runs when all are active, cut into runs that share a base, as
-/// `Plan::run_body` groups them; those of two changes or more over a `*`
-/// that fuse.
-fn fusions(steps: &[Step]) -> Vec<Fused> {
-    let body = |s: &Step| s.change.kind.is_body();
-    let request: Vec<(usize, Dir)> = (steps.iter().enumerate())
-        .filter(|(_, s)| body(s) && s.change.scope.direction.request())
-        .map(|(i, s)| (i, s.dir))
-        .collect();
-    let response: Vec<(usize, Dir)> = (steps.iter().enumerate().rev())
-        .filter(|(_, s)| body(s) && s.change.scope.direction.response())
-        .map(|(i, s)| (i, s.dir.inverse()))
-        .collect();
-    let mut out = Vec::new();
-    for leg in [request, response] {
-        let mut rest = &leg[..];
-        while let Some(&(first, _)) = rest.first() {
-            let base = steps[first].change.base();
-            let n = rest
-                .iter()
-                .take_while(|(i, _)| steps[*i].change.base() == base)
-                .count();
-            let (group, tail) = rest.split_at(n);
-            rest = tail;
-            if group.len() >= 2
-                && base.last() == Some(&pointer::Seg::Any)
-                && let Some(f) = Fused::compile(group, |i| &steps[i].change)
-            {
-                out.push(f);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1175,96 +1116,6 @@ to = "/y"
             }
         );
         assert_eq!(path, "/a");
-    }
-
-    #[test]
-    fn fused_groups_give_what_one_by_one_gives() {
-        // Each group fuses (the test checks), and every body, on both legs,
-        // comes out of the fused run as out of the changes one by one: the
-        // plain cases fused, the rest (collisions, a missing or non-object
-        // inner, non-object elements) handed back to the one-by-one path.
-        let groups = [
-            // The README's list changes, both ways.
-            r#"
-[[versions.changes]]
-op = "rename"
-from = "/*/client_name"
-to = "/*/client/name"
-[[versions.changes]]
-op = "rename"
-from = "/*/wedding_date"
-to = "/*/event/date"
-[[versions.changes]]
-op = "map"
-at = "/*/status"
-values = { booked = "confirmed", cancelled = "canceled" }
-[[versions.changes]]
-op = "add"
-at = "/*/currency"
-default = "EUR"
-"#,
-            // Plain renames, one whose new key sorts first, and a map.
-            r#"
-[[versions.changes]]
-op = "rename"
-from = "/g/*/z"
-to = "/g/*/a"
-[[versions.changes]]
-op = "rename"
-from = "/g/*/m"
-to = "/g/*/n"
-[[versions.changes]]
-op = "map"
-at = "/g/*/k"
-values = { x = "y" }
-"#,
-        ];
-        let bodies = [
-            json!([
-                {"client_name": "Ann", "wedding_date": "2027-06-12", "status": "booked", "id": 1},
-                {"client": {"name": "Bo"}, "currency": "EUR", "event": {"date": "d"}, "status": "confirmed", "id": 2},
-                {"client": {"name": "Cy", "vip": true}, "event": {"date": "d", "x": 1}, "status": "cancelled"},
-                {"client": {"vip": true}, "event": 7, "status": 3},
-                {"client": {"name": "Di"}, "client_name": "Di", "status": "canceled"},
-                {"client_name": "Ed", "client": {"id": 4}, "wedding_date": "x", "event": []},
-                {}, 5, "s", null, [1, {"client_name": "nested"}],
-                {"a\"b": 1, "client\n": 2, "status": "booked", "zz": {"a": 1}},
-            ]),
-            json!({"g": [
-                {"z": 1, "m": 2, "k": "x", "a0": 0},
-                {"a": 1, "n": 2, "k": "y"},
-                {"z": 1, "a": 2},
-                {"m": {"deep": [1]}, "k": {"x": 1}, "b": 0},
-                {"z": 1, "n": 5},
-                [], {}, true,
-            ]}),
-            json!([]),
-            json!({"g": []}),
-        ];
-        let path = "/x";
-        for group in groups {
-            let fused = two(group);
-            let mut plain = two(group);
-            for plan in plain.plans.iter_mut().flatten() {
-                plan.fused = Box::new([]);
-            }
-            for (client, target) in [(V1, V2), (V2, V1)] {
-                let (f, p) = (
-                    fused.plan(client, target).unwrap(),
-                    plain.plan(client, target).unwrap(),
-                );
-                assert!(!f.fused.is_empty(), "{group}: no fused group");
-                for body in &bodies {
-                    let want = up(p, Method::GET, path, body.clone()).map(|r| r.0);
-                    let got = up(f, Method::GET, path, body.clone()).map(|r| r.0);
-                    assert_eq!(got, want, "request {client}->{target} {group} on {body}");
-                    let ex = p.exchange(&Method::GET, path);
-                    let want = down(p, &ex, body.clone());
-                    let got = down(f, &f.exchange(&Method::GET, path), body.clone());
-                    assert_eq!(got, want, "response {client}->{target} {group} on {body}");
-                }
-            }
-        }
     }
 
     #[test]
