@@ -347,11 +347,23 @@ impl<'a> Parser<'a> {
                 }
                 self.pos += 1;
                 let value = self.value_here(depth + 1)?;
-                self.members.push(Member::with_head(key, value, head));
+                let member = Member::with_head(key, value, head);
                 match self.token() {
-                    Some(b',') => self.pos += 1,
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.members.push(member);
+                    }
                     Some(b'}') => {
                         self.pos += 1;
+                        if self.members.len() == base {
+                            // One member (a common shape: `{"name": ...}`
+                            // in each element of a list): straight into
+                            // the document, without the scratch stack and
+                            // the copy out of it.
+                            let span = self.doc.push_member(member);
+                            return Ok(self.doc.push(Node::Object(span)));
+                        }
+                        self.members.push(member);
                         break;
                     }
                     _ => return Err(Refused),
@@ -883,6 +895,17 @@ mod tests {
                 Bytes::from(format!(r#"{{"a":[{text}],"n":{text}}}"#)),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn a_body_grown_past_its_estimate_is_written_whole() {
+        // The output buffer is sized from the parsed body; a document with
+        // no body behind it (size 0) outgrows it at once.
+        for n in [0, 1, 50, 63, 64, 65, 500] {
+            let v = serde_json::json!({"k": "x\n".repeat(n), "a": [1, "\u{1}"]});
+            let doc = Json::from_value(&v);
+            assert_eq!(to_bytes(&doc), serde_json::to_vec(&v).unwrap(), "{n}");
         }
     }
 
