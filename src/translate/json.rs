@@ -536,12 +536,10 @@ pub(crate) fn write(out: &mut Vec<u8>, doc: &Json<'_>, id: NodeId) {
         Node::Object(_) => {
             out.push(b'{');
             if let Some((first, rest)) = doc.members(id).split_first() {
-                write_key(out, doc, &first.key);
-                write_value(out, doc, first.value);
+                write_member(out, doc, first);
                 for m in rest {
                     out.push(b',');
-                    write_key(out, doc, &m.key);
-                    write_value(out, doc, m.value);
+                    write_member(out, doc, m);
                 }
             }
             out.push(b'}');
@@ -577,12 +575,24 @@ fn write_scalar(out: &mut Vec<u8>, doc: &Json<'_>, node: Node<'_>) {
     }
 }
 
-/// A key with its quotes and the colon after it.
+/// A member: its key with its quotes and the colon after it, then its
+/// value. A string value's opening quote goes with the colon, one write
+/// for the three bytes.
 #[inline(always)]
-fn write_key(out: &mut Vec<u8>, doc: &Json<'_>, key: &Text<'_>) {
+fn write_member(out: &mut Vec<u8>, doc: &Json<'_>, m: &Member<'_>) {
     out.push(b'"');
-    write_text(out, doc, key);
-    out.extend_from_slice(b"\":");
+    write_text(out, doc, &m.key);
+    match doc.node(m.value) {
+        Node::String(s) => {
+            out.extend_from_slice(b"\":\"");
+            write_text(out, doc, &s);
+            out.push(b'"');
+        }
+        _ => {
+            out.extend_from_slice(b"\":");
+            write_value(out, doc, m.value);
+        }
+    }
 }
 
 /// The inside of a string: borrowed plain text as it is, the rest escaped.
