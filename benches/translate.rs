@@ -28,16 +28,80 @@
 //! (request), 7.5 / 8.2 µs against 7.3 / 10.8 µs (response), and the 64 KiB legs scattered over 0.28-0.52 ms for both binaries, so
 //! the 64 KiB cells are a range, not a figure.
 //!
-//! | bench | wt-tr5 | wt-tr4 | wt-tr3 | 87103f8 | 91a610d | 364860f | e05df5a |
-//! | --- | --- | --- | --- | --- | --- | --- | --- |
-//! | callgrind, 1 KiB request leg | 56.4k (bb24c04 here: 59.3k) | 59.3k (de5c1f6 here: 62.8k) | 61.3k instructions | 65.1k instructions | 73.1k (73.9k) | 105.8k | 127.4k |
-//! | callgrind, 1 KiB response leg | 57.0k (bb24c04 here: 59.9k) | 59.9k (de5c1f6 here: 63.4k) | 61.7k instructions | 65.0k instructions | 73.2k (73.7k) | 112.1k | 157.2k |
-//! | callgrind, 64 KiB request leg | 3.02M (bb24c04 not counted here) | 3.17M (de5c1f6 here: 3.30M) | 3.22M instructions | 3.41M instructions | 3.70M | 5.28M | 6.28M |
-//! | callgrind, 64 KiB response leg | 3.02M (bb24c04 not counted here) | 3.17M (de5c1f6 here: 3.30M) | 3.22M instructions | 3.41M instructions | 3.83M | 5.33M | 6.43M |
-//! | chain5 1 KiB request | not measured | not measured | 6.0 / 7.6 µs (ea10f9e: 10.2 / 8.1) | 5.8-6.2 µs (0d75dc5: 6.2-7.3) | 6.1 µs (165 MiB/s) | 13.2 µs (76 MiB/s) | 19.0 µs |
-//! | chain5 1 KiB response | not measured | not measured | 6.2 / 10.2 µs (ea10f9e: 8.9 / 6.5) | 5.5-5.8 µs (0d75dc5: 7.4-8.0) | 6.7 µs (151 MiB/s) | 13.8 µs (73 MiB/s) | 20.3 µs |
-//! | chain5 64 KiB request | not measured | not measured | 0.27 / 0.33 ms (ea10f9e: 0.34 / 0.50) | 0.28-0.52 ms (0d75dc5: 0.42-0.49) | 0.35 ms (179 MiB/s) | 0.89 ms (70 MiB/s) | 1.02 ms |
-//! | chain5 64 KiB response | not measured | not measured | 0.27 / 0.38 ms (ea10f9e: 0.33 / 0.47) | 0.33-0.48 ms (0d75dc5: 0.37-0.38) | 0.33 ms (189 MiB/s) | 1.13 ms (55 MiB/s) | 1.07 ms |
+//! | bench | wt-tr6 | wt-tr5 | wt-tr4 | wt-tr3 | 87103f8 | 91a610d | 364860f | e05df5a |
+//! | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+//! | callgrind, 1 KiB request leg | 55.2k (8ede52d here: 56.5k) | 56.4k (bb24c04 here: 59.3k) | 59.3k (de5c1f6 here: 62.8k) | 61.3k instructions | 65.1k instructions | 73.1k (73.9k) | 105.8k | 127.4k |
+//! | callgrind, 1 KiB response leg | 55.8k (8ede52d here: 57.1k) | 57.0k (bb24c04 here: 59.9k) | 59.9k (de5c1f6 here: 63.4k) | 61.7k instructions | 65.0k instructions | 73.2k (73.7k) | 112.1k | 157.2k |
+//! | callgrind, 64 KiB request leg | 2.95M (8ede52d here: 3.02M) | 3.02M (bb24c04 not counted here) | 3.17M (de5c1f6 here: 3.30M) | 3.22M instructions | 3.41M instructions | 3.70M | 5.28M | 6.28M |
+//! | callgrind, 64 KiB response leg | 2.95M (8ede52d here: 3.02M) | 3.02M (bb24c04 not counted here) | 3.17M (de5c1f6 here: 3.30M) | 3.22M instructions | 3.41M instructions | 3.83M | 5.33M | 6.43M |
+//! | chain5 1 KiB request | 6.1 / 7.2 µs (8ede52d: 6.7 / 8.9) | not measured | not measured | 6.0 / 7.6 µs (ea10f9e: 10.2 / 8.1) | 5.8-6.2 µs (0d75dc5: 6.2-7.3) | 6.1 µs (165 MiB/s) | 13.2 µs (76 MiB/s) | 19.0 µs |
+//! | chain5 1 KiB response | 5.6 / 5.8 µs (8ede52d: 7.4 / 6.4) | not measured | not measured | 6.2 / 10.2 µs (ea10f9e: 8.9 / 6.5) | 5.5-5.8 µs (0d75dc5: 7.4-8.0) | 6.7 µs (151 MiB/s) | 13.8 µs (73 MiB/s) | 20.3 µs |
+//! | chain5 64 KiB request | 0.31 / 0.32 ms (8ede52d: 0.32 / 0.34) | not measured | not measured | 0.27 / 0.33 ms (ea10f9e: 0.34 / 0.50) | 0.28-0.52 ms (0d75dc5: 0.42-0.49) | 0.35 ms (179 MiB/s) | 0.89 ms (70 MiB/s) | 1.02 ms |
+//! | chain5 64 KiB response | 0.31 / 0.30 ms (8ede52d: 0.35 / 0.36) | not measured | not measured | 0.27 / 0.38 ms (ea10f9e: 0.33 / 0.47) | 0.33-0.48 ms (0d75dc5: 0.37-0.38) | 0.33 ms (189 MiB/s) | 1.13 ms (55 MiB/s) | 1.07 ms |
+//!
+//! The wt-tr6 column (branch wt-tr6): instruction counts by the method
+//! below, built and counted on 2026-12-02 07:37-09:15 on this VM under
+//! `nice -n 10` with `CARGO_TARGET_DIR=/work/tgt-tr6` (load average
+//! 2.3-3.6 all along: these builds, and others' runs). Wall times: two
+//! A/B rounds of the two bench binaries in turn under `nice -n 10`
+//! (criterion's median estimate), at 09:32 with load 1.0 (8ede52d's) and
+//! 1.2 (this branch's), then at 09:33 with load 1.7 and 2.1 (the bench
+//! itself keeps one of the two cores busy). The first round is the one
+//! below the load the method asks for; the second shows the scatter (a
+//! 1 KiB request of 8ede52d's at 8.9 µs, 6.7 µs a minute before). A round
+//! at 09:21, load 1.1 rising to 2.9, scattered as much (8ede52d's 1 KiB
+//! request 7.8 then 6.2 µs, this branch's 1 KiB response 5.2 then 8.0 µs).
+//! Main's code at 8ede52d (wt-tr5's translation code), built and counted
+//! the same way before any change, gives 56.5k / 57.1k and 3.02M / 3.02M,
+//! wt-tr5's own figures. Where the 1.3k (2.3%) went, 1 KiB request leg
+//! (phases as in the wt-tr5 paragraph; response leg in brackets): parse
+//! 25.7k -> 25.2k (26.2k -> 25.7k), an object of one member (two in each
+//! element of the README's list, `client` and `event`) goes into the
+//! document as it closes, without the scratch stack and the copy out of
+//! it; serialise 8.1k -> 7.5k (8.5k -> 7.7k), a string member's opening
+//! quote is written with its key's `":`, one write of three bytes instead
+//! of two writes; scope matching 1.85k -> 1.67k (1.88k -> 1.69k), a path
+//! literal is compared where it would be and must then end the segment,
+//! where a scan for the segment's end came first. The changes did not
+//! move on the request leg (19.2k); the response leg's went 20.1k ->
+//! 19.6k with no change to their code (inlining around them moved). The
+//! 64 KiB legs went 3.02M -> 2.95M. The figures are f6a6040's binary.
+//!
+//! Tried and dropped on wt-tr6 (1 KiB request leg, against the figures
+//! before each):
+//! * Redesign (1) below, fused groups (in the history: 8ddf43f, reverted
+//!   by 64ad01f). The changes of one walk that each touch only keys of
+//!   the element itself, no two the same key (a map of `/*/k`, a rename
+//!   `k -> t` or `k/inner -> t`, a downgraded `add`), commute, so they
+//!   ran together: one merge pass of the element's sorted members against
+//!   the group's sorted keys (compiled with the plan, for the groups a leg
+//!   meets when all its body steps are active), the checks, then one
+//!   rewrite of the members, in place when no member is overwritten
+//!   before it is read; an element with a rare case (a collision, a
+//!   missing or non-object inner value, not an object) got the changes
+//!   one by one. Correct (a test held it to the one-by-one result on both
+//!   legs, refusals included) but dearer: the changes 19.2k -> 22.5k
+//!   (56.5k -> 59.5k); a first form that wrote a new run through iterator
+//!   adaptors gave 26.7k (63.7k). The rewrite alone cost ~340
+//!   instructions an element, against ~50 for each `replace_at` it
+//!   replaced, and the merge pass with its checks ~600, against ~700 for
+//!   the three changes one by one: their lookups are short scans of four
+//!   or five members, most steps a comparison of heads, and there was
+//!   little to share. Not worth it for groups this small.
+//! * The parser passing positions along as values (each step taking its
+//!   position and returning the next) instead of keeping one in the
+//!   parser, so that it would stay in a register across the pushes into
+//!   the document: parse 25.7k -> 26.7k (the per-key path grew by ~7
+//!   instructions); not committed.
+//! * The serialiser writing into a zeroed slice at a position held in a
+//!   local, instead of pushing onto a vector: serialise 8.1k -> 8.5k (the
+//!   zeroing, and bounds checks no cheaper than the capacity checks they
+//!   replaced); not committed. Its test of a body outgrowing its
+//!   estimate stays.
+//! * The string and key scans reading their word through `get(from..)`
+//!   and `first_chunk` (two length checks, where `get(from..from + 8)`
+//!   also checks the sum for overflow): parse 25.2k -> 25.5k; not
+//!   committed.
 //!
 //! The wt-tr5 column (branch wt-tr5): instruction counts only, by the
 //! method below, built and counted on 2026-12-02 04:45-05:50 on this VM
@@ -136,15 +200,18 @@
 //! mapped, so the address checks cost more than the copies saved:
 //! serialise went 8.5k -> 8.8k on the response leg.
 //!
-//! The target, under 5 µs per direction, is still not met (~50k
-//! instructions a leg needed; wt-tr5 leaves 56.4k / 57.0k: parse 25.8k,
+//! The target, under 5 µs per direction, is still not met (~45-50k
+//! instructions a leg needed; wt-tr6 leaves 55.2k / 55.8k: parse 25.2k,
+//! the changes 19.2k, serialise 7.5k, scope matching 1.7k, request leg;
+//! wt-tr5 left 56.4k / 57.0k: parse 25.8k,
 //! the changes 19.2k, serialise 8.1k, scope matching 1.8k, request leg;
 //! wt-tr4 left 59.3k / 59.9k: parse 25.7k, the changes 21.7k, serialise
 //! 8.2k, scope matching 2.2k). What remains is spread thin, as below: a
 //! member still costs ~210 instructions to parse (32-byte nodes and
 //! members written through a scratch stack, ~100 more per object to copy
-//! the run out), and each change ~250-450 per element. The redesigns
-//! listed at the end stay the way forward.
+//! the run out), and each change ~250-450 per element. Of the redesigns
+//! listed at the end, (2) and (3) stay the way forward; (1) was tried on
+//! wt-tr6 and cost more than it saved (above).
 //!
 //! The 2 KB group and the `changes_only` rows were not measured again; the
 //! last ones, at 3c8ac0f, are in this file's history.
@@ -180,7 +247,8 @@
 //! through a node, its span and a head-first key scan). Next steps, each
 //! a redesign rather than a tweak: (1) per element, one merge pass of its
 //! sorted members against the sorted keys its group of changes reads and
-//! writes, instead of ~8 separate lookups; (2) smaller nodes and members
+//! writes, instead of ~8 separate lookups (tried on wt-tr6: dearer, see
+//! there); (2) smaller nodes and members
 //! (text as `u32` offsets into the body rather than 16-byte slices inside
 //! a three-way enum, which every comparison resolves); (3) a lazy
 //! document: validate the whole body (UTF-8, depth, duplicate keys) but

@@ -347,11 +347,23 @@ impl<'a> Parser<'a> {
                 }
                 self.pos += 1;
                 let value = self.value_here(depth + 1)?;
-                self.members.push(Member::with_head(key, value, head));
+                let member = Member::with_head(key, value, head);
                 match self.token() {
-                    Some(b',') => self.pos += 1,
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.members.push(member);
+                    }
                     Some(b'}') => {
                         self.pos += 1;
+                        if self.members.len() == base {
+                            // One member (a common shape: `{"name": ...}`
+                            // in each element of a list): straight into
+                            // the document, without the scratch stack and
+                            // the copy out of it.
+                            let span = self.doc.push_member(member);
+                            return Ok(self.doc.push(Node::Object(span)));
+                        }
+                        self.members.push(member);
                         break;
                     }
                     _ => return Err(Refused),
@@ -524,12 +536,10 @@ pub(crate) fn write(out: &mut Vec<u8>, doc: &Json<'_>, id: NodeId) {
         Node::Object(_) => {
             out.push(b'{');
             if let Some((first, rest)) = doc.members(id).split_first() {
-                write_key(out, doc, &first.key);
-                write_value(out, doc, first.value);
+                write_member(out, doc, first);
                 for m in rest {
                     out.push(b',');
-                    write_key(out, doc, &m.key);
-                    write_value(out, doc, m.value);
+                    write_member(out, doc, m);
                 }
             }
             out.push(b'}');
@@ -565,12 +575,24 @@ fn write_scalar(out: &mut Vec<u8>, doc: &Json<'_>, node: Node<'_>) {
     }
 }
 
-/// A key with its quotes and the colon after it.
+/// A member: its key with its quotes and the colon after it, then its
+/// value. A string value's opening quote goes with the colon, one write
+/// for the three bytes.
 #[inline(always)]
-fn write_key(out: &mut Vec<u8>, doc: &Json<'_>, key: &Text<'_>) {
+fn write_member(out: &mut Vec<u8>, doc: &Json<'_>, m: &Member<'_>) {
     out.push(b'"');
-    write_text(out, doc, key);
-    out.extend_from_slice(b"\":");
+    write_text(out, doc, &m.key);
+    match doc.node(m.value) {
+        Node::String(s) => {
+            out.extend_from_slice(b"\":\"");
+            write_text(out, doc, &s);
+            out.push(b'"');
+        }
+        _ => {
+            out.extend_from_slice(b"\":");
+            write_value(out, doc, m.value);
+        }
+    }
 }
 
 /// The inside of a string: borrowed plain text as it is, the rest escaped.
@@ -883,6 +905,17 @@ mod tests {
                 Bytes::from(format!(r#"{{"a":[{text}],"n":{text}}}"#)),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn a_body_grown_past_its_estimate_is_written_whole() {
+        // The output buffer is sized from the parsed body; a document with
+        // no body behind it (size 0) outgrows it at once.
+        for n in [0, 1, 50, 63, 64, 65, 500] {
+            let v = serde_json::json!({"k": "x\n".repeat(n), "a": [1, "\u{1}"]});
+            let doc = Json::from_value(&v);
+            assert_eq!(to_bytes(&doc), serde_json::to_vec(&v).unwrap(), "{n}");
         }
     }
 

@@ -120,20 +120,28 @@ impl PathPattern {
             if at_end {
                 return false;
             }
-            let (head, tail) = match remaining.bytes().position(|b| b == b'/') {
-                Some(i) => (&remaining[..i], Some(&remaining[i + 1..])),
-                None => (remaining, None),
+            let rest = remaining.as_bytes();
+            // A literal is compared where it would be, and then must end
+            // the segment: the path is not scanned for its `/` first.
+            let len = match seg {
+                PSeg::Lit(lit) => {
+                    let lit = lit.as_bytes();
+                    match rest.get(..lit.len()) {
+                        Some(head) if same(lit, head) => lit.len(),
+                        _ => return false,
+                    }
+                }
+                PSeg::One(_) => match rest.iter().position(|&b| b == b'/') {
+                    Some(0) => return false,
+                    Some(i) => i,
+                    None if rest.is_empty() => return false,
+                    None => rest.len(),
+                },
             };
-            let ok = match seg {
-                PSeg::Lit(lit) => same(lit.as_bytes(), head.as_bytes()),
-                PSeg::One(_) => !head.is_empty(),
-            };
-            if !ok {
-                return false;
-            }
-            match tail {
-                Some(t) => remaining = t,
+            match rest.get(len) {
+                Some(b'/') => remaining = &remaining[len + 1..],
                 None => at_end = true,
+                Some(_) => return false,
             }
         }
         at_end || self.rest.is_some()
@@ -308,6 +316,19 @@ mod tests {
                 "/api/weddings/",
                 false,
             ),
+            (
+                "literal, longer segment",
+                "/api/wed",
+                "/api/weddings",
+                false,
+            ),
+            (
+                "literal, shorter segment",
+                "/api/weddings",
+                "/api/wed",
+                false,
+            ),
+            ("literal, then empty", "/api/weddings/x", "/api//x", false),
             ("one segment", "/api/weddings/*", "/api/weddings/42", true),
             (
                 "named segment",

@@ -473,6 +473,18 @@ impl<'a> Json<'a> {
         push_run(&mut self.members, members)
     }
 
+    /// Appends an object's only member and returns its span.
+    #[inline]
+    pub(crate) fn push_member(&mut self, member: Member<'a>) -> Span {
+        let start = index(self.members.len());
+        self.members.push(member);
+        Span {
+            start,
+            len: 1,
+            cap: 1,
+        }
+    }
+
     /// The items of an array node (empty for other nodes).
     #[inline]
     pub(crate) fn items(&self, id: NodeId) -> &[NodeId] {
