@@ -33,6 +33,9 @@
 //! whether the socket turned readable. A reused connection that still
 //! fails before the first response byte (the close raced the request) is
 //! tried once more on a new connection when the method is idempotent.
+//!
+//! A plain response the gateway passes on untouched keeps its fields
+//! unparsed ([`RawFields`]) for the lean server to copy out in one piece.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -672,8 +675,9 @@ fn last_coding_chunked(value: &[u8]) -> bool {
 /// lean server writing the answer) and only when its head is plain: framed
 /// by a length or by chunks, lines ending in CRLF, no field named by
 /// `Connection`, none of the names the gateway's stamp replaces, one
-/// length at most. Anything else takes the general path. [`RawFields::fill`]
-/// puts the fields in a map for any other writer.
+/// length at most. Anything else takes the general path. Only the lean
+/// server writes them (`Body::take_raw_fields`); the tests' `fill` puts
+/// them in a map to hold them to the general path's fields.
 #[derive(Debug)]
 pub struct RawFields {
     /// The head from its first field line through the empty line that
