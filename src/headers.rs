@@ -303,6 +303,20 @@ pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
     out
 }
 
+/// `s` in lower case: `s` itself when it has no upper-case letter (the
+/// common case: no copy), else a copy lowered in `buf`; `None` when that
+/// copy does not fit. No allocation per request.
+pub(crate) fn ascii_lowercase<'a>(s: &'a str, buf: &'a mut [u8]) -> Option<&'a str> {
+    if !s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(s);
+    }
+    let lower = buf.get_mut(..s.len())?;
+    lower.copy_from_slice(s.as_bytes());
+    lower.make_ascii_lowercase();
+    // Lowering ASCII letters keeps the text valid UTF-8.
+    std::str::from_utf8(lower).ok()
+}
+
 /// Whether a `Connection` value lists `token` (case-insensitive).
 pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
     value

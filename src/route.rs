@@ -54,17 +54,7 @@ impl Router {
     /// with a matching prefix wins: exact, then the longest wildcard, then any.
     pub fn resolve(&self, host: &str, path: &str) -> Option<(RouteId, usize)> {
         let mut buf = [0u8; 256];
-        let host = if !host.bytes().any(|b| b.is_ascii_uppercase()) {
-            // Most hosts arrive lower-case (or as addresses): no copy.
-            host
-        } else if host.len() <= buf.len() {
-            let lower = &mut buf[..host.len()];
-            lower.copy_from_slice(host.as_bytes());
-            lower.make_ascii_lowercase();
-            std::str::from_utf8(lower).unwrap_or("")
-        } else {
-            ""
-        };
+        let host = crate::headers::ascii_lowercase(host, &mut buf).unwrap_or("");
         if let Some(found) = self.exact.get(host).and_then(|list| longest(list, path)) {
             return Some(found);
         }

@@ -113,17 +113,9 @@ impl Resolver {
         if raw.is_empty() || raw.len() > 64 {
             return Err(ResolveError::Malformed);
         }
-        // Lower-case into a stack buffer: no allocation per request, and
-        // no copy for the common lower-case (or digits-only) value.
         let mut buf = [0u8; 64];
-        let lower = if raw.bytes().any(|b| b.is_ascii_uppercase()) {
-            let lower = &mut buf[..raw.len()];
-            lower.copy_from_slice(raw.as_bytes());
-            lower.make_ascii_lowercase();
-            std::str::from_utf8(lower).map_err(|_| ResolveError::Malformed)?
-        } else {
-            raw
-        };
+        let lower =
+            crate::headers::ascii_lowercase(raw, &mut buf).ok_or(ResolveError::Malformed)?;
         if let Some(&id) = self.exact.get(lower) {
             return Ok(id);
         }
