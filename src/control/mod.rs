@@ -220,9 +220,12 @@ impl Control {
         table.calendar.refresh(table.loaded_at);
         let skipped = table.add_pins(&st.pins);
         table.metrics = self.metrics.requests.compile(&table);
-        self.tables.publish(table);
         let redis_pins = st.pins.len() - skipped.len();
+        // Published under the status lock: whoever sees the new table's
+        // answers and then asks for the status sees its revision (a swap
+        // before the status update left a window where it did not).
         self.set_status(|s| {
+            self.tables.publish(table);
             s.table_revision = revision;
             s.redis_pins = redis_pins;
             s.skipped_pins = skipped.clone();
