@@ -808,7 +808,7 @@ impl Gateway {
                 })?;
             }
             let method = parts.method.clone();
-            let upstream_req = Request::from_parts(parts, body);
+            let mut upstream_req = Request::from_parts(parts, body);
             let upstream_failed = |source| GatewayError::Upstream {
                 pool: pool_entry.pool.name.clone(),
                 source,
@@ -818,13 +818,16 @@ impl Gateway {
             let resp = forward_with_retries(
                 &pool_entry.pool,
                 route,
-                upstream_req,
+                &mut upstream_req,
                 &forwarding,
                 &method,
                 &mut ctx.endpoint,
                 sent,
             )
             .await;
+            // Sent: its map goes back for the next request's.
+            crate::headers::recycle_map(std::mem::take(upstream_req.headers_mut()));
+            drop(upstream_req);
             let waited = sent.elapsed();
             ctx.upstream_time = Some(waited);
             table.metrics.upstream(pool_id, waited);
@@ -1576,106 +1579,96 @@ fn plain_body(body: Option<ClientBody>, no_body: bool, limit: u64, read_timeout:
 /// status. All tries together stay within the route's timeout, and each
 /// retry needs room in the route's budget. `endpoint` ends as the endpoint
 /// of the last try; `start` is when the first try began (the deadline
-/// counts from it).
-// Not an `async fn`, so the request is stored (and copied) once in the
-// future: see `Upstream::forward_once`.
-#[allow(clippy::manual_async_fn)]
-fn forward_with_retries<'a>(
-    pool: &'a crate::upstream::Pool,
-    route: &'a crate::table::Route,
-    mut req: Request<Body>,
-    forwarding: &'a Forwarding,
-    method: &'a http::Method,
-    endpoint: &'a mut Option<Arc<Endpoint>>,
+/// counts from it). `req` is borrowed (see `Upstream::forward_once`): it
+/// ends as the last try's request, its body perhaps used.
+async fn forward_with_retries(
+    pool: &crate::upstream::Pool,
+    route: &crate::table::Route,
+    req: &mut Request<Body>,
+    forwarding: &Forwarding,
+    method: &http::Method,
+    endpoint: &mut Option<Arc<Endpoint>>,
     start: Instant,
-) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + 'a {
-    async move {
-        let policy = &route.retry;
-        let mut attempts = policy.enter();
-        let replayable = crate::upstream::retry::idempotent(method);
-        let deadline = start + route.timeouts.response;
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            // This pool's endpoint, or its failover pool's when none is
-            // available; a retry moves away from the endpoint that just failed.
-            let picked = match endpoint.as_deref() {
-                Some(last) if tries > 1 => pool.pick_other(last),
-                _ => pool.pick(),
-            };
-            let (serving, ep) = picked.ok_or(UpstreamError::NoEndpoint)?;
-            *endpoint = Some(ep.clone());
-            let more = tries < policy.attempts;
-            // A copy for a retry, unless the request comes back after the try.
-            let spare = if more && replayable && !Upstream::gives_back(serving, &req) {
-                req.body().try_clone().map(|body| {
-                    let mut copy = Request::new(body);
-                    *copy.method_mut() = req.method().clone();
-                    *copy.uri_mut() = req.uri().clone();
-                    *copy.version_mut() = req.version();
-                    *copy.headers_mut() = req.headers().clone();
-                    copy
-                })
-            } else {
-                None
-            };
-            // The first try has the whole timeout (`start` is just now).
-            let (began, left) = if tries == 1 {
-                (start, route.timeouts.response)
-            } else {
-                let now = Instant::now();
-                (now, deadline.saturating_duration_since(now))
-            };
-            let timeouts = crate::upstream::Timeouts {
-                connect: route.timeouts.connect.min(left),
-                response: policy.per_try.map_or(left, |t| t.min(left)),
-                body: route.timeouts.body,
-                start: Some(began),
-            };
-            let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
-                more && Instant::now() < deadline && attempts.try_retry()
-            };
-            let (result, kept) =
-                Upstream::forward_once(serving, ep, req, forwarding, timeouts).await;
-            let spare = spare.or(kept.filter(|_| more && replayable));
-            match result {
-                Ok(resp) if policy.retry_status(resp.status()) && spare.is_some() => {
-                    if !again(&mut attempts) {
-                        return Ok(resp);
-                    }
-                    tracing::debug!(endpoint = %ep.authority, status = %resp.status(), try_ = tries, "retrying");
-                    req = spare.expect("checked");
-                }
-                Ok(resp) => {
-                    // The copy kept for a retry is not needed: its map
-                    // goes back for the next request's.
-                    if let Some(spare) = spare {
-                        crate::headers::recycle_map(spare.into_parts().0.headers);
-                    }
+) -> Result<Response<Body>, UpstreamError> {
+    let policy = &route.retry;
+    let mut attempts = policy.enter();
+    let replayable = crate::upstream::retry::idempotent(method);
+    let deadline = start + route.timeouts.response;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        // This pool's endpoint, or its failover pool's when none is
+        // available; a retry moves away from the endpoint that just failed.
+        let picked = match endpoint.as_deref() {
+            Some(last) if tries > 1 => pool.pick_other(last),
+            _ => pool.pick(),
+        };
+        let (serving, ep) = picked.ok_or(UpstreamError::NoEndpoint)?;
+        *endpoint = Some(ep.clone());
+        let more = tries < policy.attempts;
+        // Whether the request can go again after this try: in place when
+        // the lean client leaves its buffered body there, else from a copy
+        // made now (boxed: it is rare, and the future stays small).
+        let in_place = more && replayable && Upstream::gives_back(serving, req);
+        let spare = if more && replayable && !in_place {
+            req.body().try_clone().map(|body| {
+                let mut copy = Request::new(body);
+                *copy.method_mut() = req.method().clone();
+                *copy.uri_mut() = req.uri().clone();
+                *copy.version_mut() = req.version();
+                *copy.headers_mut() = req.headers().clone();
+                Box::new(copy)
+            })
+        } else {
+            None
+        };
+        let again_possible = in_place || spare.is_some();
+        // The first try has the whole timeout (`start` is just now).
+        let (began, left) = if tries == 1 {
+            (start, route.timeouts.response)
+        } else {
+            let now = Instant::now();
+            (now, deadline.saturating_duration_since(now))
+        };
+        let timeouts = crate::upstream::Timeouts {
+            connect: route.timeouts.connect.min(left),
+            response: policy.per_try.map_or(left, |t| t.min(left)),
+            body: route.timeouts.body,
+            start: Some(began),
+        };
+        let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
+            more && Instant::now() < deadline && attempts.try_retry()
+        };
+        let result = Upstream::forward_once(serving, ep, req, forwarding, timeouts).await;
+        match result {
+            Ok(resp) if policy.retry_status(resp.status()) && again_possible => {
+                if !again(&mut attempts) {
                     return Ok(resp);
                 }
-                Err(failed) => {
-                    // A request that never left did no work upstream, so trying
-                    // it elsewhere amplifies nothing: bounded by `attempts` and
-                    // the deadline, not by the budget.
-                    let next = match (failed.unsent, spare) {
-                        (Some(unsent), _) if more && Instant::now() < deadline => Some(unsent),
-                        (None, Some(spare))
-                            if failed.error.is_endpoint_fault() && again(&mut attempts) =>
-                        {
-                            Some(spare)
-                        }
-                        _ => None,
-                    };
-                    match next {
-                        Some(next) => {
-                            tracing::debug!(endpoint = %ep.authority, error = %failed.error, try_ = tries, "retrying");
-                            req = next;
-                        }
-                        None => return Err(failed.error),
-                    }
+                tracing::debug!(endpoint = %ep.authority, status = %resp.status(), try_ = tries, "retrying");
+            }
+            Ok(resp) => return Ok(resp),
+            Err(failed) => {
+                // A request that never left did no work upstream, so trying
+                // it elsewhere amplifies nothing: bounded by `attempts` and
+                // the deadline, not by the budget.
+                let retry = if failed.unsent {
+                    more && Instant::now() < deadline
+                } else {
+                    again_possible && failed.error.is_endpoint_fault() && again(&mut attempts)
+                };
+                if !retry {
+                    return Err(failed.error);
+                }
+                tracing::debug!(endpoint = %ep.authority, error = %failed.error, try_ = tries, "retrying");
+                if failed.unsent {
+                    // As it came: no copy needed.
+                    continue;
                 }
             }
+        }
+        if let Some(spare) = spare {
+            *req = *spare;
         }
     }
 }

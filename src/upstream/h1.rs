@@ -53,7 +53,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant as TokioInstant, Sleep};
 
-use super::{Endpoint, Failed, Forwarding, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
+use super::{Endpoint, Forwarding, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
 use crate::body::{Body, BodyError, Gap};
 use crate::headers::{FieldSpan, content_length, field_spans, write_field};
 
@@ -125,62 +125,29 @@ pub(crate) fn eligible(req: &Request<Body>) -> bool {
 /// one, else chunked), whatever of it had arrived already going with the
 /// head.
 ///
-/// A request with a buffered body is given back after it was sent (with
-/// the response or the failure), so a retry can send it again without a
-/// copy made in advance.
-// Not an `async fn`, so the request is stored (and copied) once in the
-// future: see `super::Upstream::forward_once`.
-#[allow(clippy::manual_async_fn)]
-pub(crate) fn exchange<'a>(
-    ep: &'a Endpoint,
-    req: Request<Body>,
-    forwarding: &'a Forwarding,
-    timeouts: Timeouts,
-) -> impl Future<Output = (Result<Response<Body>, Failed>, Option<Request<Body>>)> + Send + 'a {
-    async move {
-        let (parts, mut body) = req.into_parts();
-        let result = send(ep, &parts, forwarding, &mut body, timeouts).await;
-        // Sent: kept for a retry if its body can go again; otherwise its
-        // map goes back for the next request's.
-        let kept = |parts: http::request::Parts, body: Body| {
-            if body.buffered().is_some() {
-                Some(Request::from_parts(parts, body))
-            } else {
-                crate::headers::recycle_map(parts.headers);
-                None
-            }
-        };
-        match result {
-            Ok(resp) => (Ok(resp), kept(parts, body)),
-            Err((error, false)) => (
-                Err(Failed {
-                    error,
-                    unsent: Some(Request::from_parts(parts, body)),
-                }),
-                None,
-            ),
-            Err((error, true)) => (Err(Failed::sent(error)), kept(parts, body)),
-        }
-    }
-}
-
-/// [`exchange`] with the request borrowed: the failure says whether any
-/// of it may have left (`false`: no connection could be made).
-async fn send(
+/// The request is borrowed, not taken: it stays in the caller's future
+/// (stored once, where each level of the nest used to hold and copy its
+/// own), and a buffered body is still there after it was sent, so a retry
+/// can send it again without a copy made in advance. The failure says
+/// whether any of it may have left (`false`: no connection could be made).
+pub(crate) async fn exchange(
     ep: &Endpoint,
-    parts: &http::request::Parts,
+    req: &mut Request<Body>,
     forwarding: &Forwarding,
-    body: &mut Body,
     timeouts: Timeouts,
 ) -> Result<Response<Body>, (UpstreamError, bool)> {
+    // The body is read while the head is borrowed: apart for the exchange,
+    // back in the request after it.
+    let mut body = std::mem::replace(req.body_mut(), Body::empty());
+    let head = &*req;
     // The response timeout covers connecting, sending and the response
     // head, as `tokio::time::timeout` around it all would, but on the
     // connection's own timer.
     let start = timeouts.start.unwrap_or_else(Instant::now);
     let deadline = TokioInstant::from_std(start) + timeouts.response;
-    let head_only = parts.method == Method::HEAD;
+    let head_only = head.method() == Method::HEAD;
     let mut retried = false;
-    loop {
+    let result = 'sent: loop {
         let reused = checkout(ep.id, start);
         let was_reused = reused.is_some();
         let mut conn = match reused {
@@ -195,7 +162,7 @@ async fn send(
                     timer: None,
                     used: start,
                 }),
-                Err(error) => return Err((error, false)),
+                Err(error) => break 'sent Err((error, false)),
             },
         };
         // Whether the body can be sent again (buffered, or nothing of it
@@ -205,13 +172,13 @@ async fn send(
         let outcome = within(&mut timer, deadline, async {
             let sent = match body.buffered() {
                 Some(data) => {
-                    encode(parts, forwarding, Some(data.len() as u64), &mut conn.out);
+                    encode(head, forwarding, Some(data.len() as u64), &mut conn.out);
                     conn.out.extend_from_slice(data);
                     conn.flush().await.map_err(|e| Fault::Io(e, true))
                 }
                 // Boxed: a streamed upload's future would otherwise add to
                 // every request's (see `super::exchange`).
-                None => Box::pin(send_streamed(parts, forwarding, &mut *body, &mut conn)).await,
+                None => Box::pin(send_streamed(head, forwarding, &mut body, &mut conn)).await,
             };
             sent?;
             Ok::<_, Fault>(roundtrip(&mut conn, head_only, forwarding.raw_response).await)
@@ -220,18 +187,18 @@ async fn send(
         conn.timer = timer;
         let result = match outcome {
             Some(Ok(result)) => result,
-            Some(Err(Fault::Client(error))) => return Err((error, true)),
+            Some(Err(Fault::Client(error))) => break 'sent Err((error, true)),
             Some(Err(Fault::Io(error, silent))) => Err(Broken { error, silent }),
             None => {
                 let error = UpstreamError::Timeout {
                     endpoint: ep.authority.clone(),
                     after: timeouts.response,
                 };
-                return Err((error, true));
+                break 'sent Err((error, true));
             }
         };
         match result {
-            Ok(head) => return Ok(respond(head, conn, ep.id, timeouts.body)),
+            Ok(head) => break 'sent Ok(respond(head, conn, ep.id, timeouts.body)),
             Err(Broken { error, silent }) => {
                 // The upstream closed an idle connection as the request
                 // went out: nothing was processed, so an idempotent request
@@ -240,7 +207,7 @@ async fn send(
                     && silent
                     && replayable
                     && !retried
-                    && super::retry::idempotent(&parts.method)
+                    && super::retry::idempotent(head.method())
                 {
                     retried = true;
                     continue;
@@ -249,10 +216,12 @@ async fn send(
                     endpoint: ep.authority.clone(),
                     source: error,
                 };
-                return Err((error, true));
+                break 'sent Err((error, true));
             }
         }
-    }
+    };
+    *req.body_mut() = body;
+    result
 }
 
 /// Runs `fut` until `deadline` on a connection's reusable `timer`; `None`
@@ -300,13 +269,13 @@ enum Fault {
 
 /// Writes the head of a streamed request and its body as it arrives.
 async fn send_streamed(
-    parts: &http::request::Parts,
+    head: &Request<Body>,
     forwarding: &Forwarding,
     body: &mut Body,
     conn: &mut Conn,
 ) -> Result<(), Fault> {
     let length = body.size_hint().exact();
-    encode(parts, forwarding, length, &mut conn.out);
+    encode(head, forwarding, length, &mut conn.out);
     let chunked = length.is_none();
     let mut first = true;
     loop {
@@ -412,24 +381,20 @@ async fn roundtrip(conn: &mut Conn, head_only: bool, raw: bool) -> Result<Head, 
 /// framed by `length` (`Content-Length`) or, for `None`, chunked.
 /// The client's own `Content-Length` and `Transfer-Encoding` are not
 /// forwarded: the body is framed here, not the way the client framed it.
-fn encode(
-    parts: &http::request::Parts,
-    forwarding: &Forwarding,
-    length: Option<u64>,
-    out: &mut Vec<u8>,
-) {
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+/// `head`'s body is not read (the caller has it apart).
+fn encode(head: &Request<Body>, forwarding: &Forwarding, length: Option<u64>, out: &mut Vec<u8>) {
+    let pq = head.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.reserve(256);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(head.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(pq.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    encode_fields(&parts.headers, Some(forwarding), out);
+    encode_fields(head.headers(), Some(forwarding), out);
     forwarding.each(|name, value, _| write_field(out, name, value));
     match length {
         // A method that defines a body gets an explicit zero length, as
         // hyper sends it; GET, HEAD and the like send none when empty.
-        Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {}
+        Some(0) if !matches!(*head.method(), Method::POST | Method::PUT | Method::PATCH) => {}
         Some(n) => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -1395,26 +1360,25 @@ mod tests {
             .header("content-length", "999")
             .header("transfer-encoding", "chunked")
             .header("x-k", "v")
-            .body(())
+            .body(Body::empty())
             .unwrap();
-        let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode(&parts, &Forwarding::default(), Some(2), &mut out);
+        encode(&req, &Forwarding::default(), Some(2), &mut out);
         out.extend_from_slice(b"{}");
         assert_eq!(
             out,
             b"POST /a/b?c=1 HTTP/1.1\r\nhost: up:1\r\nx-k: v\r\ncontent-length: 2\r\n\r\n{}"
         );
-        let (parts, ()) = Request::get("/x").body(()).unwrap().into_parts();
+        let req = Request::get("/x").body(Body::empty()).unwrap();
         out.clear();
-        encode(&parts, &Forwarding::default(), Some(0), &mut out);
+        encode(&req, &Forwarding::default(), Some(0), &mut out);
         assert_eq!(out, b"GET /x HTTP/1.1\r\n\r\n");
-        let (parts, ()) = Request::put("/x").body(()).unwrap().into_parts();
+        let req = Request::put("/x").body(Body::empty()).unwrap();
         out.clear();
-        encode(&parts, &Forwarding::default(), Some(0), &mut out);
+        encode(&req, &Forwarding::default(), Some(0), &mut out);
         assert_eq!(out, b"PUT /x HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         out.clear();
-        encode(&parts, &Forwarding::default(), None, &mut out);
+        encode(&req, &Forwarding::default(), None, &mut out);
         assert_eq!(
             out,
             b"PUT /x HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -500,140 +500,152 @@ impl Upstream {
     pub async fn forward_to(
         pool: &Pool,
         ep: &Endpoint,
-        req: Request<Body>,
+        mut req: Request<Body>,
         forwarding: &Forwarding,
         timeouts: Timeouts,
     ) -> Result<Response<Body>, UpstreamError> {
-        Self::forward_once(pool, ep, req, forwarding, timeouts)
+        Self::forward_once(pool, ep, &mut req, forwarding, timeouts)
             .await
-            .0
             .map_err(|f| f.error)
     }
 
-    /// Whether [`Upstream::forward_once`] gives `req` back after sending
-    /// it to `pool` (the lean client, a buffered body).
+    /// Whether `req` can be sent again after [`Upstream::forward_once`]
+    /// sent it to `pool`: the lean client leaves a buffered body in place.
     pub fn gives_back(pool: &Pool, req: &Request<Body>) -> bool {
         lean(pool, req) && req.body().buffered().is_some()
     }
 
-    /// [`Upstream::forward_to`], giving the request back when it provably
-    /// never left (no connection could be made), so a retry can send it
-    /// elsewhere even with a streamed body; and, from the lean client, a
-    /// request with a buffered body after it was sent too (the second
-    /// value), so a retry needs no copy made in advance.
-    // Not an `async fn`: rustc stores an async fn's by-value arguments
-    // twice in its future (as captured and as the local they move into),
-    // so the request, several hundred bytes, would be copied once more at
-    // every level and every enclosing future would be that much larger.
-    // An `async move` block uses the captured request in place.
-    #[allow(clippy::manual_async_fn)]
-    pub fn forward_once<'a>(
-        pool: &'a Pool,
-        ep: &'a Endpoint,
-        mut req: Request<Body>,
-        forwarding: &'a Forwarding,
+    /// [`Upstream::forward_to`] on a borrowed request, which afterwards
+    /// can go again as it came when the failure says it never left (no
+    /// connection could be made), whatever its body; and, when
+    /// [`Upstream::gives_back`] said so before the try, after it was sent
+    /// too, so a retry needs no copy made in advance. Otherwise its body
+    /// has been used.
+    ///
+    /// The request stays in the caller's future: each level of the nest
+    /// that took it by value stored it (360 bytes) and copied it on,
+    /// together with every enclosing future, at every request.
+    pub async fn forward_once(
+        pool: &Pool,
+        ep: &Endpoint,
+        req: &mut Request<Body>,
+        forwarding: &Forwarding,
         timeouts: Timeouts,
-    ) -> impl Future<Output = (Result<Response<Body>, Failed>, Option<Request<Body>>)> + Send + 'a
-    {
-        async move {
-            let client_authority = req.uri().authority().cloned();
-            // Origin form: the connection is to the endpoint already.
-            let pq = req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *req.uri_mut() = Uri::from(pq.clone());
-            // HTTP/1.1 to the upstream whatever the client used (HTTP/2 pools below).
-            *req.version_mut() = http::Version::HTTP_11;
-            // HTTP/1.1 needs a Host: without one of the client's, the endpoint's.
-            // Set when this endpoint's own name had to stand in for a missing
-            // Host: taken out again if the request is given back for a retry.
-            let mut endpoint_host = false;
-            let host = match &pool.host {
-                HostRewrite::Preserve if req.headers().contains_key(http::header::HOST) => None,
-                HostRewrite::Preserve => Some(
-                    client_authority
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                        .unwrap_or_else(|| {
-                            endpoint_host = true;
-                            ep.host_value.clone()
-                        }),
-                ),
-                HostRewrite::Endpoint => Some(ep.host_value.clone()),
-                HostRewrite::Fixed(v) => Some(v.clone()),
-            };
-            if let Some(v) = host {
-                req.headers_mut().insert(http::header::HOST, v);
-            }
-            let transport = pool.transport.as_deref();
-            if let Some(t) = transport.filter(|t| t.multiplexed()) {
-                // HTTP/2: absolute URI; the Host becomes :authority.
-                let authority = req
-                    .headers_mut()
-                    .remove(http::header::HOST)
-                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                    .unwrap_or_else(|| ep.authority.clone());
-                *req.uri_mut() = h2_uri(t, authority, pq);
-                *req.version_mut() = http::Version::HTTP_2;
-            }
-
-            ep.inflight.fetch_add(1, Ordering::Relaxed);
-            let _guard = InflightGuard(ep);
-            // The lean client keeps the response timeout on each connection's
-            // own timer; the others get one per request.
-            let (mut result, mut kept) = if lean(pool, &req) {
-                h1::exchange(ep, req, forwarding, timeouts).await
-            } else {
-                forwarding.apply(req.headers_mut());
-                let mut result = match tokio::time::timeout(
-                    timeouts.response,
-                    exchange(ep, transport, req, timeouts),
-                )
-                .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(Failed {
-                        error: UpstreamError::Timeout {
-                            endpoint: ep.authority.clone(),
-                            after: timeouts.response,
-                        },
-                        unsent: None,
+    ) -> Result<Response<Body>, TryFailed> {
+        let client_authority = req.uri().authority().cloned();
+        // Origin form: the connection is to the endpoint already.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq.clone());
+        // HTTP/1.1 to the upstream whatever the client used (HTTP/2 pools below).
+        *req.version_mut() = http::Version::HTTP_11;
+        // HTTP/1.1 needs a Host: without one of the client's, the endpoint's.
+        // Set when this endpoint's own name had to stand in for a missing
+        // Host: taken out again afterwards, for a retry elsewhere.
+        let mut endpoint_host = false;
+        let host = match &pool.host {
+            HostRewrite::Preserve if req.headers().contains_key(http::header::HOST) => None,
+            HostRewrite::Preserve => Some(
+                client_authority
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    .unwrap_or_else(|| {
+                        endpoint_host = true;
+                        ep.host_value.clone()
                     }),
-                };
+            ),
+            HostRewrite::Endpoint => Some(ep.host_value.clone()),
+            HostRewrite::Fixed(v) => Some(v.clone()),
+        };
+        if let Some(v) = host {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        let transport = pool.transport.as_deref();
+        if let Some(t) = transport.filter(|t| t.multiplexed()) {
+            // HTTP/2: absolute URI; the Host becomes :authority.
+            let authority = req
+                .headers_mut()
+                .remove(http::header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| ep.authority.clone());
+            *req.uri_mut() = h2_uri(t, authority, pq);
+            *req.version_mut() = http::Version::HTTP_2;
+        }
+
+        ep.inflight.fetch_add(1, Ordering::Relaxed);
+        let _guard = InflightGuard(ep);
+        // The lean client keeps the response timeout on each connection's
+        // own timer; the others get one per request.
+        let result = if lean(pool, req) {
+            h1::exchange(ep, req, forwarding, timeouts)
+                .await
+                .map_err(|(error, sent)| TryFailed {
+                    error,
+                    unsent: !sent,
+                })
+        } else {
+            forwarding.apply(req.headers_mut());
+            // hyper's client takes the request: it comes back only unsent.
+            let owned = std::mem::replace(req, Request::new(Body::empty()));
+            let result = match tokio::time::timeout(
+                timeouts.response,
+                exchange(ep, transport, owned, timeouts),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Failed {
+                    error: UpstreamError::Timeout {
+                        endpoint: ep.authority.clone(),
+                        after: timeouts.response,
+                    },
+                    unsent: None,
+                }),
+            };
+            result.map_err(|failed| match failed.unsent {
                 // Given back unsent, it leaves as it came: the next try
                 // (perhaps by the lean client) adds the fields again.
-                if let Err(Failed {
-                    unsent: Some(req), ..
-                }) = &mut result
-                {
-                    forwarding.unapply(req.headers_mut());
+                Some(mut back) => {
+                    forwarding.unapply(back.headers_mut());
+                    *req = back;
+                    TryFailed {
+                        error: failed.error,
+                        unsent: true,
+                    }
                 }
-                (result, None)
-            };
-            if endpoint_host {
-                let unsent = match &mut result {
-                    Err(Failed {
-                        unsent: Some(req), ..
-                    }) => Some(req),
-                    _ => kept.as_mut(),
-                };
-                if let Some(req) = unsent {
-                    req.headers_mut().remove(http::header::HOST);
-                }
-            }
-            let failed = match &result {
-                Ok(resp) => resp.status().is_server_error(),
-                Err(f) => f.error.is_endpoint_fault(),
-            };
-            health::record(pool, ep, failed);
-            (result, kept)
+                None => TryFailed {
+                    error: failed.error,
+                    unsent: false,
+                },
+            })
+        };
+        if endpoint_host {
+            req.headers_mut().remove(http::header::HOST);
         }
+        let failed = match &result {
+            Ok(resp) => resp.status().is_server_error(),
+            Err(f) => f.error.is_endpoint_fault(),
+        };
+        health::record(pool, ep, failed);
+        result
     }
 }
 
-/// A failed exchange, with the request if it was never sent.
-pub struct Failed {
+/// Why a try of [`Upstream::forward_once`] failed.
+#[derive(Debug)]
+pub struct TryFailed {
+    /// Why.
+    pub error: UpstreamError,
+    /// No byte of the request left (connect failed or timed out): the
+    /// caller's request is as it came, body included, whatever its body.
+    pub unsent: bool,
+}
+
+/// A failed exchange through hyper's client, with the request if it was
+/// never sent.
+struct Failed {
     /// Why.
     pub error: UpstreamError,
     /// The request, when no byte of it left (connect failed or timed out).
