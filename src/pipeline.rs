@@ -1609,7 +1609,8 @@ async fn forward_with_retries(
         // Whether the request can go again after this try: in place when
         // the lean client leaves its buffered body there, else from a copy
         // made now (boxed: it is rare, and the future stays small).
-        let in_place = more && replayable && Upstream::gives_back(serving, req);
+        let via = Upstream::via(serving, req);
+        let in_place = more && replayable && via.gives_back(req);
         let spare = if more && replayable && !in_place {
             req.body().try_clone().map(|body| {
                 let mut copy = Request::new(body);
@@ -1639,7 +1640,7 @@ async fn forward_with_retries(
         let again = |attempts: &mut crate::upstream::retry::Attempts<'_>| {
             more && Instant::now() < deadline && attempts.try_retry()
         };
-        let result = Upstream::forward_once(serving, ep, req, forwarding, timeouts).await;
+        let result = Upstream::forward_once(serving, ep, req, forwarding, timeouts, via).await;
         match result {
             Ok(resp) if policy.retry_status(resp.status()) && again_possible => {
                 if !again(&mut attempts) {
@@ -1902,8 +1903,13 @@ fn prepare_upstream_headers(
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(h);
+    // Looked up after the strip (the client's `Connection` may name either),
+    // in one pass (each `HeaderMap` lookup hashes its name: ~100
+    // instructions).
+    let [chain, host] = crate::headers::find_each(h, [Some(&X_FORWARDED_FOR), Some(&header::HOST)]);
+    let host = host.cloned();
     // x-forwarded-for: append the peer to whatever chain the client sent.
-    let xff = if h.contains_key(X_FORWARDED_FOR) {
+    let xff = if chain.is_some() {
         // One buffer: the client's chain (every line, in order), then the peer.
         let mut xff = String::with_capacity(64);
         for prev in h.get_all(X_FORWARDED_FOR) {
@@ -1928,7 +1934,7 @@ fn prepare_upstream_headers(
     let forwarding = Forwarding {
         for_: xff,
         proto: Some(HeaderValue::from_static(proto)),
-        host: h.get(header::HOST).cloned(),
+        host,
         via: Some(via),
         request_id: request_id.cloned(),
         traceparent: None,

@@ -504,23 +504,26 @@ impl Upstream {
         forwarding: &Forwarding,
         timeouts: Timeouts,
     ) -> Result<Response<Body>, UpstreamError> {
-        Self::forward_once(pool, ep, &mut req, forwarding, timeouts)
+        let via = Self::via(pool, &req);
+        Self::forward_once(pool, ep, &mut req, forwarding, timeouts, via)
             .await
             .map_err(|f| f.error)
     }
 
-    /// Whether `req` can be sent again after [`Upstream::forward_once`]
-    /// sent it to `pool`: the lean client leaves a buffered body in place.
-    pub fn gives_back(pool: &Pool, req: &Request<Body>) -> bool {
-        lean(pool, req) && req.body().buffered().is_some()
+    /// Which client `req` goes to `pool` through, worked out once a try
+    /// for [`Upstream::forward_once`] and [`Via::gives_back`].
+    pub fn via(pool: &Pool, req: &Request<Body>) -> Via {
+        Via {
+            lean: lean(pool, req),
+        }
     }
 
-    /// [`Upstream::forward_to`] on a borrowed request, which afterwards
-    /// can go again as it came when the failure says it never left (no
-    /// connection could be made), whatever its body; and, when
-    /// [`Upstream::gives_back`] said so before the try, after it was sent
-    /// too, so a retry needs no copy made in advance. Otherwise its body
-    /// has been used.
+    /// [`Upstream::forward_to`] on a borrowed request (`via` is
+    /// [`Upstream::via`] of it), which afterwards can go again as it came
+    /// when the failure says it never left (no connection could be made),
+    /// whatever its body; and, when [`Via::gives_back`] said so before the
+    /// try, after it was sent too, so a retry needs no copy made in
+    /// advance. Otherwise its body has been used.
     ///
     /// The request stays in the caller's future: each level of the nest
     /// that took it by value stored it (360 bytes) and copied it on,
@@ -531,6 +534,7 @@ impl Upstream {
         req: &mut Request<Body>,
         forwarding: &Forwarding,
         timeouts: Timeouts,
+        via: Via,
     ) -> Result<Response<Body>, TryFailed> {
         let client_authority = req.uri().authority().cloned();
         // Origin form: the connection is to the endpoint already.
@@ -578,7 +582,7 @@ impl Upstream {
         let _guard = InflightGuard(ep);
         // The lean client keeps the response timeout on each connection's
         // own timer; the others get one per request.
-        let result = if lean(pool, req) {
+        let result = if via.lean {
             h1::exchange(ep, req, forwarding, timeouts)
                 .await
                 .map_err(|(error, sent)| TryFailed {
@@ -630,6 +634,20 @@ impl Upstream {
         };
         health::record(pool, ep, failed);
         result
+    }
+}
+
+/// Which client a request goes through ([`Upstream::via`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Via {
+    lean: bool,
+}
+
+impl Via {
+    /// Whether `req` can be sent again after [`Upstream::forward_once`]
+    /// sent it this way: the lean client leaves a buffered body in place.
+    pub fn gives_back(self, req: &Request<Body>) -> bool {
+        self.lean && req.body().buffered().is_some()
     }
 }
 
