@@ -665,9 +665,9 @@ pub struct TryFailed {
 /// never sent.
 struct Failed {
     /// Why.
-    pub error: UpstreamError,
+    error: UpstreamError,
     /// The request, when no byte of it left (connect failed or timed out).
-    pub unsent: Option<Request<Body>>,
+    unsent: Option<Request<Body>>,
 }
 
 impl std::fmt::Debug for Failed {
