@@ -196,6 +196,7 @@ pub async fn serve_per_core(
         workers.push((rt, listener, tls));
     }
     let spread = doc.server.balance_connections;
+    let affinity = doc.server.worker_cpu_affinity;
     let several = !workers.is_empty();
     let has_tls = own_tls.is_some();
     let plane = Plane::start(doc, origin, admin, &shutdown, options, terminator).await;
@@ -220,14 +221,32 @@ pub async fn serve_per_core(
         .into_iter()
         .flatten();
     let own_balance = (plain_sides.next(), tls_sides.next());
+    let cpus = match server::placement(
+        affinity,
+        workers.len() + 1,
+        server::allowed_cpus().as_deref(),
+    ) {
+        server::Placement::Pinned(cpus) => {
+            tracing::info!(?cpus, "proxy workers pinned, worker i to the i-th CPU");
+            cpus
+        }
+        server::Placement::Unpinned(why) => {
+            tracing::info!(reason = why, "proxy workers not pinned to CPUs");
+            Vec::new()
+        }
+    };
     let mut done = Vec::with_capacity(workers.len());
     for (i, (rt, listener, tls)) in workers.into_iter().enumerate() {
+        let cpu = cpus.get(i + 1).copied();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (gateway, conn, stop) = (plane.gateway.clone(), plane.conns(), shutdown.clone());
         let balance = (plain_sides.next(), tls_sides.next());
         let spawned = std::thread::Builder::new()
             .name(format!("switchyard-{}", i + 1))
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    server::pin_current_thread(cpu);
+                }
                 let worker = serve_worker(listener, tls, gateway, conn, stop, balance);
                 let drained = logging::block_on_batched(&rt, worker);
                 let _ = tx.send(drained);
@@ -238,6 +257,11 @@ pub async fn serve_per_core(
             return Err(e);
         }
         done.push(rx);
+    }
+    // Last, so the threads started above keep the whole CPU set (threads
+    // this one starts from now on inherit its single CPU).
+    if let Some(&cpu) = cpus.first() {
+        server::pin_current_thread(cpu);
     }
     let mut drained = serve_worker(
         own,

@@ -174,6 +174,11 @@ impl Proc {
         }
     }
 
+    /// The process id, while it runs.
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends SIGTERM and waits for the exit.
     fn terminate(&mut self) -> ExitStatus {
         let child = self.child.take().expect("running");
@@ -432,6 +437,118 @@ async fn run_with_several_workers_spreads_connections_and_reuses_upstream_ones()
         (2..=10).contains(&conns),
         "{conns} upstream connections for 60 requests over 3 workers"
     );
+}
+
+/// A `Cpus_allowed_list` value (`0-3,6`) as CPU numbers.
+fn cpu_list(text: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+        cpus.extend(a..=b);
+    }
+    cpus
+}
+
+/// The CPUs a thread (`/proc/<pid>/task/<tid>`) or process
+/// (`/proc/self`) may run on.
+fn cpus_allowed(dir: &std::path::Path) -> Vec<usize> {
+    let status = std::fs::read_to_string(dir.join("status")).expect("read status");
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list");
+    cpu_list(line)
+}
+
+/// The proxy worker threads of `pid` (the main thread, `switchyard`, and
+/// `switchyard-1`...) and the CPUs each may run on.
+fn worker_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let mut workers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let name = name.trim().to_string();
+        if name == "switchyard" || name.starts_with("switchyard-") {
+            workers.push((name, cpus_allowed(&dir)));
+        }
+    }
+    workers.sort();
+    workers
+}
+
+/// `worker_cpu_affinity = "auto"` (the default): with as many workers as
+/// CPUs the process may use, each worker thread runs on a CPU of its own;
+/// with another count, or `off`, every worker keeps the whole set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_get_a_cpu_each_when_there_are_as_many_as_cpus() {
+    let up = Upstream::spawn("v1").await;
+    let allowed = cpus_allowed(std::path::Path::new("/proc/self"));
+    let n = allowed.len();
+    tokio::task::spawn_blocking(move || {
+        let cases = [
+            (vec![format!("workers = {n}")], true),
+            (
+                vec![
+                    format!("workers = {n}"),
+                    "worker_cpu_affinity = \"off\"".to_string(),
+                ],
+                false,
+            ),
+            (vec![format!("workers = {}", n + 1)], false),
+        ];
+        for (lines, pinned) in cases {
+            let mut server = vec!["listen = \"127.0.0.1:0\""];
+            server.extend(lines.iter().map(String::as_str));
+            let (mut run, _file, addr, _, workers) = run_one_route(&up, &server, &[]);
+            let placed = run.wait_for(true, |line| {
+                let event: serde_json::Value = serde_json::from_str(line).ok()?;
+                match event["fields"]["message"].as_str()? {
+                    "proxy workers pinned, worker i to the i-th CPU" => Some(true),
+                    "proxy workers not pinned to CPUs" => Some(false),
+                    _ => None,
+                }
+            });
+            assert_eq!(placed, pinned, "{lines:?}");
+            let (status, body) = http_get(addr, "/orders/1", &[]);
+            assert_eq!(status, 200, "{body}");
+            // Each spawned worker pins itself as it starts: give them a
+            // moment (the main thread pins before serving).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let threads = loop {
+                let threads = worker_cpus(run.pid());
+                if !pinned || threads.iter().all(|(_, c)| c.len() == 1) || Instant::now() > deadline
+                {
+                    break threads;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert_eq!(threads.len() as u64, workers, "{threads:?}");
+            if pinned {
+                let mut used: Vec<usize> = threads.iter().flat_map(|(_, c)| c.clone()).collect();
+                assert!(
+                    threads.iter().all(|(_, c)| c.len() == 1),
+                    "one CPU per worker: {threads:?}"
+                );
+                used.sort_unstable();
+                assert_eq!(
+                    used, allowed,
+                    "every allowed CPU has one worker: {threads:?}"
+                );
+            } else {
+                assert!(
+                    threads.iter().all(|(_, c)| *c == allowed),
+                    "{lines:?}: every worker keeps {allowed:?}: {threads:?}"
+                );
+            }
+            let status = run.terminate();
+            assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status:?}");
+        }
+    })
+    .await
+    .expect("blocking part");
 }
 
 /// One GET on a kept-alive connection: the status, once the whole

@@ -72,6 +72,12 @@ pub struct ServerSettings {
     /// the fewest open (of the listener's) when that has fewer than the one
     /// whose `SO_REUSEPORT` socket it arrived on. Default true.
     pub balance_connections: bool,
+    /// Pin each proxy worker thread to a CPU of its own: `auto` pins worker
+    /// `i` to the `i`-th CPU the process may run on when there are exactly
+    /// as many such CPUs as workers (a dedicated machine, or a container
+    /// given whole CPUs), and leaves the workers to the scheduler otherwise
+    /// (a CPU quota over a larger CPU set); `off` never pins. Default `auto`.
+    pub worker_cpu_affinity: CpuAffinity,
     /// Serve plain HTTP/1.1 requests (`GET`, `POST`, `PUT`, `PATCH`,
     /// `DELETE` with no body or a small `Content-Length` body that arrived
     /// with its head) on the gateway's lean path rather than hyper's;
@@ -197,6 +203,7 @@ impl Default for ServerSettings {
             health_on_proxy: true,
             workers: 0,
             balance_connections: true,
+            worker_cpu_affinity: CpuAffinity::Auto,
             lean_http1: true,
             redis_url: None,
             redis_prefix: "switchyard:".into(),
@@ -216,6 +223,17 @@ impl Default for ServerSettings {
             body_read_timeout_ms: 30_000,
         }
     }
+}
+
+/// Whether proxy workers are pinned to CPUs (`server.worker_cpu_affinity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuAffinity {
+    /// One worker per CPU when the process may use exactly as many CPUs as
+    /// it has workers; no pinning otherwise.
+    Auto,
+    /// Never pin.
+    Off,
 }
 
 /// What to do with a request header whose name contains an underscore
