@@ -271,6 +271,39 @@ http {
 NGINX
 }
 
+# nginx_fields_server PORT: for nginx_conf's MORE_SERVERS, the same proxy on
+# PORT sending the upstream the forwarding fields switchyard adds beyond
+# nginx_conf's (issue #2's proxy hygiene): `X-Forwarded-Host`, `Via`, the
+# client's `X-Request-ID` or nginx's `$request_id`, and a new W3C
+# `traceparent` (its span id the request id's first half), so the upstream
+# parses the same fields from either proxy.
+nginx_fields_server() {
+    cat <<NGINX
+    map \$http_x_request_id \$api_request_id {
+        default \$http_x_request_id;
+        ""      \$request_id;
+    }
+    map \$request_id \$api_traceparent {
+        "~^(?<span>[0-9a-f]{16})" "00-\$request_id-\$span-01";
+    }
+    server {
+        listen 127.0.0.1:$1;
+        location /api/ {
+            proxy_pass http://\$api_pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header Via "1.1 nginx";
+            proxy_set_header X-Request-ID \$api_request_id;
+            proxy_set_header traceparent \$api_traceparent;
+        }
+    }
+NGINX
+}
+
 # An awk function, median(a, n): the median of a[1..n] (sorts a). Put in
 # front of an awk program: awk "$AWK_MEDIAN"'...'.
 # shellcheck disable=SC2016,SC2034

@@ -43,6 +43,31 @@
 #                   path off (target switchyard_hyper: lean_http1 = false, so
 #                   hyper serves every request) and print switchyard (lean,
 #                   the default) against it
+#   LOAD_PGO        set to 1 to run the switchyard targets on the
+#                   profile-guided build, target/pgo/switchyard, made by
+#                   benches/pgo.sh (about 10 minutes; skipped with
+#                   LOAD_NO_BUILD=1 when the binary exists); default 0: the
+#                   plain `cargo build --release` binary, what the container
+#                   image ships. The upstream is always the plain binary.
+#   LOAD_PLAIN      set to 1 (with LOAD_PGO=1) to also run the plain release
+#                   binary (target switchyard_plain) on the same table and
+#                   print switchyard (PGO) against it
+#   LOAD_NGINX_AFFINITY  set to 1 to run nginx with `worker_cpu_affinity
+#                   auto` (one worker per CPU), as switchyard's default
+#                   `worker_cpu_affinity = "auto"` pins its workers on a
+#                   machine whose CPUs are all its own; default 0: nginx's
+#                   own default, unpinned
+#   LOAD_AFFINITY   set to 1 to also run switchyard with its workers left
+#                   to the scheduler (target switchyard_unpinned:
+#                   worker_cpu_affinity = "off") and print switchyard
+#                   (pinned, the default here) against it
+#   LOAD_NGINX_FIELDS  set to 1 to also run nginx's proxy sending the
+#                   upstream the forwarding fields switchyard sends
+#                   (target nginx_fields: X-Forwarded-Host, Via, X-Request-ID
+#                   and traceparent beyond the Host, X-Forwarded-For and
+#                   X-Forwarded-Proto of target nginx; see
+#                   nginx_fields_server in common.sh) and print switchyard
+#                   against it too
 #   LOAD_COMMIT     commit to print when the tree is not a git checkout
 #
 # Needs nginx and wrk (installed with apt-get when missing; that needs root).
@@ -72,6 +97,15 @@ BALANCE=${LOAD_BALANCE:-0}
 [[ $BALANCE == 1 ]] && TARGETS+=(switchyard_unbalanced)
 LEAN=${LOAD_LEAN:-0}
 [[ $LEAN == 1 ]] && TARGETS+=(switchyard_hyper)
+PGO=${LOAD_PGO:-0}
+PLAIN=${LOAD_PLAIN:-0}
+[[ $PGO == 1 ]] || PLAIN=0
+[[ $PLAIN == 1 ]] && TARGETS+=(switchyard_plain)
+NGINX_AFFINITY=${LOAD_NGINX_AFFINITY:-0}
+AFFINITY=${LOAD_AFFINITY:-0}
+[[ $AFFINITY == 1 ]] && TARGETS+=(switchyard_unpinned)
+NGINX_FIELDS=${LOAD_NGINX_FIELDS:-0}
+[[ $NGINX_FIELDS == 1 ]] && TARGETS+=(nginx_fields)
 
 BENCH=load.sh
 # shellcheck source=benches/common.sh
@@ -87,12 +121,22 @@ if [[ ${LOAD_NO_BUILD:-0} != 1 ]]; then
 fi
 BIN=$ROOT/target/release/switchyard
 [[ -x $BIN ]] || die "$BIN missing"
+# The gateway's binary (the upstream runs $BIN).
+GW_BIN=$BIN
+if [[ $PGO == 1 ]]; then
+    GW_BIN=$ROOT/target/pgo/switchyard
+    if [[ ${LOAD_NO_BUILD:-0} != 1 || ! -x $GW_BIN ]]; then
+        log "building the profile-guided binary (benches/pgo.sh)"
+        bash "$ROOT/benches/pgo.sh" >&2
+    fi
+    [[ -x $GW_BIN ]] || die "$GW_BIN missing"
+fi
 ulimit -n 65536 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK)
 
 read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT LIM_PORT LIM_ADMIN_PORT \
     CACHE_PORT CACHE_ADMIN_PORT NGX_CACHE_PORT LOG_PORT LOG_ADMIN_PORT \
-    UNB_PORT UNB_ADMIN_PORT HYP_PORT HYP_ADMIN_PORT <<<"$(free_ports 15)"
+    UNB_PORT UNB_ADMIN_PORT HYP_PORT HYP_ADMIN_PORT PLN_PORT PLN_ADMIN_PORT UNP_PORT UNP_ADMIN_PORT NGX_FIELDS_PORT <<<"$(free_ports 20)"
 
 # The small upstream; both versions' pools point at it, and the header
 # routes every request to v2.
@@ -123,7 +167,7 @@ variant() {
 start_gateway() {
     local config=$1 out=$2 level=$3
     shift 3
-    RUST_LOG=$level "$BIN" "$@" run --config "$config" --workers "$WORKERS" >"$out" 2>&1 &
+    RUST_LOG=$level "${GATEWAY_BIN:-$GW_BIN}" "$@" run --config "$config" --workers "$WORKERS" >"$out" 2>&1 &
     STARTED=$!
     PIDS+=("$STARTED")
 }
@@ -186,6 +230,25 @@ if [[ $LEAN == 1 ]]; then
     HYP_PID=$STARTED
 fi
 
+# The plain release binary on the same table (no profile-guided layout).
+PLN_PID=
+if [[ $PLAIN == 1 ]]; then
+    variant plain "$PLN_PORT" "$PLN_ADMIN_PORT"
+    GATEWAY_BIN=$BIN start_gateway "$TMP/gateway-plain.toml" "$TMP/switchyard-plain.log" warn
+    PLN_PID=$STARTED
+fi
+
+# The same gateway with its workers never pinned to CPUs.
+UNP_PID=
+if [[ $AFFINITY == 1 ]]; then
+    server_variant unpinned "$UNP_PORT" "$UNP_ADMIN_PORT" 'worker_cpu_affinity = "off"'
+    UNP_PID=$STARTED
+fi
+
+# nginx sending the upstream the same forwarding fields as switchyard.
+NGX_FIELDS_SERVER=
+[[ $NGINX_FIELDS == 1 ]] && NGX_FIELDS_SERVER=$(nginx_fields_server "$NGX_FIELDS_PORT")
+
 # nginx's equivalent of the cached route: proxy_cache keyed like
 # switchyard's (method, host, URI, version header), a lock for concurrent
 # misses, entries valid for 10 minutes.
@@ -216,7 +279,10 @@ fi
 # upstream blocks with keep-alive; access log off (switchyard logs nothing
 # per request at the default level either).
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
-nginx_conf "$UP_PORT" "listen 127.0.0.1:$NGX_PORT;" "$NGX_CACHE_HTTP" "$NGX_CACHE_SERVER" >"$TMP/nginx/nginx.conf"
+{
+    [[ $NGINX_AFFINITY == 1 ]] && echo "worker_cpu_affinity auto;"
+    nginx_conf "$UP_PORT" "listen 127.0.0.1:$NGX_PORT;" "$NGX_CACHE_HTTP" "$NGX_CACHE_SERVER$NGX_FIELDS_SERVER"
+} >"$TMP/nginx/nginx.conf"
 nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
     >"$TMP/nginx.log" 2>&1 &
 NGX_PID=$!
@@ -225,7 +291,7 @@ PIDS+=("$NGX_PID")
 show_logs() {
     local f
     for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/switchyard-limits.log" \
-        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/switchyard-unbalanced.log" "$TMP/switchyard-hyper.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
+        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/switchyard-unbalanced.log" "$TMP/switchyard-hyper.log" "$TMP/switchyard-plain.log" "$TMP/switchyard-unpinned.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
         [[ -s $f ]] && { log "--- $f"; tail -20 "$f" >&2; }
     done
     return 0
@@ -241,6 +307,9 @@ declare -A URL=(
     [switchyard_log]="http://127.0.0.1:$LOG_PORT$URL_PATH"
     [switchyard_unbalanced]="http://127.0.0.1:$UNB_PORT$URL_PATH"
     [switchyard_hyper]="http://127.0.0.1:$HYP_PORT$URL_PATH"
+    [switchyard_plain]="http://127.0.0.1:$PLN_PORT$URL_PATH"
+    [switchyard_unpinned]="http://127.0.0.1:$UNP_PORT$URL_PATH"
+    [nginx_fields]="http://127.0.0.1:$NGX_FIELDS_PORT$URL_PATH"
 )
 wait_ready upstream "${URL[direct]}" "$UP_PID" || { show_logs; exit 1; }
 wait_ready switchyard "${URL[switchyard]}" "$GW_PID" || { show_logs; exit 1; }
@@ -258,6 +327,15 @@ fi
 if [[ $BALANCE == 1 ]]; then
     wait_ready switchyard_unbalanced "${URL[switchyard_unbalanced]}" "$UNB_PID" || { show_logs; exit 1; }
 fi
+if [[ $AFFINITY == 1 ]]; then
+    wait_ready switchyard_unpinned "${URL[switchyard_unpinned]}" "$UNP_PID" || { show_logs; exit 1; }
+fi
+if [[ $NGINX_FIELDS == 1 ]]; then
+    wait_ready nginx_fields "${URL[nginx_fields]}" "$NGX_PID" || { show_logs; exit 1; }
+fi
+if [[ $PLAIN == 1 ]]; then
+    wait_ready switchyard_plain "${URL[switchyard_plain]}" "$PLN_PID" || { show_logs; exit 1; }
+fi
 if [[ $LEAN == 1 ]]; then
     wait_ready switchyard_hyper "${URL[switchyard_hyper]}" "$HYP_PID" || { show_logs; exit 1; }
 fi
@@ -273,10 +351,26 @@ cpu_pids() {
         switchyard_log) echo "$LOG_PID" ;;
         switchyard_unbalanced) echo "$UNB_PID" ;;
         switchyard_hyper) echo "$HYP_PID" ;;
-        nginx | nginx_cache) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
+        switchyard_plain) echo "$PLN_PID" ;;
+        switchyard_unpinned) echo "$UNP_PID" ;;
+        nginx | nginx_cache | nginx_fields) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
     esac
 }
 
+
+# thread_cpus PID...: the CPU list each worker (switchyard's proxy worker
+# threads; each nginx worker process) may run on, "[0] [1]" or "[0-1] ...".
+thread_cpus() {
+    local pid t name out=()
+    for pid in "$@"; do
+        for t in /proc/"$pid"/task/*; do
+            name=$(cat "$t/comm" 2>/dev/null) || continue
+            [[ $name == switchyard* || $name == nginx ]] || continue
+            out+=("[$(awk '/^Cpus_allowed_list:/ {print $2}' "$t/status")]")
+        done
+    done
+    echo "${out[*]}"
+}
 
 mkdir -p "$ROOT/benches/results"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -293,6 +387,12 @@ RUNS=$TMP/runs.tsv
     echo "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "$(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "wrk -t$THREADS -c{$CONNS} -d${DURATION}s --latency -H '$HDR' (after ${WARMUP}s warm-up each); switchyard workers=$WORKERS, nginx workers=$NGINX_WORKERS, upstream 1 thread"
+    if [[ $PGO == 1 ]]; then
+        echo "switchyard binary: profile-guided (benches/pgo.sh, target/pgo/switchyard)$([[ $PLAIN == 1 ]] && echo "; switchyard_plain: the plain release build")"
+    else
+        echo "switchyard binary: plain release build (LOAD_PGO=0)"
+    fi
+    echo "CPUs each worker may run on: switchyard $(thread_cpus "$GW_PID"); nginx $(thread_cpus $(pgrep -P "$NGX_PID" | tr '\n' ' '))"
     echo "cpu/req: proxy utime+stime (nginx: master+workers) per completed request; for direct, the upstream's"
     echo
     printf '%-5s %-5s %-10s %10s %9s %9s %9s %9s %8s\n' round conns target req/s p50_us p99_us cpu_us/req usr/sys errors
@@ -342,7 +442,7 @@ for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for target in "${TARGETS[@]}"; do
             # shellcheck disable=SC2086
-            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID $UNB_PID $HYP_PID 2>/dev/null || { show_logs; die "a server died"; }
+            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID $UNB_PID $HYP_PID $PLN_PID $UNP_PID 2>/dev/null || { show_logs; die "a server died"; }
             run_one "$round" "$conns" "$target"
         done
         awk -F'\t' -v r="$round" -v c="$conns" '
@@ -367,6 +467,18 @@ for round in $(seq "$ROUNDS"); do
                     printf "      round %s, %s conns: balancing on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
                         r, c, rps["switchyard"] / rps["switchyard_unbalanced"], p99["switchyard"] / p99["switchyard_unbalanced"],
                         cpu["switchyard"] / cpu["switchyard_unbalanced"]
+                if (("switchyard_unpinned") in rps)
+                    printf "      round %s, %s conns: workers pinned / unpinned: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
+                        r, c, rps["switchyard"] / rps["switchyard_unpinned"], p99["switchyard"] / p99["switchyard_unpinned"],
+                        cpu["switchyard"] / cpu["switchyard_unpinned"]
+                if (("nginx_fields") in rps)
+                    printf "      round %s, %s conns: switchyard/nginx_fields throughput %.2f, p99 %.2f, cpu/req %.2f\n",
+                        r, c, rps["switchyard"] / rps["nginx_fields"], p99["switchyard"] / p99["nginx_fields"],
+                        cpu["switchyard"] / cpu["nginx_fields"]
+                if (("switchyard_plain") in rps)
+                    printf "      round %s, %s conns: PGO / plain release build: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
+                        r, c, rps["switchyard"] / rps["switchyard_plain"], p99["switchyard"] / p99["switchyard_plain"],
+                        cpu["switchyard"] / cpu["switchyard_plain"]
                 if (("switchyard_hyper") in rps)
                     printf "      round %s, %s conns: lean HTTP/1.1 path on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
                         r, c, rps["switchyard"] / rps["switchyard_hyper"], p99["switchyard"] / p99["switchyard_hyper"],
@@ -453,6 +565,15 @@ pair_medians() {
     fi
     if [[ $BALANCE == 1 ]]; then
         pair_medians "connection balancing on vs off" switchyard switchyard_unbalanced
+    fi
+    if [[ $AFFINITY == 1 ]]; then
+        pair_medians "workers pinned to CPUs vs not" switchyard switchyard_unpinned
+    fi
+    if [[ $NGINX_FIELDS == 1 ]]; then
+        pair_medians "switchyard vs nginx sending the same forwarding fields" switchyard nginx_fields
+    fi
+    if [[ $PLAIN == 1 ]]; then
+        pair_medians "profile-guided vs plain release build" switchyard switchyard_plain
     fi
     if [[ $LEAN == 1 ]]; then
         pair_medians "lean HTTP/1.1 path on vs off" switchyard switchyard_hyper

@@ -34,17 +34,7 @@ RUST_LOG=warn "$BIN" demo-upstream --listen "127.0.0.1:$UP" --version v2 --threa
 wait_port "$UP"
 # The demo table, every pool on the one v2 upstream, v1 clients sent to the
 # v2 pool through the chain.
-python3 - "$UP" "$GP" "$AP" "$WORKERS" >"$tmp/gw.toml" <<'EOF'
-import re, sys
-up, gp, ap, workers = sys.argv[1:]
-t = open("config/demo.toml").read()
-t = re.sub(r'endpoints = \["[^"]*"\]', f'endpoints = ["127.0.0.1:{up}"]', t)
-t = t.replace('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{gp}"')
-t = t.replace('admin_listen = "127.0.0.1:9901"', f'admin_listen = "127.0.0.1:{ap}"\nworkers = {workers}')
-t = re.sub(r'v1 = \[\{ pool = "v1", weight = 80 \}, \{ pool = "v2", weight = 20 \}\]', 'v1 = [{ pool = "v2", weight = 100 }]', t)
-t = re.sub(r'v2 = \[\{ pool = "v2", weight = 90 \}, \{ pool = "v2-canary", weight = 10 \}\]', 'v2 = [{ pool = "v2", weight = 100 }]', t)
-print(t)
-EOF
+python3 benches/demo_table.py "$UP" "$GP" "$AP" "$WORKERS" >"$tmp/gw.toml"
 "$BIN" validate "$tmp/gw.toml" >/dev/null
 RUST_LOG=warn "$BIN" run --config "$tmp/gw.toml" & pids+=($!)
 wait_port "$GP"
