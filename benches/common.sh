@@ -258,16 +258,24 @@ http {
     server {
         $2
         location /api/ {
-            proxy_pass http://\$api_pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
+$(nginx_proxy_lines)
         }
     }
     ${4:-}
 }
+NGINX
+}
+
+# nginx_proxy_lines: the /api/ location's proxying, as nginx_conf and
+# nginx_fields_server use it.
+nginx_proxy_lines() {
+    cat <<'NGINX'
+            proxy_pass http://$api_pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
 NGINX
 }
 
@@ -289,12 +297,7 @@ nginx_fields_server() {
     server {
         listen 127.0.0.1:$1;
         location /api/ {
-            proxy_pass http://\$api_pool;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
+$(nginx_proxy_lines)
             proxy_set_header X-Forwarded-Host \$http_host;
             proxy_set_header Via "1.1 nginx";
             proxy_set_header X-Request-ID \$api_request_id;

@@ -46,38 +46,6 @@ BIN=$ROOT/target/release/switchyard
 TARGETS=(nginx switchyard)
 [[ -x $ROOT/target/pgo/switchyard ]] && TARGETS+=(switchyard_pgo)
 
-cat >"$TMP/client.py" <<'EOF'
-import socket, sys
-port, rounds, conns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-req = b"GET /api/orders HTTP/1.1\r\nHost: localhost\r\nUser-Agent: wrk\r\nx-api-version: 2\r\n\r\n"
-socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(conns)]
-bufs = [b""] * conns
-def read_one(i):
-    s, buf = socks[i], bufs[i]
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit("the proxy closed a connection")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        sys.exit("unexpected answer: " + head.decode(errors="replace")[:200])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    while len(rest) < length:
-        rest += s.recv(65536)
-    bufs[i] = rest[length:]
-for _ in range(rounds):
-    for s in socks:
-        s.sendall(req)
-    for i in range(conns):
-        read_one(i)
-for s in socks:
-    s.close()
-EOF
-
 # measure TARGET ROUNDS: one proxy under callgrind for ROUNDS rounds.
 measure() {
     local target=$1 rounds=$2 up px admin pid file=$OUT/icache.$1.$2.out
@@ -115,7 +83,7 @@ measure() {
         sleep 0.2
     done
     ((ok)) || { tail -20 "$TMP/proxy.log" >&2; die "$target under valgrind not ready"; }
-    python3 "$TMP/client.py" "$px" "$rounds" "$CONNS"
+    python3 "$ROOT/benches/keepalive_client.py" "$px" "$rounds" "$CONNS"
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     kill -TERM "$UP_PID" 2>/dev/null || true

@@ -97,31 +97,7 @@ measure() {
         sleep 0.2
     done
     ((ok)) || die "gateway under valgrind not ready (see $TMP/gateway.log)"
-    python3 - "$gw" "$n" <<'EOF'
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-s = socket.create_connection(("127.0.0.1", port))
-req = b"GET /api/orders HTTP/1.1\r\nHost: localhost\r\nUser-Agent: wrk\r\nx-api-version: 2\r\n\r\n"
-buf = b""
-for _ in range(n):
-    s.sendall(req)
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit("gateway closed the connection")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        sys.exit("unexpected answer: " + head.decode(errors="replace")[:200])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    while len(rest) < length:
-        rest += s.recv(65536)
-    buf = rest[length:]
-s.close()
-EOF
+    python3 "$ROOT/benches/keepalive_client.py" "$gw" "$n" 1
     kill -TERM "$gw_pid"
     wait "$gw_pid" 2>/dev/null || true
     kill -TERM "$up_pid" 2>/dev/null || true

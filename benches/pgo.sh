@@ -95,6 +95,50 @@ serve() {
     wait_ready switchyard "$2" "$GW_PID" || { cat "$TMP/gateway.log" >&2; exit 1; }
 }
 
+cat >"$TMP/train.lua" <<'LUA'
+-- Rotations of requests, chosen by the script's argument (wrk ... -- SET).
+-- A request with its own header table gets no Host from wrk: add one.
+local function h(t)
+  t = t or {}
+  t["Host"] = "localhost"
+  return t
+end
+local sets = {
+  -- a. every detection source, errors, small POSTs.
+  bench = {
+    wrk.format("GET", "/api/orders", h{["x-api-version"] = "1"}),
+    wrk.format("GET", "/api/orders/17?expand=items", h{["Accept"] = "application/vnd.wedsync.v2+json"}),
+    wrk.format("GET", "/api/orders", h{["Accept"] = "application/json; version=1"}),
+    wrk.format("GET", "/api/v1/orders", h()),
+    wrk.format("GET", "/api/orders?api-version=2", h()),
+    wrk.format("GET", "/api/orders", h{["x-api-version"] = "v9"}),
+    wrk.format("GET", "/elsewhere", h{["x-api-version"] = "2"}),
+    wrk.format("POST", "/api/orders", h{["x-api-version"] = "2", ["Content-Type"] = "application/json"},
+      '{"couple":"A & B","date":"2027-06-12","guests":120}'),
+    wrk.format("PUT", "/api/orders/17", h{["x-api-version"] = "2", ["Content-Type"] = "application/json"},
+      '{"guests":121}'),
+    wrk.format("DELETE", "/api/orders/17", h{["x-api-version"] = "2", ["x-request-id"] = "abc-123",
+      ["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
+  },
+  -- b. translated both ways, plain, an unknown version.
+  chain = {
+    wrk.format("GET", "/api/weddings?n=9", h{["x-api-version"] = "1"}),
+    wrk.format("GET", "/api/events?n=9", h{["x-api-version"] = "2"}),
+    wrk.format("POST", "/api/weddings", h{["x-api-version"] = "1", ["Content-Type"] = "application/json"},
+      '{"client_name":"A & B","wedding_date":"2027-06-12","guest_count":120,"venue":"Harbour Hall"}'),
+    wrk.format("GET", "/api/weddings/7", h{["x-api-version"] = "v0"}),
+  },
+}
+local reqs, i = nil, 0
+init = function(args)
+  reqs = sets[args[1]]
+end
+request = function()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+LUA
+
 # a. the load benchmark's table.
 {
     gateway_server "$GW" "$ADMIN"
@@ -105,30 +149,7 @@ serve "$TMP/bench.toml" "http://127.0.0.1:$GW/api/orders"
 for c in 32 256; do
     wrk -t2 -c"$c" -d"${SECS}s" -H "$HDR" "http://127.0.0.1:$GW/api/orders" >/dev/null
 done
-cat >"$TMP/mix.lua" <<'LUA'
--- A rotation of requests: every detection source, errors, small POSTs.
-local reqs = {
-  wrk.format("GET", "/api/orders", {["x-api-version"] = "1"}),
-  wrk.format("GET", "/api/orders/17?expand=items", {["Accept"] = "application/vnd.wedsync.v2+json"}),
-  wrk.format("GET", "/api/orders", {["Accept"] = "application/json; version=1"}),
-  wrk.format("GET", "/api/v1/orders"),
-  wrk.format("GET", "/api/orders?api-version=2"),
-  wrk.format("GET", "/api/orders", {["x-api-version"] = "v9"}),
-  wrk.format("GET", "/elsewhere", {["x-api-version"] = "2"}),
-  wrk.format("POST", "/api/orders", {["x-api-version"] = "2", ["Content-Type"] = "application/json"},
-    '{"couple":"A & B","date":"2027-06-12","guests":120}'),
-  wrk.format("PUT", "/api/orders/17", {["x-api-version"] = "2", ["Content-Type"] = "application/json"},
-    '{"guests":121}'),
-  wrk.format("DELETE", "/api/orders/17", {["x-api-version"] = "2", ["x-request-id"] = "abc-123",
-    ["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
-}
-local i = 0
-request = function()
-  i = i % #reqs + 1
-  return reqs[i]
-end
-LUA
-wrk -t2 -c32 -d"${SECS}s" -s "$TMP/mix.lua" "http://127.0.0.1:$GW" >/dev/null
+wrk -t2 -c32 -d"${SECS}s" -s "$TMP/train.lua" "http://127.0.0.1:$GW" -- bench >/dev/null
 stop "$GW_PID"
 
 # b. the demo table's change chain, every pool on the one upstream and v1
@@ -138,21 +159,7 @@ HDR='x-api-version: 1'
 serve "$TMP/demo.toml" "http://127.0.0.1:$GW/api/weddings?n=9"
 curl -fsS -H 'x-api-version: 1' "http://127.0.0.1:$GW/api/weddings?n=9" | grep -q '"client_name"' ||
     die "the demo table did not translate during training"
-cat >"$TMP/chain.lua" <<'LUA'
-local reqs = {
-  wrk.format("GET", "/api/weddings?n=9", {["x-api-version"] = "1"}),
-  wrk.format("GET", "/api/events?n=9", {["x-api-version"] = "2"}),
-  wrk.format("POST", "/api/weddings", {["x-api-version"] = "1", ["Content-Type"] = "application/json"},
-    '{"client_name":"A & B","wedding_date":"2027-06-12","guest_count":120,"venue":"Harbour Hall"}'),
-  wrk.format("GET", "/api/weddings/7", {["x-api-version"] = "v0"}),
-}
-local i = 0
-request = function()
-  i = i % #reqs + 1
-  return reqs[i]
-end
-LUA
-wrk -t2 -c32 -d"${SECS}s" -s "$TMP/chain.lua" "http://127.0.0.1:$GW" >/dev/null
+wrk -t2 -c32 -d"${SECS}s" -s "$TMP/train.lua" "http://127.0.0.1:$GW" -- chain >/dev/null
 stop "$GW_PID"
 stop "$UP_PID"
 
