@@ -8,10 +8,11 @@
 # instructions than nginx's (22.4k against 23.4k per proxied request,
 # counted by callgrind), yet spent more user time, because its hot code is
 # spread over large functions whose cold parts (error paths, the
-# fallbacks) share its cache lines. By callgrind's cache simulation, with
-# 64 connections the plain build takes 173 first-level instruction-cache
-# misses per request, nginx 99, and this build 8; its user time per
-# request falls by about 0.4-0.9 us (the README's Benchmarks).
+# fallbacks) share its cache lines. By callgrind's cache simulation
+# (benches/icache.sh, 64 connections) the plain build takes 174-175
+# first-level instruction-cache misses per request, nginx 100, and this
+# build 11; under benches/load.sh it spent 2-6% less CPU per request than
+# the plain build (the README's Benchmarks).
 #
 # Steps:
 #  1. an instrumented build (rustc -Cprofile-generate) in target/pgo-gen;

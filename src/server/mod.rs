@@ -26,6 +26,10 @@
 //! connection (a channel send and the socket's move between reactors),
 //! none per request.
 //!
+//! Placement: with `worker_cpu_affinity = "auto"` and as many allowed CPUs
+//! as workers, each worker thread is pinned to a CPU of its own
+//! ([`placement`]).
+//!
 //! Tunnels: a request that can upgrade carries a [`Lease`] on its
 //! connection (its connection-limit slot, a drain token and the hard stop),
 //! which the WebSocket tunnel holds once the connection is handed over, so
@@ -980,7 +984,9 @@ pub enum Placement {
 /// on it, its caches warm, and the kernel never queues two workers on one
 /// CPU while the other idles (on a 2-CPU machine shared with the load
 /// generator and the upstream, unpinned workers left 12-14% of the CPU
-/// idle at 32 connections where pinned ones left 6-7%: see the README's
+/// idle at 32 connections where pinned ones left 6-7% in an ad hoc run,
+/// and pinned ones served 4-7% more requests at 32 connections in
+/// `benches/load.sh`: see the README's
 /// Benchmarks). With a CPU quota over a larger set (a container's
 /// `cpu.max`), the CPUs are shared with other tenants: pinning would tie
 /// the workers to the few that happen to come first.
