@@ -311,35 +311,6 @@ declare -A URL=(
     [switchyard_unpinned]="http://127.0.0.1:$UNP_PORT$URL_PATH"
     [nginx_fields]="http://127.0.0.1:$NGX_FIELDS_PORT$URL_PATH"
 )
-wait_ready upstream "${URL[direct]}" "$UP_PID" || { show_logs; exit 1; }
-wait_ready switchyard "${URL[switchyard]}" "$GW_PID" || { show_logs; exit 1; }
-wait_ready nginx "${URL[nginx]}" "$NGX_PID" || { show_logs; exit 1; }
-if [[ $LIMITS == 1 ]]; then
-    wait_ready switchyard_limits "${URL[switchyard_limits]}" "$LIM_PID" || { show_logs; exit 1; }
-fi
-if [[ $CACHE == 1 ]]; then
-    wait_ready switchyard_cache "${URL[switchyard_cache]}" "$CACHE_PID" || { show_logs; exit 1; }
-    wait_ready nginx_cache "${URL[nginx_cache]}" "$NGX_PID" || { show_logs; exit 1; }
-fi
-if [[ $ACCESS_LOG == 1 ]]; then
-    wait_ready switchyard_log "${URL[switchyard_log]}" "$LOG_PID" || { show_logs; exit 1; }
-fi
-if [[ $BALANCE == 1 ]]; then
-    wait_ready switchyard_unbalanced "${URL[switchyard_unbalanced]}" "$UNB_PID" || { show_logs; exit 1; }
-fi
-if [[ $AFFINITY == 1 ]]; then
-    wait_ready switchyard_unpinned "${URL[switchyard_unpinned]}" "$UNP_PID" || { show_logs; exit 1; }
-fi
-if [[ $NGINX_FIELDS == 1 ]]; then
-    wait_ready nginx_fields "${URL[nginx_fields]}" "$NGX_PID" || { show_logs; exit 1; }
-fi
-if [[ $PLAIN == 1 ]]; then
-    wait_ready switchyard_plain "${URL[switchyard_plain]}" "$PLN_PID" || { show_logs; exit 1; }
-fi
-if [[ $LEAN == 1 ]]; then
-    wait_ready switchyard_hyper "${URL[switchyard_hyper]}" "$HYP_PID" || { show_logs; exit 1; }
-fi
-
 # The process(es) whose CPU counts for a target: the proxy; for the direct
 # runs the upstream itself (there is no proxy).
 cpu_pids() {
@@ -357,6 +328,12 @@ cpu_pids() {
     esac
 }
 
+# Every target answers before the runs (a target's first PID is its
+# server: the upstream for direct, nginx's master for nginx's).
+for target in "${TARGETS[@]}"; do
+    read -r pid _ <<<"$(cpu_pids "$target")"
+    wait_ready "$target" "${URL[$target]}" "$pid" || { show_logs; exit 1; }
+done
 
 # thread_cpus PID...: the CPU list each worker (switchyard's proxy worker
 # threads; each nginx worker process) may run on, "[0] [1]" or "[0-1] ...".
@@ -446,43 +423,28 @@ for round in $(seq "$ROUNDS"); do
             run_one "$round" "$conns" "$target"
         done
         awk -F'\t' -v r="$round" -v c="$conns" '
+            # One line comparing two targets of this round, when both ran.
+            function pair(label, a, b) {
+                if ((a in rps) && (b in rps))
+                    printf "      round %s, %s conns: %s: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
+                        r, c, label, rps[a] / rps[b], p99[a] / p99[b], cpu[a] / cpu[b]
+            }
             $1 == r && $2 == c { rps[$3] = $4; p99[$3] = $6; cpu[$3] = $7 }
             END {
                 printf "      round %s, %s conns: switchyard/nginx throughput %.2f, p99 %.2f, cpu/req %.2f; nginx/direct throughput %.2f\n",
                     r, c, rps["switchyard"] / rps["nginx"], p99["switchyard"] / p99["nginx"],
                     cpu["switchyard"] / cpu["nginx"], rps["nginx"] / rps["direct"]
-                if (("switchyard_limits") in rps)
-                    printf "      round %s, %s conns: switchyard with limits / without: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
-                        r, c, rps["switchyard_limits"] / rps["switchyard"], p99["switchyard_limits"] / p99["switchyard"],
-                        cpu["switchyard_limits"] / cpu["switchyard"]
+                pair("switchyard with limits / without", "switchyard_limits", "switchyard")
                 if (("switchyard_cache") in rps)
                     printf "      round %s, %s conns: cache hits: switchyard cached/uncached throughput %.2f, switchyard_cache/nginx_cache throughput %.2f, cpu/req %.2f\n",
                         r, c, rps["switchyard_cache"] / rps["switchyard"], rps["switchyard_cache"] / rps["nginx_cache"],
                         cpu["switchyard_cache"] / cpu["nginx_cache"]
-                if (("switchyard_log") in rps)
-                    printf "      round %s, %s conns: access log on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
-                        r, c, rps["switchyard_log"] / rps["switchyard"], p99["switchyard_log"] / p99["switchyard"],
-                        cpu["switchyard_log"] / cpu["switchyard"]
-                if (("switchyard_unbalanced") in rps)
-                    printf "      round %s, %s conns: balancing on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
-                        r, c, rps["switchyard"] / rps["switchyard_unbalanced"], p99["switchyard"] / p99["switchyard_unbalanced"],
-                        cpu["switchyard"] / cpu["switchyard_unbalanced"]
-                if (("switchyard_unpinned") in rps)
-                    printf "      round %s, %s conns: workers pinned / unpinned: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
-                        r, c, rps["switchyard"] / rps["switchyard_unpinned"], p99["switchyard"] / p99["switchyard_unpinned"],
-                        cpu["switchyard"] / cpu["switchyard_unpinned"]
-                if (("nginx_fields") in rps)
-                    printf "      round %s, %s conns: switchyard/nginx_fields throughput %.2f, p99 %.2f, cpu/req %.2f\n",
-                        r, c, rps["switchyard"] / rps["nginx_fields"], p99["switchyard"] / p99["nginx_fields"],
-                        cpu["switchyard"] / cpu["nginx_fields"]
-                if (("switchyard_plain") in rps)
-                    printf "      round %s, %s conns: PGO / plain release build: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
-                        r, c, rps["switchyard"] / rps["switchyard_plain"], p99["switchyard"] / p99["switchyard_plain"],
-                        cpu["switchyard"] / cpu["switchyard_plain"]
-                if (("switchyard_hyper") in rps)
-                    printf "      round %s, %s conns: lean HTTP/1.1 path on / off: throughput %.3f, p99 %.2f, cpu/req %.2f\n",
-                        r, c, rps["switchyard"] / rps["switchyard_hyper"], p99["switchyard"] / p99["switchyard_hyper"],
-                        cpu["switchyard"] / cpu["switchyard_hyper"]
+                pair("access log on / off", "switchyard_log", "switchyard")
+                pair("balancing on / off", "switchyard", "switchyard_unbalanced")
+                pair("workers pinned / unpinned", "switchyard", "switchyard_unpinned")
+                pair("switchyard / nginx_fields", "switchyard", "nginx_fields")
+                pair("PGO / plain release build", "switchyard", "switchyard_plain")
+                pair("lean HTTP/1.1 path on / off", "switchyard", "switchyard_hyper")
             }' "$RUNS" | tee -a "$OUT"
     done
 done

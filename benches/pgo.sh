@@ -87,8 +87,8 @@ stop() {
     wait "$1" 2>/dev/null || true
 }
 
-# train CONFIG: the instrumented gateway on CONFIG (listening on $GW),
-# ready once it answers $2 with header $3; its PID in GW_PID.
+# serve CONFIG URL: the instrumented gateway on CONFIG (listening on $GW),
+# ready once it answers URL (with the header in $HDR); its PID in GW_PID.
 serve() {
     RUST_LOG=warn "$BIN" run --config "$1" --workers 2 >"$TMP/gateway.log" 2>&1 &
     GW_PID=$!
