@@ -833,11 +833,21 @@ impl Gateway {
             let waited = sent.elapsed();
             ctx.upstream_time = Some(waited);
             table.metrics.upstream(pool_id, waited);
-            let resp = resp.map_err(upstream_failed)?;
+            let mut resp = resp.map_err(upstream_failed)?;
 
             // respond (translate the response down to the client's version)
+            strip_hop_by_hop(resp.headers_mut());
+            // Neither upgraded nor translated (nearly every response): it
+            // goes back whole. Split into its head and body and joined
+            // again, it was moved ~250 bytes at a time at each step.
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                && client_upgrade.is_none()
+                && !matches!((plan, &exchange), (Some(_), Some(_)))
+            {
+                add_via(&mut resp);
+                return Ok(resp);
+            }
             let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
             if parts.status == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
                 let (Some((kind, client, lease)), Some(upstream)) =
@@ -1830,6 +1840,18 @@ async fn collect_limited(body: Body, limit: u64) -> Result<bytes::Bytes, BodyErr
 
 fn body_is_empty(b: &ClientBody) -> bool {
     b.is_end_stream()
+}
+
+/// Adds the gateway's `Via` to a proxied response: to the unparsed fields
+/// when they are passed through as they are, else to its map (as the
+/// upgraded or translated path does on the parts).
+fn add_via(resp: &mut Response<Body>) {
+    if let Some(raw) = resp.body_mut().raw_fields_mut() {
+        raw.add_via();
+        return;
+    }
+    resp.headers_mut()
+        .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
 }
 
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
