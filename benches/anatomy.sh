@@ -162,35 +162,19 @@ callgrind_run() {
 # nginx as load.sh runs it (2 workers, the version map, keepalive upstreams),
 # started once, for the side-by-side figures.
 NGX_PID=
-start_nginx() {
-    local port
-    read -r port <<<"$(free_ports 1)"
+nginx_up() {
+    read -r NGX_PORT <<<"$(free_ports 1)"
     NGINX_WORKERS=2
-    mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
-    nginx_conf "$UP" "listen 127.0.0.1:$port;" >"$TMP/nginx/nginx.conf"
-    nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
-        >"$TMP/nginx.log" 2>&1 &
-    NGX_PID=$!
-    PIDS+=("$NGX_PID")
-    NGX_PORT=$port
-    wait_ready nginx "http://127.0.0.1:$port/api/orders" "$NGX_PID" || die "nginx not ready"
+    start_nginx "$(nginx_conf "$UP" "listen 127.0.0.1:$NGX_PORT;")"
+    wait_ready nginx "http://127.0.0.1:$NGX_PORT/api/orders" "$NGX_PID" || die "nginx not ready"
 }
 
-# task_stats PID...: "utime stime voluntary involuntary" (ticks, switches)
-# summed over every thread of the given processes.
+# task_stats PID...: "utime stime voluntary involuntary" (cpu_ticks, then
+# context switches summed over every thread of the given processes).
 task_stats() {
-    local u=0 s=0 v=0 n=0 a b t rest f
-    for t in $(printf '/proc/%s/task/* ' "$@"); do
-        rest=$(cat "$t/stat" 2>/dev/null) || continue
-        rest=${rest##*) }
-        read -r -a f <<<"$rest"
-        u=$((u + f[11]))
-        s=$((s + f[12]))
-        read -r a b < <(awk '/^voluntary_ctxt/ {v = $2} /^nonvoluntary_ctxt/ {n = $2} END {print v, n}' "$t/status")
-        v=$((v + a))
-        n=$((n + b))
-    done
-    echo "$u $s $v $n"
+    # shellcheck disable=SC2046
+    echo "$(cpu_ticks "$@") $(awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v, n}' \
+        $(printf '/proc/%s/task/*/status ' "$@"))"
 }
 
 # wrk_ok NAME: fails on socket errors or non-2xx answers in $TMP/wrk.txt.
@@ -243,7 +227,7 @@ side_profile() {
 
 against_nginx() {
     local c=$1 ngx
-    [[ -n $NGX_PID ]] || start_nginx
+    [[ -n $NGX_PID ]] || nginx_up
     ngx=$(pgrep -P "$NGX_PID" | paste -sd' ')
     start_gateway 2
     echo "  against nginx, per request ($SECONDS_EACH s each, unprofiled; CPU in µs):"

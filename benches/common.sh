@@ -2,9 +2,8 @@
 # Sourced by the load scripts (load.sh, tls_load.sh, instructions.sh,
 # instructions_h2.sh, anatomy.sh): log and die, installing missing tools, the list of
 # started processes and its cleanup on exit, free loopback ports, CPU ticks
-# from /proc, readiness
-# polling, and the demo-like routing table every one of them proxies
-# through. The caller sets BENCH (its name, for messages) and HDR (the
+# from /proc, readiness polling, the demo-like routing table every one of
+# them proxies through, and nginx's equivalent and its start. The caller sets BENCH (its name, for messages) and HDR (the
 # version header wait_ready sends) before using them.
 
 log() { printf '%s\n' "$*" >&2; }
@@ -108,6 +107,18 @@ cpu_ticks() {
         sys=$((sys + f[12]))
     done
     echo "$user $sys"
+}
+
+# start_nginx CONFIG: nginx (as root: see nginx_conf) on the configuration
+# given, written to $TMP/nginx/nginx.conf, logging to $TMP/nginx.log and
+# $TMP/nginx/logs/error.log; its PID in NGX_PID (and PIDS).
+start_nginx() {
+    mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
+    printf '%s\n' "$1" >"$TMP/nginx/nginx.conf"
+    nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
+        >"$TMP/nginx.log" 2>&1 &
+    NGX_PID=$!
+    PIDS+=("$NGX_PID")
 }
 
 # start_upstream PORT: the small upstream the proxies forward to (hyper, one

@@ -278,15 +278,10 @@ fi
 # nginx: the same routing as a map on the version header between two
 # upstream blocks with keep-alive; access log off (switchyard logs nothing
 # per request at the default level either).
-mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
-{
+start_nginx "$(
     [[ $NGINX_AFFINITY == 1 ]] && echo "worker_cpu_affinity auto;"
     nginx_conf "$UP_PORT" "listen 127.0.0.1:$NGX_PORT;" "$NGX_CACHE_HTTP" "$NGX_CACHE_SERVER$NGX_FIELDS_SERVER"
-} >"$TMP/nginx/nginx.conf"
-nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
-    >"$TMP/nginx.log" 2>&1 &
-NGX_PID=$!
-PIDS+=("$NGX_PID")
+)"
 
 show_logs() {
     local f

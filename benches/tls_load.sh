@@ -115,16 +115,11 @@ PIDS+=("$GW_PID")
 # keep-alive upstream blocks), access log off, on one TLS listener with
 # HTTP/2 by ALPN (1.22 syntax) and the protocols switchyard allows. Session
 # cache and tickets stay at nginx's defaults (the clients here never resume).
-mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
-nginx_conf "$UP_PORT" "listen 127.0.0.1:$NGX_TLS_PORT ssl http2;
+start_nginx "$(nginx_conf "$UP_PORT" "listen 127.0.0.1:$NGX_TLS_PORT ssl http2;
         server_name localhost;
         ssl_certificate $TMP/cert.pem;
         ssl_certificate_key $TMP/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;" >"$TMP/nginx/nginx.conf"
-nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
-    >"$TMP/nginx.log" 2>&1 &
-NGX_PID=$!
-PIDS+=("$NGX_PID")
+        ssl_protocols TLSv1.2 TLSv1.3;")"
 
 show_logs() {
     local f

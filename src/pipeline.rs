@@ -837,6 +837,7 @@ impl Gateway {
 
             // respond (translate the response down to the client's version)
             strip_hop_by_hop(resp.headers_mut());
+            add_via(&mut resp);
             // Neither upgraded nor translated (nearly every response): it
             // goes back whole. Split into its head and body and joined
             // again, it was moved ~250 bytes at a time at each step.
@@ -844,7 +845,6 @@ impl Gateway {
                 && client_upgrade.is_none()
                 && !matches!((plan, &exchange), (Some(_), Some(_)))
             {
-                add_via(&mut resp);
                 return Ok(resp);
             }
             let (mut parts, body) = resp.into_parts();
@@ -884,15 +884,6 @@ impl Gateway {
                 return Err(upstream_failed(UpstreamError::NoUpgrade {
                     status: parts.status,
                 }));
-            }
-            let mut body = body;
-            match body.raw_fields_mut() {
-                Some(raw) => raw.add_via(),
-                None => {
-                    parts
-                        .headers
-                        .append(header::VIA, HeaderValue::from_static("1.1 switchyard"));
-                }
             }
             let body = match (plan, exchange) {
                 (Some(plan), Some(ex)) => {
@@ -1843,8 +1834,7 @@ fn body_is_empty(b: &ClientBody) -> bool {
 }
 
 /// Adds the gateway's `Via` to a proxied response: to the unparsed fields
-/// when they are passed through as they are, else to its map (as the
-/// upgraded or translated path does on the parts).
+/// when they are passed through as they are, else to its map.
 fn add_via(resp: &mut Response<Body>) {
     if let Some(raw) = resp.body_mut().raw_fields_mut() {
         raw.add_via();
