@@ -18,6 +18,7 @@ pub mod problem;
 pub mod route;
 pub mod season;
 pub mod server;
+pub mod sock;
 pub mod split;
 pub mod table;
 pub mod tls;

@@ -57,7 +57,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{Activity, Admission, CLOSE, Handler, Signal};
 use crate::body::{Body, ClientBody};
-use crate::headers::{FieldSpan, content_length, field_spans, lists_token, span, write_field};
+use crate::headers::{FieldSpans, content_length, field_spans, lists_token, span, write_field};
 use crate::pipeline::Stamp;
 use crate::problem::GatewayError;
 
@@ -310,7 +310,7 @@ const STAMP_SETS: usize = 9;
 fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // Offsets of each field's name and value in the head, so the head can
     // be frozen once and the values shared, not copied.
-    let mut fields: [FieldSpan; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+    let mut fields = FieldSpans::<MAX_HEADERS>::new();
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let (len, method, target, count) = match req.parse_with_uninit_headers(buf, &mut raw) {

@@ -626,7 +626,7 @@ async fn serve_inner<H: Handler>(
             handoffs: settings.handoffs.clone(),
         };
         match &tls {
-            None => conn.serve(stream, false, false),
+            None => conn.serve(crate::sock::RawTcp::new(stream), false, false),
             Some(tls) => {
                 let (acceptor, timeout) = (tls.acceptor(), tls.handshake_timeout());
                 // The handshake counts as in flight: a drain waits for it

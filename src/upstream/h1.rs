@@ -50,12 +50,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::{Endpoint, Forwarding, IDLE_TIMEOUT, IdMap, Timeouts, UpstreamError};
 use crate::body::{Body, BodyError, Gap};
-use crate::headers::{FieldSpan, content_length, field_spans, write_field};
+use crate::headers::{FieldSpan, FieldSpans, content_length, field_spans, write_field};
+use crate::sock::RawTcp;
 
 /// The largest buffered request body sent this way, with the head in one
 /// write (a larger one goes through hyper, which writes and reads at once).
@@ -81,7 +81,7 @@ const RESPONSE_FIELDS_ADDED: usize = 12;
 /// One upstream connection and the bytes read from it but not yet used.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    io: TcpStream,
+    io: RawTcp,
     buf: BytesMut,
     /// Request head (and body) staging, kept with the connection so a
     /// reused connection allocates nothing to send.
@@ -156,7 +156,7 @@ pub(crate) async fn exchange(
             // would otherwise add to every request's (see `super::exchange`).
             None => match Box::pin(super::tcp(ep, timeouts.connect)).await {
                 Ok(io) => Box::new(Conn {
-                    io,
+                    io: RawTcp::new(io),
                     buf: BytesMut::new(),
                     out: Vec::new(),
                     timer: None,
@@ -478,9 +478,8 @@ fn parse_head(
     loop {
         // Offsets of each field's name and value in the head, so the head
         // can be frozen once and the values shared, not copied. (u32: the
-        // head is at most MAX_HEAD bytes; this array is zeroed per parse,
-        // httparse's own is left uninitialised.)
-        let mut fields: [FieldSpan; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+        // head is at most MAX_HEAD bytes.)
+        let mut fields = FieldSpans::<MAX_HEADERS>::new();
         let mut parsed =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -1110,12 +1109,12 @@ impl Conn {
     /// bytes nobody asked for) unless a read finds nothing after all.
     fn alive(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
+        match self.io.get_ref().poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                matches!(self.io.get_ref().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
         }
     }
