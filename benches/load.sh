@@ -52,6 +52,12 @@
 #   LOAD_PLAIN      set to 1 (with LOAD_PGO=1) to also run the plain release
 #                   binary (target switchyard_plain) on the same table and
 #                   print switchyard (PGO) against it
+#   LOAD_BASE_BIN   path of another switchyard binary (say another commit's
+#                   release build, copied out of target/) to also run on the
+#                   same table (target switchyard_base) and print switchyard
+#                   against it: an A/B between two builds within one run,
+#                   where comparing separate runs' ratios to nginx would mix
+#                   in the machine's drift
 #   LOAD_NGINX_AFFINITY  set to 1 to run nginx with `worker_cpu_affinity
 #                   auto` (one worker per CPU), as switchyard's default
 #                   `worker_cpu_affinity = "auto"` pins its workers on a
@@ -101,6 +107,8 @@ PGO=${LOAD_PGO:-0}
 PLAIN=${LOAD_PLAIN:-0}
 [[ $PGO == 1 ]] || PLAIN=0
 [[ $PLAIN == 1 ]] && TARGETS+=(switchyard_plain)
+BASE_BIN=${LOAD_BASE_BIN:-}
+[[ -n $BASE_BIN ]] && TARGETS+=(switchyard_base)
 NGINX_AFFINITY=${LOAD_NGINX_AFFINITY:-0}
 AFFINITY=${LOAD_AFFINITY:-0}
 [[ $AFFINITY == 1 ]] && TARGETS+=(switchyard_unpinned)
@@ -136,7 +144,8 @@ CLK_TCK=$(getconf CLK_TCK)
 
 read -r UP_PORT GW_PORT ADMIN_PORT NGX_PORT LIM_PORT LIM_ADMIN_PORT \
     CACHE_PORT CACHE_ADMIN_PORT NGX_CACHE_PORT LOG_PORT LOG_ADMIN_PORT \
-    UNB_PORT UNB_ADMIN_PORT HYP_PORT HYP_ADMIN_PORT PLN_PORT PLN_ADMIN_PORT UNP_PORT UNP_ADMIN_PORT NGX_FIELDS_PORT <<<"$(free_ports 20)"
+    UNB_PORT UNB_ADMIN_PORT HYP_PORT HYP_ADMIN_PORT PLN_PORT PLN_ADMIN_PORT UNP_PORT UNP_ADMIN_PORT NGX_FIELDS_PORT \
+    BASE_PORT BASE_ADMIN_PORT <<<"$(free_ports 22)"
 
 # The small upstream; both versions' pools point at it, and the header
 # routes every request to v2.
@@ -238,6 +247,15 @@ if [[ $PLAIN == 1 ]]; then
     PLN_PID=$STARTED
 fi
 
+# Another build of the gateway (LOAD_BASE_BIN) on the same table.
+BASE_PID=
+if [[ -n $BASE_BIN ]]; then
+    [[ -x $BASE_BIN ]] || die "LOAD_BASE_BIN=$BASE_BIN is not an executable"
+    variant base "$BASE_PORT" "$BASE_ADMIN_PORT"
+    GATEWAY_BIN=$BASE_BIN start_gateway "$TMP/gateway-base.toml" "$TMP/switchyard-base.log" warn
+    BASE_PID=$STARTED
+fi
+
 # The same gateway with its workers never pinned to CPUs.
 UNP_PID=
 if [[ $AFFINITY == 1 ]]; then
@@ -286,7 +304,7 @@ start_nginx "$(
 show_logs() {
     local f
     for f in "$TMP/upstream.log" "$TMP/switchyard.log" "$TMP/switchyard-limits.log" \
-        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/switchyard-unbalanced.log" "$TMP/switchyard-hyper.log" "$TMP/switchyard-plain.log" "$TMP/switchyard-unpinned.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
+        "$TMP/switchyard-cache.log" "$TMP/switchyard-log.out" "$TMP/switchyard-unbalanced.log" "$TMP/switchyard-hyper.log" "$TMP/switchyard-plain.log" "$TMP/switchyard-base.log" "$TMP/switchyard-unpinned.log" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"; do
         [[ -s $f ]] && { log "--- $f"; tail -20 "$f" >&2; }
     done
     return 0
@@ -303,6 +321,7 @@ declare -A URL=(
     [switchyard_unbalanced]="http://127.0.0.1:$UNB_PORT$URL_PATH"
     [switchyard_hyper]="http://127.0.0.1:$HYP_PORT$URL_PATH"
     [switchyard_plain]="http://127.0.0.1:$PLN_PORT$URL_PATH"
+    [switchyard_base]="http://127.0.0.1:$BASE_PORT$URL_PATH"
     [switchyard_unpinned]="http://127.0.0.1:$UNP_PORT$URL_PATH"
     [nginx_fields]="http://127.0.0.1:$NGX_FIELDS_PORT$URL_PATH"
 )
@@ -318,6 +337,7 @@ cpu_pids() {
         switchyard_unbalanced) echo "$UNB_PID" ;;
         switchyard_hyper) echo "$HYP_PID" ;;
         switchyard_plain) echo "$PLN_PID" ;;
+        switchyard_base) echo "$BASE_PID" ;;
         switchyard_unpinned) echo "$UNP_PID" ;;
         nginx | nginx_cache | nginx_fields) echo "$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')" ;;
     esac
@@ -364,6 +384,7 @@ RUNS=$TMP/runs.tsv
     else
         echo "switchyard binary: plain release build (LOAD_PGO=0)"
     fi
+    [[ -z $BASE_BIN ]] || echo "switchyard_base binary: $BASE_BIN ($("$BASE_BIN" --version 2>/dev/null || echo 'no --version'))"
     echo "CPUs each worker may run on: switchyard $(thread_cpus "$GW_PID"); nginx $(thread_cpus $(pgrep -P "$NGX_PID" | tr '\n' ' '))"
     echo "cpu/req: proxy utime+stime (nginx: master+workers) per completed request; for direct, the upstream's"
     echo
@@ -414,7 +435,7 @@ for round in $(seq "$ROUNDS"); do
     for conns in $CONNS; do
         for target in "${TARGETS[@]}"; do
             # shellcheck disable=SC2086
-            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID $UNB_PID $HYP_PID $PLN_PID $UNP_PID 2>/dev/null || { show_logs; die "a server died"; }
+            kill -0 "$GW_PID" "$NGX_PID" "$UP_PID" $LIM_PID $CACHE_PID $LOG_PID $UNB_PID $HYP_PID $PLN_PID $BASE_PID $UNP_PID 2>/dev/null || { show_logs; die "a server died"; }
             run_one "$round" "$conns" "$target"
         done
         awk -F'\t' -v r="$round" -v c="$conns" '
@@ -439,6 +460,7 @@ for round in $(seq "$ROUNDS"); do
                 pair("workers pinned / unpinned", "switchyard", "switchyard_unpinned")
                 pair("switchyard / nginx_fields", "switchyard", "nginx_fields")
                 pair("PGO / plain release build", "switchyard", "switchyard_plain")
+                pair("switchyard / switchyard_base (LOAD_BASE_BIN)", "switchyard", "switchyard_base")
                 pair("lean HTTP/1.1 path on / off", "switchyard", "switchyard_hyper")
             }' "$RUNS" | tee -a "$OUT"
     done
@@ -531,6 +553,9 @@ pair_medians() {
     fi
     if [[ $PLAIN == 1 ]]; then
         pair_medians "profile-guided vs plain release build" switchyard switchyard_plain
+    fi
+    if [[ -n $BASE_BIN ]]; then
+        pair_medians "this build vs LOAD_BASE_BIN" switchyard switchyard_base
     fi
     if [[ $LEAN == 1 ]]; then
         pair_medians "lean HTTP/1.1 path on vs off" switchyard switchyard_hyper
