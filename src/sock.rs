@@ -31,6 +31,9 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Linux's limit on the slices of one `writev` (`UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
 /// A TCP stream whose writes bypass glibc (see the module docs).
 #[derive(Debug)]
 pub struct RawTcp(TcpStream);
@@ -120,6 +123,9 @@ impl AsyncWrite for RawTcp {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // The kernel refuses more than IOV_MAX slices with EINVAL; std's
+        // `writev` passes at most that many, and so does this.
+        let bufs = &bufs[..bufs.len().min(IOV_MAX)];
         let asked: usize = bufs.iter().map(|b| b.len()).sum();
         if asked == 0 {
             return Poll::Ready(Ok(0));
@@ -173,6 +179,25 @@ mod tests {
         let mut got = vec![0u8; 5];
         raw.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"world");
+    }
+
+    #[tokio::test]
+    async fn more_slices_than_the_kernel_takes_at_once_are_written_in_parts() {
+        let (mut raw, mut peer) = pair().await;
+        let one = [5u8; 3];
+        let parts: Vec<IoSlice<'_>> = (0..IOV_MAX + 10).map(|_| IoSlice::new(&one)).collect();
+        let n = raw.write_vectored(&parts).await.unwrap();
+        assert_eq!(n, IOV_MAX * one.len());
+        // Counted as a short write, it would have cleared the readiness of
+        // a socket with room left, and no event would ever wake this one.
+        let more = tokio::time::timeout(std::time::Duration::from_secs(2), raw.write_all(b"end"));
+        more.await
+            .expect("the next write waits for nothing")
+            .unwrap();
+        drop(raw);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), n + 3);
     }
 
     #[tokio::test]
